@@ -1,0 +1,194 @@
+package configs
+
+import "time"
+
+// Config is one cluster's configuration, as loaded and validated.
+type Config struct {
+	Cluster    Cluster      `mapstructure:"cluster" json:"cluster" yaml:"cluster"`
+	Controller Controller   `mapstructure:"controller" json:"controller" yaml:"controller"`
+	Mode       Mode         `mapstructure:"mode" json:"mode" yaml:"mode"`
+	Detection  Detection    `mapstructure:"detection" json:"detection" yaml:"detection"`
+	Defaults   PolicySpec   `mapstructure:"defaults" json:"defaults" yaml:"defaults"`
+	Policies   []NamedPolicy `mapstructure:"policies" json:"policies" yaml:"policies"`
+	Racks      []Rack       `mapstructure:"racks" json:"racks" yaml:"racks"`
+	Hosts      []Host       `mapstructure:"hosts" json:"hosts" yaml:"hosts"`
+	Storage    Storage      `mapstructure:"storage" json:"storage" yaml:"storage"`
+	Scheduler  Scheduler    `mapstructure:"scheduler" json:"scheduler" yaml:"scheduler"`
+	Alerts     Alerts       `mapstructure:"alerts" json:"alerts" yaml:"alerts"`
+}
+
+// Cluster names the cluster, for alerts and history.
+type Cluster struct {
+	Name string `mapstructure:"name" json:"name" yaml:"name"`
+}
+
+// Controller is where the daemon listens and keeps its state.
+type Controller struct {
+	// Listen is the API address; loopback by default so the API is never
+	// exposed by accident.
+	Listen string `mapstructure:"listen" json:"listen" yaml:"listen"`
+	// StateDir holds the journal (bbolt file).
+	StateDir string `mapstructure:"state_dir" json:"state_dir" yaml:"state_dir"`
+	// APITokenFile holds the operator token for the CLI and API.
+	APITokenFile string `mapstructure:"api_token_file" json:"api_token_file" yaml:"api_token_file"`
+	// AgentTokenFile holds the token agents present when they heartbeat.
+	AgentTokenFile string `mapstructure:"agent_token_file" json:"agent_token_file" yaml:"agent_token_file"`
+}
+
+// Mode says whether the daemon acts on its verdicts.
+type Mode string
+
+const (
+	// ModeObserve decides and logs "would fence …" only: for roll-outs.
+	ModeObserve Mode = "observe"
+	// ModeEnforce fences and evacuates.
+	ModeEnforce Mode = "enforce"
+)
+
+// Detection tunes how fast a silent host becomes unreachable.
+type Detection struct {
+	HeartbeatInterval time.Duration `mapstructure:"heartbeat_interval" json:"heartbeat_interval" yaml:"heartbeat_interval"`
+	// MissedHeartbeats before a host is probed and may become unreachable.
+	MissedHeartbeats int `mapstructure:"missed_heartbeats" json:"missed_heartbeats" yaml:"missed_heartbeats"`
+	// ProbeTimeout bounds each active probe (TCP, ICMP, BMC).
+	ProbeTimeout time.Duration `mapstructure:"probe_timeout" json:"probe_timeout" yaml:"probe_timeout"`
+	// RecoveryHeartbeats is the hysteresis: consecutive good heartbeats
+	// before an unreachable or error host is normal again.
+	RecoveryHeartbeats int `mapstructure:"recovery_heartbeats" json:"recovery_heartbeats" yaml:"recovery_heartbeats"`
+	// ReferenceAddresses are addresses the daemon itself must reach; when it
+	// cannot, it suspects its own network and pauses (storm guard).
+	ReferenceAddresses []string `mapstructure:"reference_addresses" json:"reference_addresses" yaml:"reference_addresses"`
+}
+
+// Window is how long a host may be silent before it is considered gone.
+func (d Detection) Window() time.Duration {
+	return d.HeartbeatInterval * time.Duration(d.MissedHeartbeats)
+}
+
+// NamedPolicy is an entry of `policies`.
+type NamedPolicy struct {
+	Name       string `mapstructure:"name" json:"name" yaml:"name"`
+	PolicySpec `mapstructure:",squash" yaml:",inline"`
+}
+
+// Rack groups hosts under one policy.
+type Rack struct {
+	Name     string     `mapstructure:"name" json:"name" yaml:"name"`
+	Policy   string     `mapstructure:"policy" json:"policy" yaml:"policy"`
+	Override PolicySpec `mapstructure:"override" json:"override" yaml:"override"`
+}
+
+// Host is one compute host.
+type Host struct {
+	Name string `mapstructure:"name" json:"name" yaml:"name"`
+	Rack string `mapstructure:"rack" json:"rack" yaml:"rack"`
+	// Address is the management address: probes and heartbeats.
+	Address string `mapstructure:"address" json:"address" yaml:"address"`
+	Agent   Agent  `mapstructure:"agent" json:"agent" yaml:"agent"`
+	Libvirt Libvirt `mapstructure:"libvirt" json:"libvirt" yaml:"libvirt"`
+	// BMCs lists the host's management controllers, at most one per type;
+	// a fence level of type T uses the BMC of type T.
+	BMCs []BMC `mapstructure:"bmcs" json:"bmcs" yaml:"bmcs"`
+	// Policy names a policy replacing the rack's; Override adjusts fields.
+	Policy   string     `mapstructure:"policy" json:"policy,omitempty" yaml:"policy,omitempty"`
+	Override PolicySpec `mapstructure:"override" json:"override" yaml:"override"`
+
+	// Effective is the resolved policy, filled by Load.
+	Effective Policy `mapstructure:"-" json:"-" yaml:"-"`
+}
+
+// BMC returns the host's BMC of the given type.
+func (h *Host) BMC(t BMCType) (BMC, bool) {
+	for _, b := range h.BMCs {
+		if b.Type == t {
+			return b, true
+		}
+	}
+	return BMC{}, false
+}
+
+// Agent is how the daemon reaches the host's chime-agent.
+type Agent struct {
+	// URL of the agent's API; default http://<address>:7481.
+	URL string `mapstructure:"url" json:"url" yaml:"url"`
+}
+
+// Libvirt is how the daemon reaches the host's libvirtd.
+type Libvirt struct {
+	// Address is host:port of libvirtd's TCP or TLS listener; default
+	// <address>:16509.
+	Address string `mapstructure:"address" json:"address" yaml:"address"`
+	// URI is the driver URI asked of libvirtd; default qemu:///system.
+	URI string `mapstructure:"uri" json:"uri" yaml:"uri"`
+}
+
+// BMCType is a BMC protocol.
+type BMCType string
+
+const (
+	BMCIPMI    BMCType = "ipmi"
+	BMCRedfish BMCType = "redfish"
+)
+
+// BMC is a management controller's address and credentials.
+type BMC struct {
+	Type     BMCType `mapstructure:"type" json:"type" yaml:"type"`
+	Address  string  `mapstructure:"address" json:"address" yaml:"address"`
+	Port     int     `mapstructure:"port" json:"port" yaml:"port"`
+	Username string  `mapstructure:"username" json:"username" yaml:"username"`
+	// PasswordFile or PasswordEnv (exactly one) holds the password.
+	PasswordFile string `mapstructure:"password_file" json:"password_file,omitempty" yaml:"password_file,omitempty"`
+	PasswordEnv  string `mapstructure:"password_env" json:"password_env,omitempty" yaml:"password_env,omitempty"`
+	// CipherSuites (IPMI) are tried in order; default [3, 17].
+	CipherSuites []int `mapstructure:"cipher_suites" json:"cipher_suites,omitempty" yaml:"cipher_suites,omitempty"`
+	// SystemID (Redfish) selects the system when the BMC has several.
+	SystemID string `mapstructure:"system_id" json:"system_id,omitempty" yaml:"system_id,omitempty"`
+	// Scheme (Redfish) is https unless set to http (labs only).
+	Scheme string `mapstructure:"scheme" json:"scheme,omitempty" yaml:"scheme,omitempty"`
+	// Auth (Redfish) is session (default) or basic.
+	Auth string `mapstructure:"auth" json:"auth,omitempty" yaml:"auth,omitempty"`
+	// Insecure (Redfish) skips TLS verification: an explicit per-BMC opt-in.
+	Insecure bool `mapstructure:"insecure" json:"insecure,omitempty" yaml:"insecure,omitempty"`
+	// CAFile (Redfish) is an extra CA bundle to trust.
+	CAFile string `mapstructure:"ca_file" json:"ca_file,omitempty" yaml:"ca_file,omitempty"`
+}
+
+// Password says where the BMC password comes from.
+func (b BMC) Password() Secret {
+	return Secret{What: "bmc " + string(b.Type) + " password", File: b.PasswordFile, Env: b.PasswordEnv}
+}
+
+// Storage says which disks count as shared, i.e. reachable from every host.
+type Storage struct {
+	// SharedPaths are mount prefixes of shared file systems (NFS, CephFS).
+	SharedPaths []string `mapstructure:"shared_paths" json:"shared_paths" yaml:"shared_paths"`
+	// RBDShared counts Ceph RBD network disks as shared.
+	RBDShared bool `mapstructure:"rbd_shared" json:"rbd_shared" yaml:"rbd_shared"`
+}
+
+// Scheduler limits where evacuated VMs may land.
+type Scheduler struct {
+	CPUOvercommit     float64 `mapstructure:"cpu_overcommit" json:"cpu_overcommit" yaml:"cpu_overcommit"`
+	MemoryOvercommit  float64 `mapstructure:"memory_overcommit" json:"memory_overcommit" yaml:"memory_overcommit"`
+	ReservedCPUs      int     `mapstructure:"reserved_cpus" json:"reserved_cpus" yaml:"reserved_cpus"`
+	ReservedMemoryMiB int     `mapstructure:"reserved_memory_mib" json:"reserved_memory_mib" yaml:"reserved_memory_mib"`
+}
+
+// Alerts lists where events are sent.
+type Alerts struct {
+	Webhooks []Webhook `mapstructure:"webhooks" json:"webhooks" yaml:"webhooks"`
+}
+
+// Webhook is one HTTP receiver of events.
+type Webhook struct {
+	Name string `mapstructure:"name" json:"name" yaml:"name"`
+	URL  string `mapstructure:"url" json:"url" yaml:"url"`
+	// SecretFile holds the key of the X-Chime-Signature HMAC.
+	SecretFile string `mapstructure:"secret_file" json:"secret_file,omitempty" yaml:"secret_file,omitempty"`
+	// Events filters by event type; "host.*" style globs; empty = all.
+	Events  []string      `mapstructure:"events" json:"events" yaml:"events"`
+	Timeout time.Duration `mapstructure:"timeout" json:"timeout" yaml:"timeout"`
+	Retries int           `mapstructure:"retries" json:"retries" yaml:"retries"`
+	// Format is chime (default) or alertmanager.
+	Format string `mapstructure:"format" json:"format" yaml:"format"`
+}

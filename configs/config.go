@@ -75,7 +75,7 @@ type NamedPolicy struct {
 type Rack struct {
 	Name     string     `mapstructure:"name" json:"name" yaml:"name"`
 	Policy   string     `mapstructure:"policy" json:"policy" yaml:"policy"`
-	Override PolicySpec `mapstructure:"override" json:"override" yaml:"override"`
+	Override PolicySpec `mapstructure:"override" json:"override,omitzero" yaml:"override,omitempty"`
 }
 
 // Host is one compute host.
@@ -91,7 +91,7 @@ type Host struct {
 	BMCs []BMC `mapstructure:"bmcs" json:"bmcs" yaml:"bmcs"`
 	// Policy names a policy replacing the rack's; Override adjusts fields.
 	Policy   string     `mapstructure:"policy" json:"policy,omitempty" yaml:"policy,omitempty"`
-	Override PolicySpec `mapstructure:"override" json:"override" yaml:"override"`
+	Override PolicySpec `mapstructure:"override" json:"override,omitzero" yaml:"override,omitempty"`
 
 	// Effective is the resolved policy, filled by Load.
 	Effective Policy `mapstructure:"-" json:"-" yaml:"-"`

@@ -262,3 +262,12 @@ func TestSecretRead(t *testing.T) {
 		assert.NotContains(t, err.Error(), "s3cret-value")
 	}
 }
+
+func TestRedactedMasksWebhookCredentials(t *testing.T) {
+	c := &Config{Alerts: Alerts{Webhooks: []Webhook{{Name: "w", URL: "https://bot:tok3n@hooks.example.invalid/x?key=abc123&v=1"}}}}
+	r := Redacted(c)
+	assert.NotContains(t, r.Alerts.Webhooks[0].URL, "tok3n")
+	assert.NotContains(t, r.Alerts.Webhooks[0].URL, "abc123")
+	assert.Contains(t, r.Alerts.Webhooks[0].URL, "bot:REDACTED@hooks.example.invalid/x")
+	assert.Contains(t, c.Alerts.Webhooks[0].URL, "tok3n", "original untouched")
+}

@@ -4,17 +4,17 @@ import "time"
 
 // Config is one cluster's configuration, as loaded and validated.
 type Config struct {
-	Cluster    Cluster      `mapstructure:"cluster" json:"cluster" yaml:"cluster"`
-	Controller Controller   `mapstructure:"controller" json:"controller" yaml:"controller"`
-	Mode       Mode         `mapstructure:"mode" json:"mode" yaml:"mode"`
-	Detection  Detection    `mapstructure:"detection" json:"detection" yaml:"detection"`
-	Defaults   PolicySpec   `mapstructure:"defaults" json:"defaults" yaml:"defaults"`
+	Cluster    Cluster       `mapstructure:"cluster" json:"cluster" yaml:"cluster"`
+	Controller Controller    `mapstructure:"controller" json:"controller" yaml:"controller"`
+	Mode       Mode          `mapstructure:"mode" json:"mode" yaml:"mode"`
+	Detection  Detection     `mapstructure:"detection" json:"detection" yaml:"detection"`
+	Defaults   PolicySpec    `mapstructure:"defaults" json:"defaults" yaml:"defaults"`
 	Policies   []NamedPolicy `mapstructure:"policies" json:"policies" yaml:"policies"`
-	Racks      []Rack       `mapstructure:"racks" json:"racks" yaml:"racks"`
-	Hosts      []Host       `mapstructure:"hosts" json:"hosts" yaml:"hosts"`
-	Storage    Storage      `mapstructure:"storage" json:"storage" yaml:"storage"`
-	Scheduler  Scheduler    `mapstructure:"scheduler" json:"scheduler" yaml:"scheduler"`
-	Alerts     Alerts       `mapstructure:"alerts" json:"alerts" yaml:"alerts"`
+	Racks      []Rack        `mapstructure:"racks" json:"racks" yaml:"racks"`
+	Hosts      []Host        `mapstructure:"hosts" json:"hosts" yaml:"hosts"`
+	Storage    Storage       `mapstructure:"storage" json:"storage" yaml:"storage"`
+	Scheduler  Scheduler     `mapstructure:"scheduler" json:"scheduler" yaml:"scheduler"`
+	Alerts     Alerts        `mapstructure:"alerts" json:"alerts" yaml:"alerts"`
 }
 
 // Cluster names the cluster, for alerts and history.
@@ -83,8 +83,8 @@ type Host struct {
 	Name string `mapstructure:"name" json:"name" yaml:"name"`
 	Rack string `mapstructure:"rack" json:"rack" yaml:"rack"`
 	// Address is the management address: probes and heartbeats.
-	Address string `mapstructure:"address" json:"address" yaml:"address"`
-	Agent   Agent  `mapstructure:"agent" json:"agent" yaml:"agent"`
+	Address string  `mapstructure:"address" json:"address" yaml:"address"`
+	Agent   Agent   `mapstructure:"agent" json:"agent" yaml:"agent"`
 	Libvirt Libvirt `mapstructure:"libvirt" json:"libvirt" yaml:"libvirt"`
 	// BMCs lists the host's management controllers, at most one per type;
 	// a fence level of type T uses the BMC of type T.

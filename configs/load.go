@@ -23,18 +23,18 @@ const EnvPrefix = "CHIME_FENCE"
 // is invalid are defaulted here, not after decoding, so that an explicit
 // `missed_heartbeats: 0` is reported instead of silently replaced.
 var defaults = map[string]any{
-	"controller.listen":              "127.0.0.1:7480",
-	"controller.state_dir":           "/var/lib/chime-fence",
-	"mode":                           string(ModeObserve),
-	"detection.heartbeat_interval":   "5s",
-	"detection.missed_heartbeats":    3,
-	"detection.probe_timeout":        "1s",
-	"detection.recovery_heartbeats":  3,
-	"storage.rbd_shared":             true,
-	"scheduler.cpu_overcommit":       4.0,
-	"scheduler.memory_overcommit":    1.0,
-	"scheduler.reserved_cpus":        0,
-	"scheduler.reserved_memory_mib":  0,
+	"controller.listen":             "127.0.0.1:7480",
+	"controller.state_dir":          "/var/lib/chime-fence",
+	"mode":                          string(ModeObserve),
+	"detection.heartbeat_interval":  "5s",
+	"detection.missed_heartbeats":   3,
+	"detection.probe_timeout":       "1s",
+	"detection.recovery_heartbeats": 3,
+	"storage.rbd_shared":            true,
+	"scheduler.cpu_overcommit":      4.0,
+	"scheduler.memory_overcommit":   1.0,
+	"scheduler.reserved_cpus":       0,
+	"scheduler.reserved_memory_mib": 0,
 }
 
 // Load reads, checks and resolves a configuration file. It returns *Error

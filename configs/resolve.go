@@ -118,4 +118,3 @@ func (c *Config) HostNames() []string {
 }
 
 func sortStrings(s []string) { sort.Strings(s) }
-

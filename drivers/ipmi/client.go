@@ -139,10 +139,11 @@ func (c *Client) run(ctx context.Context, step string, op func(context.Context, 
 	return err
 }
 
-// session owns bmc from creation to Close. It sends op's classified result
-// on done (buffered) before or after closing: after, on the normal path, so
-// a returned call has no session left open on the BMC; before, when ctx has
-// ended, because then nobody waits for it.
+// session owns bmc from creation to Close. It sends the classified result
+// on done (buffered): after Close when the operation succeeded, so a
+// returned call leaves no session open on the BMC; before Close when it
+// failed or ctx ended, because closing a session that never opened waits a
+// Timeout for an answer that never comes, and nobody should wait for that.
 func (c *Client) session(ctx context.Context, step string, op func(context.Context, *goipmi.Client) error, done chan<- error) {
 	bmc, err := goipmi.NewClient(c.cfg.Addr, c.cfg.Port, c.cfg.Username, c.cfg.Password)
 	if err != nil {
@@ -167,9 +168,12 @@ func (c *Client) session(ctx context.Context, step string, op func(context.Conte
 		}
 	}
 	result := classify(ctx, c.cfg.Host, step, err)
-
-	if ctx.Err() != nil {
+	sent := false
+	if result != nil {
 		done <- result
+		sent = true
+	}
+	if ctx.Err() != nil {
 		// An abandoned exchange leaves a go-ipmi reader goroutine blocked
 		// until its read deadline (at most one Timeout); let it finish
 		// before Close touches the client's session state.
@@ -177,10 +181,10 @@ func (c *Client) session(ctx context.Context, step string, op func(context.Conte
 	}
 	closeCtx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout)
 	if cerr := bmc.Close(closeCtx); cerr != nil {
-		c.log.Debug().Str("step", step).Str("error", cerr.Error()).Msg("ipmi close session")
+		c.log.Debug().Str("step", step).Str("error", oneLine{cerr}.Error()).Msg("ipmi close session")
 	}
 	cancel()
-	if ctx.Err() == nil {
-		done <- result
+	if !sent {
+		done <- nil
 	}
 }

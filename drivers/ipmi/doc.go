@@ -9,7 +9,8 @@
 //     in error text.
 //   - Every method opens ONE short RMCP+ session (cipher suites tried in the
 //     configured order, default [3, 17]; privilege operator by default),
-//     does one thing, and closes the session. A *Client is safe for concurrent
+//     does one thing, and closes the session (before a successful call
+//     returns; in the background after a failed one). A *Client is safe for concurrent
 //     use because it shares nothing between calls; two calls never share a
 //     go-ipmi client.
 //   - Every method obeys ctx: when ctx ends first it returns at once with a
@@ -42,4 +43,7 @@
 //   - Connect reports failures of all suites with %v, dropping the error
 //     chain, so authentication failures are recognised by go-ipmi's own
 //     error texts (ErrRAKPAuthentication, "RMCP+ status 0x..").
+//   - ipmi_sim answers an Open Session for a suite it lacks (17) with just
+//     tag and status; go-ipmi fails to unpack it ("unpacked data is too
+//     short (2/8)"), which this package reports as KindConfig.
 package ipmi

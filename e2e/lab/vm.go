@@ -1,0 +1,167 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/xml"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// VMSpec describes a lab VM: a real QEMU TCG guest with 64 MiB, one vCPU,
+// no OS and no graphics, whose only disk is an empty qcow2 image.
+type VMSpec struct {
+	// Name is the domain name: letters, digits, '.', '_' or '-'.
+	Name string
+	// Shared puts the disk on the lab's shared storage (SharedDir, same
+	// path on every host); otherwise on the host's local storage
+	// (/var/lib/libvirt/images inside the host).
+	Shared bool
+	// NoStart only defines the domain.
+	NoStart bool
+}
+
+// VM is a VM created by CreateVM.
+type VM struct {
+	Name string
+	Host string // host it was created on
+	// Disk is the disk's path as hosts see it.
+	Disk string
+	// XML is the domain XML it was defined from.
+	XML string
+	// XMLFile holds XML, for `virsh define` on another host.
+	XMLFile string
+}
+
+var vmNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// Virsh runs virsh against h's libvirtd over its unix socket (so it works
+// while h's network is cut) and returns stdout. The error carries stderr.
+func (l *Lab) Virsh(ctx context.Context, h Host, args ...string) (string, error) {
+	uri := "qemu:///system?socket=" + h.LibvirtSocket
+	cmd := exec.CommandContext(ctx, "virsh", append([]string{"-q", "-c", uri}, args...)...)
+	cmd.Env = append(os.Environ(), envLab+"="+l.cfg.Name)
+	cmd.WaitDelay = 2 * time.Second
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("lab: %s: virsh %s: %w: %s", h.Name, strings.Join(args, " "), err, tail(stderr.Bytes(), 1000))
+	}
+	return stdout.String(), nil
+}
+
+// DomainXML is the domain XML of a lab VM with the given disk path.
+func DomainXML(name, disk string) string {
+	var n, d bytes.Buffer
+	_ = xml.EscapeText(&n, []byte(name))
+	_ = xml.EscapeText(&d, []byte(disk))
+	return fmt.Sprintf(`<domain type='qemu'>
+  <name>%s</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='%s'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+`, n.String(), d.String())
+}
+
+// CreateVM creates the VM's disk, defines it on h and, unless
+// spec.NoStart, starts it.
+func (l *Lab) CreateVM(ctx context.Context, h Host, spec VMSpec) (VM, error) {
+	if !vmNameRE.MatchString(spec.Name) {
+		return VM{}, fmt.Errorf("lab: VM name %q: want letters, digits, '.', '_' or '-' (at most 64)", spec.Name)
+	}
+	vm := VM{Name: spec.Name, Host: h.Name}
+	var file string // the disk's path from the root namespace
+	if spec.Shared {
+		file = filepath.Join(l.SharedDir(), spec.Name+".qcow2")
+		vm.Disk = file
+	} else {
+		file = filepath.Join(h.Dir, "lib", "images", spec.Name+".qcow2")
+		vm.Disk = "/var/lib/libvirt/images/" + spec.Name + ".qcow2"
+	}
+	if _, err := os.Stat(file); err == nil {
+		return VM{}, fmt.Errorf("lab: VM %s: disk %s already exists", spec.Name, file)
+	}
+	if _, err := run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", file, "64M"); err != nil {
+		return VM{}, fmt.Errorf("lab: VM %s: %w", spec.Name, err)
+	}
+	vm.XML = DomainXML(spec.Name, vm.Disk)
+	vm.XMLFile = filepath.Join(l.cfg.Dir, "vms", spec.Name+".xml")
+	if err := os.WriteFile(vm.XMLFile, []byte(vm.XML), 0o644); err != nil {
+		return VM{}, fmt.Errorf("lab: VM %s: %w", spec.Name, err)
+	}
+	if err := l.DefineVM(ctx, h, vm); err != nil {
+		return VM{}, err
+	}
+	if !spec.NoStart {
+		if err := l.StartVM(ctx, h, vm.Name); err != nil {
+			return VM{}, err
+		}
+	}
+	return vm, nil
+}
+
+// DefineVM defines vm (its XMLFile) on h.
+func (l *Lab) DefineVM(ctx context.Context, h Host, vm VM) error {
+	_, err := l.Virsh(ctx, h, "define", vm.XMLFile)
+	return err
+}
+
+// StartVM starts the defined domain name on h. Starting a VM whose disk a
+// QEMU on another host holds fails with an error containing LockErrorText.
+func (l *Lab) StartVM(ctx context.Context, h Host, name string) error {
+	_, err := l.Virsh(ctx, h, "start", name)
+	return err
+}
+
+// DomainState is `virsh domstate` of name on h ("running", "shut off", ...).
+func (l *Lab) DomainState(ctx context.Context, h Host, name string) (string, error) {
+	out, err := l.Virsh(ctx, h, "domstate", name)
+	return strings.TrimSpace(out), err
+}
+
+// Domains maps every domain defined on h to its state.
+func (l *Lab) Domains(ctx context.Context, h Host) (map[string]string, error) {
+	out, err := l.Virsh(ctx, h, "list", "--all", "--name")
+	if err != nil {
+		return nil, err
+	}
+	doms := map[string]string{}
+	for _, n := range strings.Fields(out) {
+		st, err := l.DomainState(ctx, h, n)
+		if err != nil {
+			return nil, err
+		}
+		doms[n] = st
+	}
+	return doms, nil
+}
+
+// HostCommand returns a command that runs inside h (its mount, UTS,
+// network and PID namespaces: it sees the host's /proc, boot id and
+// libvirt socket), or an error when h is off.
+func (l *Lab) HostCommand(ctx context.Context, h Host, name string, args ...string) (*exec.Cmd, error) {
+	p := initPID(h)
+	if p == 0 {
+		return nil, fmt.Errorf("lab: %s: host is not running", h.Name)
+	}
+	argv := append([]string{"--target", fmt.Sprint(p), "--mount", "--uts", "--net", "--pid", "--", name}, args...)
+	cmd := exec.CommandContext(ctx, "nsenter", argv...)
+	cmd.Env = append(os.Environ(), envLab+"="+l.cfg.Name)
+	cmd.WaitDelay = 2 * time.Second
+	return cmd, nil
+}

@@ -1,0 +1,100 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/chimestack/chime-fence/hypervisor"
+	"github.com/chimestack/chime-fence/power"
+)
+
+const token = "agent-token-xyz"
+
+func server(t *testing.T, h http.HandlerFunc) string {
+	s := httptest.NewServer(h)
+	t.Cleanup(s.Close)
+	return s.URL
+}
+
+func TestStatus(t *testing.T) {
+	url := server(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer "+token {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		assert.Equal(t, "/v1/status", r.URL.Path)
+		_, _ = w.Write([]byte(`{"host":"n1","boot_id":"b1","admin_state":"enabled","domains":[{"uuid":"u1","name":"vm1","state":"running"},{"uuid":"u2","name":"vm2","state":"shutoff"}]}`))
+	})
+	c, err := New(Config{Host: "n1", URL: url, Token: token})
+	require.NoError(t, err)
+	st, err := c.Status(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, "b1", st.BootID)
+	require.Len(t, st.Domains, 2)
+	assert.Equal(t, hypervisor.StateRunning, st.Domains[0].State)
+	assert.Equal(t, 1, st.Running())
+	ps, err := c.Check(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, power.On, ps)
+
+	bad, _ := New(Config{Host: "n1", URL: url, Token: "wrong-token"})
+	_, err = bad.Status(context.Background())
+	assert.ErrorIs(t, err, power.ErrAuth)
+	assert.NotContains(t, err.Error(), "wrong-token")
+}
+
+func TestStatusErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		h    http.HandlerFunc
+		want error
+		msg  string
+	}{
+		{"malformed", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"host":`)) }, power.ErrProtocol, "malformed status"},
+		{"bad state", func(w http.ResponseWriter, _ *http.Request) {
+			_, _ = w.Write([]byte(`{"host":"n1","domains":[{"uuid":"u","state":"zombie"}]}`))
+		}, power.ErrProtocol, `unknown domain state "zombie"`},
+		{"500", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(500) }, power.ErrProtocol, "HTTP 500"},
+		{"wrong host", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"host":"n7"}`)) }, power.ErrConfig, `says it runs on host "n7"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := New(Config{Host: "n1", URL: server(t, tc.h)})
+			require.NoError(t, err)
+			_, err = c.Status(context.Background())
+			assert.ErrorIs(t, err, tc.want)
+			assert.Contains(t, err.Error(), tc.msg)
+			assert.Contains(t, err.Error(), "host n1: agent: status")
+		})
+	}
+}
+
+func TestUnreachableAndTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	ln.Close()
+	c, _ := New(Config{Host: "n1", URL: "http://" + addr})
+	_, err = c.Status(context.Background())
+	assert.ErrorIs(t, err, power.ErrUnreachable)
+
+	slow := server(t, func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
+	c, _ = New(Config{Host: "n1", URL: slow})
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = c.Status(ctx)
+	assert.ErrorIs(t, err, power.ErrTimeout)
+	assert.Less(t, time.Since(start), 2*time.Second)
+}
+
+func TestNewRejectsBadURL(t *testing.T) {
+	_, err := New(Config{Host: "n1", URL: "ftp://x"})
+	assert.ErrorContains(t, err, `"ftp://x" is not an http(s) URL`)
+}

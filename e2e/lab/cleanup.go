@@ -34,9 +34,21 @@ func (l *Lab) Close() error {
 	var errs []error
 	marker := envLab + "=" + l.cfg.Name
 
-	// Power supplies first, so nothing reboots behind our back.
+	// Hosts first, with their power flags gone so no power supply reboots
+	// them; then the supplies, which by then have reaped their unshare (no
+	// zombies left for init).
+	var recorded []int
 	for _, h := range l.hosts {
 		_ = os.Remove(filepath.Join(h.Dir, "power_on"))
+		if p := initPID(h.Host); p > 0 {
+			recorded = append(recorded, p)
+		}
+	}
+	if err := killWait(ctx, recorded); err != nil {
+		errs = append(errs, fmt.Errorf("lab: close: %w", err))
+	}
+	for _, h := range l.hosts {
+		waitNoEnv(ctx, envInit+"="+h.Netns)
 		if h.sup != nil {
 			_ = h.sup.Process.Kill()
 			select {
@@ -46,14 +58,9 @@ func (l *Lab) Close() error {
 			}
 		}
 	}
-	var recorded []int
+	recorded = nil
 	for _, p := range l.attachedPIDs {
 		if hasEnv(p, marker) || strings.Contains(cmdline(p), l.cfg.Dir) {
-			recorded = append(recorded, p)
-		}
-	}
-	for _, h := range l.hosts {
-		if p := initPID(h.Host); p > 0 {
 			recorded = append(recorded, p)
 		}
 	}
@@ -81,6 +88,30 @@ func (l *Lab) Close() error {
 	_ = os.Remove(filepath.Join(l.cfg.Dir, stateFile))
 	l.log.Info().Dur("took", time.Since(t0)).Msg("lab closed")
 	return errors.Join(errs...)
+}
+
+// waitNoEnv waits (at most 2 s) until no live process carries kv in its
+// environment.
+func waitNoEnv(ctx context.Context, kv string) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	for {
+		found := false
+		for _, p := range pids() {
+			if hasEnv(p, kv) && alive(p) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // initPID is the PID (root namespace) of h's current PID 1, 0 when the

@@ -233,4 +233,3 @@ func nftDelete(ctx context.Context, netns, table string) error {
 	_, err = run(ctx, "ip", "netns", "exec", netns, "nft", "delete", "table", "inet", table)
 	return err
 }
-

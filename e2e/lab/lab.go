@@ -372,6 +372,12 @@ func (l *Lab) writeHost(h *host) error {
 			fmt.Sprintf("%x-%x-%x-%x-%x", uuid[0:4], uuid[4:6], uuid[6:8], uuid[8:10], uuid[10:])),
 		"etc/qemu.conf": qemuConf,
 	}
+	// libvirtd resolves its own host name; answer locally.
+	etcHosts, err := os.ReadFile("/etc/hosts")
+	if err != nil {
+		return fmt.Errorf("lab: %s: %w", h.Name, err)
+	}
+	files["hosts"] = string(etcHosts) + "\n# chime-fence lab\n" + h.MgmtAddr + " " + h.Name + "\n"
 	for name, body := range files {
 		if err := os.WriteFile(filepath.Join(h.Dir, name), []byte(body), 0o644); err != nil {
 			return fmt.Errorf("lab: %s: %w", h.Name, err)

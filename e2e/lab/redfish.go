@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -29,7 +30,12 @@ func (l *Lab) redfishBinary(ctx context.Context) (string, error) {
 	if err != nil {
 		gobin = "/usr/local/go/bin/go"
 	}
-	if _, err := run(ctx, gobin, "build", "-o", bin, redfishSimPkg); err != nil {
+	// Build inside this module's source tree, wherever the caller runs.
+	_, src, _, _ := runtime.Caller(0)
+	cmd := exec.CommandContext(ctx, gobin, "build", "-o", bin, redfishSimPkg)
+	cmd.Dir = filepath.Dir(src)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		err = fmt.Errorf("go build %s: %w: %s", redfishSimPkg, err, tail(out, 600))
 		return "", fmt.Errorf("lab: build Redfish simulator (or set Config.RedfishSim): %w", err)
 	}
 	return bin, nil

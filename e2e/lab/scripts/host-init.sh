@@ -18,6 +18,7 @@ mount --bind "$H/cache" /var/cache/libvirt
 mount --bind "$H/log" /var/log/libvirt
 mount --bind {{q .Passwd}} /etc/passwd
 mount --bind {{q .Group}} /etc/group
+mount --bind "$H/hosts" /etc/hosts
 mount --bind "$H/boot_id" /proc/sys/kernel/random/boot_id
 set +e
 echo "$(date +%s.%N) {{.Host}} up, boot_id $(cat /proc/sys/kernel/random/boot_id)"

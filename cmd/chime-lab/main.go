@@ -1,0 +1,342 @@
+// Command chime-lab runs the local lab (package e2e/lab) for `make demo`
+// and by hand, as root:
+//
+//	chime-lab up    --dir D [--name chlab] [--hosts 3] [--vms 3] [--redfish N]
+//	chime-lab show  --dir D
+//	chime-lab down  --dir D
+//	chime-lab sweep [--name chlab]
+//
+// up starts a keeper process (chime-lab serve, detached) that owns the lab
+// — its processes die with it — creates the VMs, and returns once the lab
+// is up, printing hosts, BMC power and VMs per host. The keeper's PID is in
+// D/keeper.pid, its log in D/keeper.log, the lab itself in D/lab. down
+// stops the keeper (which closes the lab) and sweeps whatever is left.
+// Exit codes: 0 success, 1 runtime failure, 2 usage error.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/chimestack/chime-fence/e2e/lab"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `usage:
+  chime-lab up    --dir D [--name chlab] [--hosts 3] [--vms 3] [--redfish N]
+  chime-lab show  --dir D
+  chime-lab down  --dir D
+  chime-lab sweep [--name chlab]
+`
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	fs := flag.NewFlagSet("chime-lab "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("dir", "", "directory for the lab, its keeper's PID and log (absolute or relative)")
+	name := fs.String("name", lab.DefaultName, "lab name: prefix of its namespaces")
+	hosts := fs.Int("hosts", 3, "number of hosts")
+	vms := fs.Int("vms", 3, "VMs to create, round-robin over the hosts, disks on shared storage")
+	redfish := fs.Int("redfish", 0, "give the last N hosts a Redfish BMC instead of IPMI")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "chime-lab: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	needDir := func() (string, bool) {
+		if *dir == "" {
+			fmt.Fprintln(stderr, "chime-lab: --dir is required")
+			return "", false
+		}
+		d, err := filepath.Abs(*dir)
+		if err != nil {
+			fmt.Fprintf(stderr, "chime-lab: --dir: %v\n", err)
+			return "", false
+		}
+		return d, true
+	}
+	if *redfish < 0 || *redfish > *hosts {
+		fmt.Fprintf(stderr, "chime-lab: --redfish %d out of range 0..%d (--hosts)\n", *redfish, *hosts)
+		return 2
+	}
+	if *vms < 0 {
+		fmt.Fprintf(stderr, "chime-lab: --vms %d is negative\n", *vms)
+		return 2
+	}
+	switch args[0] {
+	case "up", "serve":
+		d, ok := needDir()
+		if !ok {
+			return 2
+		}
+		types := make([]string, *hosts)
+		for i := range types {
+			types[i] = lab.BMCIPMI
+			if i >= *hosts-*redfish {
+				types[i] = lab.BMCRedfish
+			}
+		}
+		cfg := lab.Config{Name: *name, Dir: filepath.Join(d, "lab"), Hosts: *hosts, BMCTypes: types}
+		// `make build` puts chime-redfish-sim next to chime-lab.
+		if self, err := os.Executable(); err == nil {
+			if sim := filepath.Join(filepath.Dir(self), "chime-redfish-sim"); fileExists(sim) {
+				cfg.RedfishSim = sim
+			}
+		}
+		if args[0] == "serve" {
+			return serve(cfg, *vms, d, stderr)
+		}
+		return up(d, args[1:], stdout, stderr)
+	case "show":
+		d, ok := needDir()
+		if !ok {
+			return 2
+		}
+		return show(d, stdout, stderr)
+	case "down":
+		d, ok := needDir()
+		if !ok {
+			return 2
+		}
+		return down(d, stdout, stderr)
+	case "sweep":
+		if err := lab.Sweep(*name); err != nil {
+			fmt.Fprintf(stderr, "chime-lab: %v\n", err)
+			return 1
+		}
+		return report(lab.Leftovers(*name, ""), stdout, stderr)
+	}
+	fmt.Fprint(stderr, usage)
+	return 2
+}
+
+// up starts the keeper detached and waits until it reports the lab ready.
+func up(dir string, args []string, stdout, stderr io.Writer) int {
+	if pid := keeperPID(dir); pid > 0 {
+		fmt.Fprintf(stderr, "chime-lab: a lab keeper (pid %d) already runs for %s; chime-lab down --dir %s first\n", pid, dir, dir)
+		return 1
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		fmt.Fprintf(stderr, "chime-lab: %v\n", err)
+		return 1
+	}
+	_ = os.Remove(filepath.Join(dir, "ready"))
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(stderr, "chime-lab: %v\n", err)
+		return 1
+	}
+	logPath := filepath.Join(dir, "keeper.log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		fmt.Fprintf(stderr, "chime-lab: %v\n", err)
+		return 1
+	}
+	defer logf.Close()
+	cmd := exec.Command(self, append([]string{"serve"}, args...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(stderr, "chime-lab: start keeper: %v\n", err)
+		return 1
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t0 := time.Now()
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "ready")); err == nil {
+			break
+		}
+		select {
+		case err := <-exited:
+			fmt.Fprintf(stderr, "chime-lab: keeper exited (%v); log %s:\n%s\n", err, logPath, logTail(logPath))
+			return 1
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Since(t0) > 3*time.Minute {
+			_ = cmd.Process.Kill()
+			fmt.Fprintf(stderr, "chime-lab: lab not up after 3m; log %s:\n%s\n", logPath, logTail(logPath))
+			return 1
+		}
+	}
+	fmt.Fprintf(stdout, "lab up in %v (keeper pid %d, log %s)\n\n", time.Since(t0).Round(10*time.Millisecond), cmd.Process.Pid, logPath)
+	return show(dir, stdout, stderr)
+}
+
+// serve is the keeper: it owns the lab until SIGTERM or SIGINT.
+func serve(cfg lab.Config, vms int, dir string, stderr io.Writer) int {
+	cfg.Log = zerolog.New(stderr).With().Timestamp().Logger()
+	log := cfg.Log.With().Str("component", "chime-lab").Logger()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := os.WriteFile(filepath.Join(dir, "keeper.pid"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		log.Error().Err(err).Msg("keeper pid file")
+		return 1
+	}
+	defer os.Remove(filepath.Join(dir, "keeper.pid"))
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	l, err := lab.Start(sctx, cfg)
+	cancel()
+	if err != nil {
+		log.Error().Err(err).Msg("lab start failed")
+		return 1
+	}
+	defer func() {
+		if err := l.Close(); err != nil {
+			log.Error().Err(err).Msg("lab close")
+		}
+		if left := lab.Leftovers(cfg.Name, cfg.Dir); len(left) > 0 {
+			log.Error().Strs("leftovers", left).Msg("lab close left things behind")
+		}
+	}()
+	hs := l.Hosts()
+	for i := 0; i < vms; i++ {
+		h := hs[i%len(hs)]
+		vctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		_, err := l.CreateVM(vctx, h, lab.VMSpec{Name: fmt.Sprintf("vm%d", i+1), Shared: true})
+		cancel()
+		if err != nil {
+			log.Error().Err(err).Msg("create VM")
+			return 1
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ready"), nil, 0o644); err != nil {
+		log.Error().Err(err).Msg("ready file")
+		return 1
+	}
+	log.Info().Int("vms", vms).Msg("lab ready; SIGTERM (chime-lab down) stops it")
+	<-ctx.Done()
+	log.Info().Msg("stopping")
+	return 0
+}
+
+func show(dir string, stdout, stderr io.Writer) int {
+	l, err := lab.Attach(filepath.Join(dir, "lab"))
+	if err != nil {
+		fmt.Fprintf(stderr, "chime-lab: %v (is the lab up?)\n", err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sts := l.Status(ctx)
+	c := l.Controller()
+	fmt.Fprintf(stdout, "lab %s: controller netns %s (mgmt %s, bmc %s), shared storage %s\n\n",
+		l.Name(), c.Netns, c.MgmtAddr, c.BMCAddr, l.SharedDir())
+	if err := lab.WriteStatus(stdout, sts); err != nil {
+		fmt.Fprintf(stderr, "chime-lab: %v\n", err)
+		return 1
+	}
+	for _, s := range sts {
+		if strings.HasPrefix(s.BMCPower, "error") {
+			return 1
+		}
+	}
+	return 0
+}
+
+// down stops the keeper by PID, then closes and sweeps whatever is left.
+func down(dir string, stdout, stderr io.Writer) int {
+	var errs []error
+	if pid := keeperPID(dir); pid > 0 {
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		deadline := time.Now().Add(30 * time.Second)
+		for keeperPID(dir) == pid && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if keeperPID(dir) == pid {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			errs = append(errs, fmt.Errorf("keeper %d ignored SIGTERM; killed", pid))
+		}
+	}
+	name := lab.DefaultName
+	if l, err := lab.Attach(filepath.Join(dir, "lab")); err == nil {
+		name = l.Name()
+		if err := l.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	} else if b, err := os.ReadFile(filepath.Join(dir, "lab", ".chime-lab")); err == nil {
+		name = strings.TrimSpace(string(b))
+	}
+	if err := lab.Sweep(name); err != nil {
+		errs = append(errs, err)
+	}
+	_ = os.Remove(filepath.Join(dir, "ready"))
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintf(stderr, "chime-lab: %v\n", err)
+	}
+	if code := report(lab.Leftovers(name, filepath.Join(dir, "lab")), stdout, stderr); code != 0 || len(errs) > 0 {
+		return 1
+	}
+	return 0
+}
+
+// keeperPID is the PID in dir/keeper.pid if that process is a live
+// chime-lab keeper, else 0.
+func keeperPID(dir string) int {
+	b, err := os.ReadFile(filepath.Join(dir, "keeper.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	cl, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return 0
+	}
+	args := strings.Split(string(cl), "\x00")
+	if len(args) < 2 || filepath.Base(args[0]) != "chime-lab" || args[1] != "serve" {
+		return 0
+	}
+	return pid
+}
+
+func report(left []string, stdout, stderr io.Writer) int {
+	if len(left) == 0 {
+		fmt.Fprintln(stdout, "clean: no lab processes, namespaces, mounts or nftables tables left")
+		return 0
+	}
+	fmt.Fprintln(stderr, "chime-lab: left behind:")
+	for _, s := range left {
+		fmt.Fprintln(stderr, "  "+s)
+	}
+	return 1
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir()
+}
+
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(b)
+}

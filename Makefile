@@ -42,5 +42,11 @@ demo: deps build
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(UNIT)
 
+# Decide-to-fence → power read back Off on ipmi_sim: chime-fence's IPMI
+# level against Debian's fence_ipmilan, 20 runs each (needs root-free
+# loopback only; installs nothing).
+bench-fence:
+	$(GO) run ./cmd/chime-fence-bench -runs 20
+
 clean:
 	rm -rf $(BIN)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/chimestack/chime-fence/drivers/ipmi"
 	"github.com/chimestack/chime-fence/e2e/ipmisim"
+	"github.com/chimestack/chime-fence/fencer"
 	"github.com/chimestack/chime-fence/power"
 )
 
@@ -138,25 +139,16 @@ type bench struct {
 	password string
 }
 
-// chimeFence is the fencer's IPMI level: act, then read back until Off.
+// chimeFence is the fencer's IPMI level itself: fencer.PowerOff sends a
+// hard off and verifies by reading power back until Off.
 func (b *bench) chimeFence(ctx context.Context) error {
-	if err := b.drv.PowerOff(ctx); err != nil {
-		return err
+	dl, ok := ctx.Deadline()
+	timeout := 30 * time.Second
+	if ok {
+		timeout = time.Until(dl)
 	}
-	for {
-		st, err := b.drv.PowerStatus(ctx)
-		if err != nil {
-			return err
-		}
-		if st == power.Off {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("power still %s: %w", st, ctx.Err())
-		case <-time.After(PollInterval):
-		}
-	}
+	_, err := fencer.PowerOff(ctx, b.drv, fencer.RealClock{}, fencer.PowerOffOptions{Timeout: timeout, Poll: PollInterval})
+	return err
 }
 
 // agentFence runs fence_ipmilan -o off with its options on stdin, the way

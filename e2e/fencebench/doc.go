@@ -6,7 +6,7 @@
 // fencers for Options.Runs runs each, powering the host back on (and
 // reading it back On) between runs so every run fences a running host:
 //
-//   - chime-fence: drivers/ipmi PowerOff, then PowerStatus every 50 ms until
+//   - chime-fence: fencer.PowerOff over drivers/ipmi: hard off, then PowerStatus every 50 ms until
 //     it reads Off (read-back verified);
 //   - fence_ipmilan -o off with lanplus, cipher 3, operator privilege,
 //     options on stdin (the password never on our argv), which itself powers

@@ -55,6 +55,9 @@ type Config struct {
 	// builds ./cmd/chime-redfish-sim of this module with `go build` into
 	// Dir/bin (needs the module source and a Go toolchain).
 	RedfishSim string
+	// RedfishArgs are extra flags for every Redfish simulator, e.g.
+	// "--off-lag=2s" or "--max-sessions=2".
+	RedfishArgs []string
 	// Log receives progress events (component=lab). Zero value: silent.
 	Log zerolog.Logger
 }

@@ -73,7 +73,9 @@ func TestLab(t *testing.T) {
 	l := startLab(t, ctx, Config{
 		Name: "chlabt", Dir: t.TempDir(), Hosts: 3,
 		BMCTypes:     []string{BMCIPMI, BMCIPMI, BMCRedfish},
-		AgentCommand: func(h Host) []string { return []string{"sleep", "infinity"} },
+		AgentCommand: func(h Host) []string {
+			return []string{"sh", "-c", "echo agent on $(hostname) boot $(cat " + BootIDPath + "); exec sleep infinity"}
+		},
 	})
 	hosts := l.Hosts()
 	require.Len(t, hosts, 3)
@@ -102,6 +104,10 @@ func TestLab(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "host1", strings.TrimSpace(string(out)))
 	require.NotZero(t, l.AgentPID(h1), "agent runs on host1")
+	require.Eventually(t, func() bool {
+		b, _ := os.ReadFile(h1.AgentLog)
+		return strings.Contains(string(b), "agent on host1 boot "+boot1)
+	}, 5*time.Second, 20*time.Millisecond, "the agent's output reaches AgentLog and it sees the lab boot id")
 
 	vm, err := l.CreateVM(ctx, h1, VMSpec{Name: "vm1", Shared: true})
 	require.NoError(t, err)
@@ -201,9 +207,23 @@ func TestLab(t *testing.T) {
 	require.NoError(t, l.BlockBMC(ctx, h1))
 	out1, err = ipmitool(ctx, l, h1, "chassis", "power", "status")
 	assert.Error(t, err, "blocked BMC answered: %s", out1)
+	_, err = l.BMCPower(ctx, h1)
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), strings.TrimSpace(string(pw)), "password in an error")
 	require.NoError(t, l.UnblockBMC(ctx, h1))
 	out1, err = ipmitool(ctx, l, h1, "chassis", "power", "status")
 	require.NoError(t, err, out1)
+
+	// PowerLoss goes through the same chassis path the BMC reports from.
+	require.NoError(t, l.PowerLoss(ctx, h2))
+	on, err := l.BMCPower(ctx, h2)
+	require.NoError(t, err)
+	assert.False(t, on, "BMC reports off after PowerLoss")
+	assert.Empty(t, l.QEMUPIDs(h2))
+	require.NoError(t, l.PowerOn(ctx, h2))
+	on, err = l.BMCPower(ctx, h2)
+	require.NoError(t, err)
+	assert.True(t, on)
 
 	t.Run("redfish", func(t *testing.T) { testRedfishBMC(t, ctx, l, h3) })
 }

@@ -62,6 +62,7 @@ func (l *Lab) startRedfish(ctx context.Context, h *host, bin, pwFile string) err
 		"--user", h.BMC.User, "--password-file", pwFile,
 		"--chassis-control", h.ChassisControl, "--system-id", h.BMC.SystemID,
 		"--tls-cert", cert, "--tls-key", key)
+	cmd.Args = append(cmd.Args, l.cfg.RedfishArgs...)
 	cmd.Env = append(os.Environ(), envLab+"="+l.cfg.Name)
 	cmd.Stderr = logf
 	out, err := cmd.StdoutPipe()

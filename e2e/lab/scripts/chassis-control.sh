@@ -65,7 +65,8 @@ set)
 			*) echo "invalid power value: $v"; exit 1 ;;
 			esac ;;
 		shutdown) [ "$v" = 1 ] && { power_off || exit 1; } ;;
-		reset) [ "$v" = 1 ] && { power_off && power_on || exit 1; } ;;
+		# A reset pulse only matters to a running host.
+		reset) [ "$v" = 1 ] && [ -e "$H/power_on" ] && { power_off && power_on || exit 1; } ;;
 		boot|identify) ;;
 		*) echo "invalid parameter: $p"; exit 1 ;;
 		esac

@@ -72,7 +72,7 @@ func TestLab(t *testing.T) {
 	defer cancel()
 	l := startLab(t, ctx, Config{
 		Name: "chlabt", Dir: t.TempDir(), Hosts: 3,
-		BMCTypes:     []string{BMCIPMI, BMCIPMI, BMCRedfish},
+		BMCTypes: []string{BMCIPMI, BMCIPMI, BMCRedfish},
 		AgentCommand: func(h Host) []string {
 			return []string{"sh", "-c", "echo agent on $(hostname) boot $(cat " + BootIDPath + "); exec sleep infinity"}
 		},

@@ -19,7 +19,9 @@ import (
 // Config says how to reach one host's libvirtd.
 type Config struct {
 	Host    string // our name for the host, for errors and logs
-	Address string // host:port of libvirtd's TCP listener
+	// Address is host:port of libvirtd's TCP listener, or unix:/path of
+	// its socket (the agent, on the host itself).
+	Address string
 	URI     string // driver URI, e.g. qemu:///system
 	// CallTimeout caps a call whose context has no deadline. Default 30s.
 	CallTimeout time.Duration
@@ -55,7 +57,11 @@ func New(cfg Config, log zerolog.Logger) (*Client, error) {
 	if cfg.Host == "" {
 		return nil, errors.New("libvirt: Config.Host is required")
 	}
-	if _, _, err := net.SplitHostPort(cfg.Address); err != nil {
+	if path, ok := strings.CutPrefix(cfg.Address, "unix:"); ok {
+		if path == "" {
+			return nil, fmt.Errorf("libvirt: host %s: address %q: empty socket path", cfg.Host, cfg.Address)
+		}
+	} else if _, _, err := net.SplitHostPort(cfg.Address); err != nil {
 		return nil, fmt.Errorf("libvirt: host %s: address %q: %w", cfg.Host, cfg.Address, err)
 	}
 	if cfg.URI == "" {
@@ -110,7 +116,11 @@ func (c *Client) connection(ctx context.Context) (*conn, error) {
 		c.cur = nil
 	}
 	d := net.Dialer{KeepAlive: 5 * time.Second}
-	nc, err := d.DialContext(ctx, "tcp", c.cfg.Address)
+	network, address := "tcp", c.cfg.Address
+	if path, ok := strings.CutPrefix(address, "unix:"); ok {
+		network, address = "unix", path
+	}
+	nc, err := d.DialContext(ctx, network, address)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, c.ctxErr(ctx, "libvirt: connect")

@@ -122,9 +122,13 @@ func TestNewValidates(t *testing.T) {
 	assert.ErrorContains(t, err, "Host is required")
 	_, err = New(Config{Host: "n1", Address: "nope"}, zerolog.Nop())
 	assert.ErrorContains(t, err, `address "nope"`)
+	_, err = New(Config{Host: "n1", Address: "unix:"}, zerolog.Nop())
+	assert.ErrorContains(t, err, "empty socket path")
 	c, err := New(Config{Host: "n1", Address: "127.0.0.1:16509"}, zerolog.Nop())
 	require.NoError(t, err)
 	assert.Equal(t, "qemu:///system", c.cfg.URI)
+	_, err = New(Config{Host: "n1", Address: "unix:/run/libvirt/libvirt-sock"}, zerolog.Nop())
+	assert.NoError(t, err)
 }
 
 func TestUUIDRoundTrip(t *testing.T) {

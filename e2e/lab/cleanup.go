@@ -48,8 +48,9 @@ func (l *Lab) Close() error {
 		errs = append(errs, fmt.Errorf("lab: close: %w", err))
 	}
 	for _, h := range l.hosts {
-		waitNoEnv(ctx, envInit+"="+h.Netns)
 		if h.sup != nil {
+			// Let the supply reap its unshare and reach its idle read.
+			waitNoChildren(ctx, h.sup.Process.Pid)
 			_ = h.sup.Process.Kill()
 			select {
 			case <-h.supDone:
@@ -90,22 +91,12 @@ func (l *Lab) Close() error {
 	return errors.Join(errs...)
 }
 
-// waitNoEnv waits (at most 2 s) until no live process carries kv in its
-// environment.
-func waitNoEnv(ctx context.Context, kv string) {
+// waitNoChildren waits (at most 2 s) until pid has no child processes,
+// zombies included.
+func waitNoChildren(ctx context.Context, pid int) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	for {
-		found := false
-		for _, p := range pids() {
-			if hasEnv(p, kv) && alive(p) {
-				found = true
-				break
-			}
-		}
-		if !found {
-			return
-		}
+	for len(children(pid)) > 0 {
 		select {
 		case <-ctx.Done():
 			return

@@ -114,6 +114,26 @@ func alive(pid int) bool {
 	return b[i+2] != 'Z' && b[i+2] != 'X'
 }
 
+// children lists the processes whose parent is pid, zombies included.
+func children(pid int) []int {
+	var out []int
+	for _, p := range pids() {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/stat")
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // killWait sends SIGKILL to pids and waits until none is alive or ctx ends.
 func killWait(ctx context.Context, ps []int) error {
 	for _, p := range ps {

@@ -1,7 +1,7 @@
 // Command chime-lab runs the local lab (package e2e/lab) for `make demo`
 // and by hand, as root:
 //
-//	chime-lab up    --dir D [--name chlab] [--hosts 3] [--vms 3] [--redfish N]
+//	chime-lab up    --dir D [--name chlab] [--hosts 3] [--vms 3] [--redfish N] [--agent CMD]
 //	chime-lab show  --dir D
 //	chime-lab down  --dir D
 //	chime-lab sweep [--name chlab]
@@ -57,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	hosts := fs.Int("hosts", 3, "number of hosts")
 	vms := fs.Int("vms", 3, "VMs to create, round-robin over the hosts, disks on shared storage")
 	redfish := fs.Int("redfish", 0, "give the last N hosts a Redfish BMC instead of IPMI")
+	agent := fs.String("agent", "", "command started in every host at power-on (split at spaces, no quoting); "+
+		"it finds CHIME_LAB_HOST, CHIME_LAB_HOST_ADDR and CHIME_LAB_CONTROLLER_ADDR in its environment")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -98,6 +100,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		cfg := lab.Config{Name: *name, Dir: filepath.Join(d, "lab"), Hosts: *hosts, BMCTypes: types}
+		if argv := strings.Fields(*agent); len(argv) > 0 {
+			cfg.AgentCommand = func(lab.Host) []string { return argv }
+		}
 		// `make build` puts chime-redfish-sim next to chime-lab.
 		if self, err := os.Executable(); err == nil {
 			if sim := filepath.Join(filepath.Dir(self), "chime-redfish-sim"); fileExists(sim) {

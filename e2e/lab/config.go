@@ -49,7 +49,9 @@ type Config struct {
 	// AgentCommand, if set, gives the argv of a process started inside the
 	// host at every power-on (after libvirtd), with stdout and stderr
 	// appended to Host.AgentLog. It runs in the host's namespaces with
-	// CHIME_LAB_AGENT=1 in its environment.
+	// CHIME_LAB_AGENT=1, CHIME_LAB_HOST (host name), CHIME_LAB_HOST_ADDR
+	// (its mgmt address) and CHIME_LAB_CONTROLLER_ADDR (the controller's
+	// mgmt address) in its environment.
 	AgentCommand func(Host) []string
 	// RedfishSim is the chime-redfish-sim binary for BMCRedfish hosts; ""
 	// builds ./cmd/chime-redfish-sim of this module with `go build` into

@@ -31,12 +31,13 @@ func (l *Lab) PowerLoss(ctx context.Context, h Host) error {
 	return err
 }
 
-// PowerOn powers h on (new boot id) and waits until its libvirtd answers.
+// PowerOn powers h on (new boot id) and waits until its libvirtd answers
+// on its unix socket (WaitBooted; call WaitReady to also wait for TCP).
 func (l *Lab) PowerOn(ctx context.Context, h Host) error {
 	if _, err := l.chassis(ctx, h, "set", "power", "1"); err != nil {
 		return err
 	}
-	return l.WaitReady(ctx, h)
+	return l.WaitBooted(ctx, h)
 }
 
 // HostPowered reports h's power state as its BMC sees it.

@@ -398,7 +398,7 @@ func (l *Lab) writeHost(h *host) error {
 	data := map[string]string{
 		"Host": h.Name, "HostDir": h.Dir, "Netns": h.Netns, "HangTable": hangTable,
 		"Passwd": filepath.Join(l.cfg.Dir, "etc", "passwd"), "Group": filepath.Join(l.cfg.Dir, "etc", "group"),
-		"Agent": agent,
+		"Agent": agent, "HostAddr": h.MgmtAddr, "CtlAddr": l.ctl.MgmtAddr,
 	}
 	for tmpl, out := range map[string]string{
 		"supervisor.sh": "supervisor.sh", "host-init.sh": "host-init.sh", "chassis-control.sh": "chassis-control",
@@ -470,9 +470,19 @@ func (l *Lab) startSupervisor(h *host) error {
 // WaitReady waits until h's libvirtd answers over TCP from the controller
 // namespace and on its unix socket, or ctx ends.
 func (l *Lab) WaitReady(ctx context.Context, h Host) error {
+	return l.waitLibvirt(ctx, h, true)
+}
+
+// WaitBooted waits until h's libvirtd answers on its unix socket, or ctx
+// ends; unlike WaitReady it does not need h's network.
+func (l *Lab) WaitBooted(ctx context.Context, h Host) error {
+	return l.waitLibvirt(ctx, h, false)
+}
+
+func (l *Lab) waitLibvirt(ctx context.Context, h Host, tcp bool) error {
 	var last error
 	for {
-		last = l.probeLibvirt(ctx, h)
+		last = l.probeLibvirt(ctx, h, tcp)
 		if last == nil {
 			return nil
 		}
@@ -486,9 +496,11 @@ func (l *Lab) WaitReady(ctx context.Context, h Host) error {
 	}
 }
 
-func (l *Lab) probeLibvirt(ctx context.Context, h Host) error {
-	if err := tcpProbe(ctx, l.ctl.Netns, h.MgmtAddr, LibvirtPort, 300*time.Millisecond); err != nil {
-		return err
+func (l *Lab) probeLibvirt(ctx context.Context, h Host, tcp bool) error {
+	if tcp {
+		if err := tcpProbe(ctx, l.ctl.Netns, h.MgmtAddr, LibvirtPort, 300*time.Millisecond); err != nil {
+			return err
+		}
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

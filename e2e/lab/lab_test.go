@@ -74,7 +74,7 @@ func TestLab(t *testing.T) {
 		Name: "chlabt", Dir: t.TempDir(), Hosts: 3,
 		BMCTypes: []string{BMCIPMI, BMCIPMI, BMCRedfish},
 		AgentCommand: func(h Host) []string {
-			return []string{"sh", "-c", "echo agent on $(hostname) boot $(cat " + BootIDPath + "); exec sleep infinity"}
+			return []string{"sh", "-c", "echo agent on $(hostname) boot $(cat " + BootIDPath + ") ctl $CHIME_LAB_CONTROLLER_ADDR; exec sleep infinity"}
 		},
 	})
 	hosts := l.Hosts()
@@ -106,7 +106,7 @@ func TestLab(t *testing.T) {
 	require.NotZero(t, l.AgentPID(h1), "agent runs on host1")
 	require.Eventually(t, func() bool {
 		b, _ := os.ReadFile(h1.AgentLog)
-		return strings.Contains(string(b), "agent on host1 boot "+boot1)
+		return strings.Contains(string(b), "agent on host1 boot "+boot1+" ctl "+l.Controller().MgmtAddr)
 	}, 5*time.Second, 20*time.Millisecond, "the agent's output reaches AgentLog and it sees the lab boot id")
 
 	vm, err := l.CreateVM(ctx, h1, VMSpec{Name: "vm1", Shared: true})
@@ -186,6 +186,11 @@ func TestLab(t *testing.T) {
 	assert.Equal(t, "Chassis Power is on", out1)
 	_, err = l.Virsh(ctx, h1, "uri")
 	assert.NoError(t, err, "host1 keeps running behind the cut")
+	// A power cycle does not plug the cable back in.
+	require.NoError(t, l.PowerLoss(ctx, h1))
+	require.NoError(t, l.PowerOn(ctx, h1))
+	ping, tcp = reachable(ctx, l, h1)
+	assert.False(t, ping || tcp, "rebooted host reachable through a cut network")
 	require.NoError(t, l.RestoreNetwork(ctx, h1))
 	ping, tcp = reachable(ctx, l, h1)
 	assert.True(t, ping && tcp, "host1 reachable after restore")

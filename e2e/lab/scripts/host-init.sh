@@ -24,7 +24,7 @@ set +e
 echo "$(date +%s.%N) {{.Host}} up, boot_id $(cat /proc/sys/kernel/random/boot_id)"
 libvirtd --listen --pid-file /run/libvirt/libvirtd.pid >>/var/log/libvirt/libvirtd.out 2>&1 </dev/null &
 {{- if .Agent}}
-CHIME_LAB_AGENT=1 {{.Agent}} >>"$H/agent.log" 2>&1 </dev/null &
+CHIME_LAB_AGENT=1 CHIME_LAB_HOST_ADDR={{q .HostAddr}} CHIME_LAB_CONTROLLER_ADDR={{q .CtlAddr}} {{.Agent}} >>"$H/agent.log" 2>&1 </dev/null &
 {{- end}}
 # As PID 1 reap everything, including QEMUs that libvirtd daemonized.
 while :; do

@@ -333,6 +333,7 @@ func TestSweepAfterOwnerKilled(t *testing.T) {
 	require.NoError(t, cmd.Process.Kill())
 	killed = true
 	_ = cmd.Wait()
+	t.Logf("left by the killed owner before Sweep: %q", Leftovers(name, dir))
 	assert.NotEmpty(t, netnsFiles(name+"-"), "namespaces outlive a killed owner until swept")
 	require.NoError(t, Sweep(name))
 	assert.Empty(t, Leftovers(name, dir))

@@ -333,8 +333,10 @@ func TestSweepAfterOwnerKilled(t *testing.T) {
 	require.NoError(t, cmd.Process.Kill())
 	killed = true
 	_ = cmd.Wait()
-	t.Logf("left by the killed owner before Sweep: %q", Leftovers(name, dir))
+	left := Leftovers(name, dir)
+	t.Logf("left by the killed owner before Sweep: %q", left)
 	assert.NotEmpty(t, netnsFiles(name+"-"), "namespaces outlive a killed owner until swept")
+	assert.Contains(t, strings.Join(left, "\n"), "sleep 1000", "the controller's process outlives a killed owner until swept")
 	require.NoError(t, Sweep(name))
 	assert.Empty(t, Leftovers(name, dir))
 }
@@ -354,6 +356,12 @@ func TestHelperLabOwner(t *testing.T) {
 		return
 	}
 	if _, err := l.CreateVM(ctx, l.Hosts()[0], VMSpec{Name: "k1"}); err != nil {
+		fmt.Println("LAB FAILED", err)
+		return
+	}
+	// A daemon under test in the controller does not die with the owner.
+	stray := l.Controller().Command(context.Background(), "sleep", "1000")
+	if err := stray.Start(); err != nil {
 		fmt.Println("LAB FAILED", err)
 		return
 	}

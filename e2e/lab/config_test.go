@@ -100,3 +100,28 @@ func TestChassisControlScript(t *testing.T) {
 	out, _ = runProg("get", "power")
 	assert.Equal(t, "power:1", out)
 }
+
+func TestPrepareDirWipesOnlyLabDirs(t *testing.T) {
+	dir := t.TempDir()
+	foreign := filepath.Join(dir, "precious.txt")
+	require.NoError(t, os.WriteFile(foreign, []byte("x"), 0o644))
+	cfg, err := Config{Dir: dir, Hosts: 1}.withDefaults()
+	require.NoError(t, err)
+	err = prepareDir(cfg)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "not a lab directory")
+	assert.FileExists(t, foreign, "a foreign directory is never wiped")
+
+	require.NoError(t, os.Remove(foreign))
+	require.NoError(t, prepareDir(cfg))
+	old := filepath.Join(dir, "shared", "old.qcow2")
+	require.NoError(t, os.WriteFile(old, []byte("x"), 0o644))
+	require.NoError(t, prepareDir(cfg), "a previous lab's directory is reused")
+	assert.NoFileExists(t, old, "and wiped")
+	st, err := os.Stat(filepath.Join(dir, "bmc", "password"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	b, err := os.ReadFile(filepath.Join(dir, "etc", "passwd"))
+	require.NoError(t, err)
+	assert.Contains(t, string(b), "\nlibvirt-qemu:")
+}

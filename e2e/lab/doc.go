@@ -64,7 +64,8 @@
 // # Caller contract
 //
 // Start needs root and RequiredTools; it sweeps leftovers of the same Name
-// first, and returns only when every host's libvirtd answers over TCP from
+// first (so Name must be unique among labs running at once: tests pick
+// their own, e.g. "chlabt"), and returns only when every host's libvirtd answers over TCP from
 // the controller and on its socket. Every process the lab starts carries
 // CHIME_LAB=Name in its environment or lives in a lab namespace, and dies
 // with the process that called Start (parent-death signals down to the

@@ -32,6 +32,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/chimestack/chime-fence/e2e/lab"
+	"github.com/chimestack/chime-fence/e2e/labconfig"
 )
 
 func main() {
@@ -41,6 +42,8 @@ func main() {
 const usage = `usage:
   chime-lab up    --dir D [--name chlab] [--hosts 3] [--vms 3] [--redfish N]
   chime-lab show  --dir D
+  chime-lab env   --dir D          (shell variables describing the lab)
+  chime-lab config --dir D --out FILE [--mode observe|enforce]
   chime-lab down  --dir D
   chime-lab sweep [--name chlab]
 `
@@ -59,6 +62,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	redfish := fs.Int("redfish", 0, "give the last N hosts a Redfish BMC instead of IPMI")
 	agent := fs.String("agent", "", "command started in every host at power-on (split at spaces, no quoting); "+
 		"it finds CHIME_LAB_HOST, CHIME_LAB_HOST_ADDR and CHIME_LAB_CONTROLLER_ADDR in its environment")
+	out := fs.String("out", "", "config: where to write the chime-fence configuration")
+	mode := fs.String("mode", "observe", "config: observe or enforce")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -119,6 +124,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return show(d, stdout, stderr)
+	case "env":
+		d, ok := needDir()
+		if !ok {
+			return 2
+		}
+		return printEnv(d, stdout, stderr)
+	case "config":
+		d, ok := needDir()
+		if !ok {
+			return 2
+		}
+		if *out == "" {
+			fmt.Fprintln(stderr, "chime-lab: --out is required")
+			return 2
+		}
+		return writeConfig(d, *out, *mode, stdout, stderr)
 	case "down":
 		d, ok := needDir()
 		if !ok {
@@ -257,6 +278,45 @@ func show(dir string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
+	return 0
+}
+
+// printEnv prints the lab's namespaces and addresses as shell variables,
+// for scripts (make demo): CTL_NETNS, SHARED_DIR, and per host HOSTn_NAME,
+// HOSTn_ADDR, HOSTn_BMC_TYPE, HOSTn_BMC_ADDR, HOSTn_BMC_PORT,
+// HOSTn_BMC_USER, HOSTn_BMC_PASSWORD_FILE.
+func printEnv(dir string, stdout, stderr io.Writer) int {
+	l, err := lab.Attach(filepath.Join(dir, "lab"))
+	if err != nil {
+		fmt.Fprintf(stderr, "chime-lab: %v (is the lab up?)\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "CTL_NETNS=%s\nSHARED_DIR=%s\n", shellQuote(l.Controller().Netns), shellQuote(l.SharedDir()))
+	for _, h := range l.Hosts() {
+		p := fmt.Sprintf("HOST%d_", h.Index)
+		for _, kv := range [][2]string{{"NAME", h.Name}, {"ADDR", h.MgmtAddr}, {"BMC_TYPE", h.BMC.Type}, {"BMC_ADDR", h.BMC.Addr},
+			{"BMC_PORT", strconv.Itoa(h.BMC.Port)}, {"BMC_USER", h.BMC.User}, {"BMC_PASSWORD_FILE", h.BMC.PasswordFile}} {
+			fmt.Fprintf(stdout, "%s%s=%s\n", p, kv[0], shellQuote(kv[1]))
+		}
+	}
+	return 0
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// writeConfig writes a chime-fence configuration describing the lab.
+func writeConfig(dir, out, mode string, stdout, stderr io.Writer) int {
+	l, err := lab.Attach(filepath.Join(dir, "lab"))
+	if err != nil {
+		fmt.Fprintf(stderr, "chime-lab: %v (is the lab up?)\n", err)
+		return 1
+	}
+	path, err := labconfig.Write(l, out, labconfig.Options{Mode: mode})
+	if err != nil {
+		fmt.Fprintf(stderr, "chime-lab: %v\n", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, path)
 	return 0
 }
 

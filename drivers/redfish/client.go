@@ -258,11 +258,13 @@ func (c *Client) transport() *http.Transport {
 // waits for the DELETE while ctx lives; once ctx ends the DELETE finishes
 // on its own, bounded by logoutTimeout, so the caller's deadline holds.
 func (c *Client) logout(ctx context.Context, api *gofish.APIClient) {
-	sess, err := api.GetSession()
-	if err != nil {
-		return // basic auth: no session
+	if c.cfg.Auth == AuthBasic {
+		return
 	}
-	if sess.ID == "" {
+	// gofish reports "not authenticated" when the login answer had no
+	// Location, although it holds a token.
+	sess, err := api.GetSession()
+	if err != nil || sess.ID == "" {
 		c.log.Warn().Msg("BMC returned a session token but no Location: cannot log out; the session stays until the BMC times it out")
 		return
 	}

@@ -141,6 +141,33 @@ func TestLogoutAfterCancelledOrExpiredContext(t *testing.T) {
 	assert.Equal(t, 2, b.sim.Stats().Logins)
 }
 
+// A login answer without Location leaves nothing to DELETE: the call still
+// works and the leak is logged (the BMC's session timeout reaps it).
+func TestLoginWithoutLocationIsLogged(t *testing.T) {
+	b := startBMC(t, redfishsim.Config{}, false)
+	b.rec.setIntercept(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodPost || !strings.HasSuffix(r.URL.Path, "/Sessions") {
+			return false
+		}
+		b.rec.next.ServeHTTP(&dropLocation{ResponseWriter: w}, r)
+		return true
+	})
+	c, logs := newClient(t, b.config())
+	st, err := c.PowerStatus(ctxT(t, 5*time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, power.On, st)
+	c.logouts.Wait()
+	assert.Equal(t, 1, b.sim.SessionCount())
+	assert.Contains(t, logs.String(), "no Location: cannot log out")
+}
+
+type dropLocation struct{ http.ResponseWriter }
+
+func (d *dropLocation) WriteHeader(code int) {
+	d.Header().Del("Location")
+	d.ResponseWriter.WriteHeader(code)
+}
+
 func TestSessionLimitSurfacesClearError(t *testing.T) {
 	b := startBMC(t, redfishsim.Config{MaxSessions: 1}, false)
 	// Someone else holds the BMC's only session.

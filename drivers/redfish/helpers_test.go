@@ -182,3 +182,10 @@ func requireNoSessions(t *testing.T, c *Client, b *bmc) {
 	require.Equal(t, 0, st.Sessions, "sessions left open: %+v", st)
 	require.Equal(t, st.Logins, st.Logouts, "%+v", st)
 }
+
+func newBenchServer(h http.Handler, useTLS bool) *httptest.Server {
+	if useTLS {
+		return httptest.NewTLSServer(h)
+	}
+	return httptest.NewServer(h)
+}

@@ -18,7 +18,7 @@ import (
 
 // Config says how to reach one host's libvirtd.
 type Config struct {
-	Host    string // our name for the host, for errors and logs
+	Host string // our name for the host, for errors and logs
 	// Address is host:port of libvirtd's TCP listener, or unix:/path of
 	// its socket (the agent, on the host itself).
 	Address string

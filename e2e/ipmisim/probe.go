@@ -4,12 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"runtime"
 	"strconv"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/chimestack/chime-fence/e2e/nsenter"
 )
 
 // getChanAuthCaps is an unauthenticated IPMI 1.5 Get Channel Authentication
@@ -41,7 +39,7 @@ func checksum(b []byte) byte {
 // successful answer comes back before ctx ends.
 func Probe(ctx context.Context, netns, addr string, port int) error {
 	var conn net.Conn
-	err := inNetns(netns, func() error {
+	err := nsenter.Do(netns, func() error {
 		var err error
 		conn, err = net.Dial("udp4", net.JoinHostPort(addr, strconv.Itoa(port)))
 		return err
@@ -76,7 +74,7 @@ func Probe(ctx context.Context, netns, addr string, port int) error {
 
 func freeUDPPort(netns, addr string) (int, error) {
 	var port int
-	err := inNetns(netns, func() error {
+	err := nsenter.Do(netns, func() error {
 		c, err := net.ListenPacket("udp4", net.JoinHostPort(addr, "0"))
 		if err != nil {
 			return err
@@ -88,43 +86,4 @@ func freeUDPPort(netns, addr string) (int, error) {
 		return 0, fmt.Errorf("ipmisim: pick a free UDP port on %s: %w", addr, err)
 	}
 	return port, nil
-}
-
-// inNetns runs f on an OS thread switched into the named network namespace;
-// sockets f creates stay in that namespace after the thread switches back.
-func inNetns(netns string, f func() error) error {
-	if netns == "" {
-		return f()
-	}
-	target, err := os.Open("/run/netns/" + netns)
-	if err != nil {
-		return fmt.Errorf("netns %s: %w", netns, err)
-	}
-	defer target.Close()
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("netns: own namespace: %w", err)
-	}
-	defer orig.Close()
-	if err := setns(target.Fd()); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("netns %s: setns: %w", netns, err)
-	}
-	ferr := f()
-	if err := setns(orig.Fd()); err != nil {
-		// Leave the thread locked: it exits with this goroutine instead of
-		// running other goroutines in the wrong namespace.
-		return fmt.Errorf("netns: switch back: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
-
-func setns(fd uintptr) error {
-	if e := unix.Setns(int(fd), unix.CLONE_NEWNET); e != nil {
-		return e
-	}
-	return nil
 }

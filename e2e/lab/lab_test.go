@@ -20,6 +20,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/chimestack/chime-fence/e2e/nsenter"
 )
 
 // skipUnlessLab skips when the lab cannot run here: only when not root or
@@ -246,7 +248,7 @@ func testRedfishBMC(t *testing.T, ctx context.Context, l *Lab, h Host) {
 		TLSClientConfig: &tls.Config{RootCAs: pool},
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			var c net.Conn
-			err := inNetns(l.Controller().Netns, func() error {
+			err := nsenter.Do(l.Controller().Netns, func() error {
 				var err error
 				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
 				return err

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -177,35 +176,6 @@ func netnsID(name string) string {
 		return ""
 	}
 	return fmt.Sprintf("net:[%d]", st.Ino)
-}
-
-// inNetns runs f on an OS thread switched into the named network namespace;
-// sockets f creates stay in that namespace.
-func inNetns(netns string, f func() error) error {
-	target, err := os.Open("/run/netns/" + netns)
-	if err != nil {
-		return fmt.Errorf("netns %s: %w", netns, err)
-	}
-	defer target.Close()
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("netns: own namespace: %w", err)
-	}
-	defer orig.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("netns %s: setns: %w", netns, err)
-	}
-	ferr := f()
-	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-		// Stay locked: the thread dies with this goroutine instead of
-		// running others in the wrong namespace.
-		return fmt.Errorf("netns: switch back: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
 }
 
 // shq quotes s for a POSIX shell.

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/chimestack/chime-fence/e2e/nsenter"
 	"github.com/chimestack/chime-fence/e2e/redfishsim"
 )
 
@@ -114,7 +115,7 @@ func (l *Lab) startRedfish(ctx context.Context, h *host, bin, pwFile string) err
 // tcpProbe connects to addr:port from inside netns.
 func tcpProbe(ctx context.Context, netns, addr string, port int, timeout time.Duration) error {
 	var c net.Conn
-	err := inNetns(netns, func() error {
+	err := nsenter.Do(netns, func() error {
 		d := net.Dialer{Timeout: timeout}
 		var err error
 		c, err = d.DialContext(ctx, "tcp4", net.JoinHostPort(addr, strconv.Itoa(port)))

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/chimestack/chime-fence/e2e/nsenter"
 )
 
 // BMCPower asks h's BMC over the lab network, from the controller
@@ -60,7 +62,7 @@ func (l *Lab) redfishPower(ctx context.Context, h Host) (bool, error) {
 		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			var c net.Conn
-			err := inNetns(ns, func() error {
+			err := nsenter.Do(ns, func() error {
 				var err error
 				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
 				return err

@@ -41,7 +41,10 @@ Exit status: 0 when at least one fence level is usable and read power back,
 			if !ok {
 				return usageErr(fmt.Errorf("no host %q in %s (hosts: %v)", args[0], file, cfg.HostNames()))
 			}
-			target, closeFn := readinessTarget(cfg, h, zerolog.Nop())
+			// Driver warnings (e.g. a BMC that publishes no reset types) go
+			// to stderr, where they do not spoil --output json.
+			log := cliLogger(cmd.ErrOrStderr()).Level(zerolog.WarnLevel)
+			target, closeFn := readinessTarget(cfg, h, log)
 			defer closeFn()
 			target.Timeout = timeout
 			r := readiness.Run(cmd.Context(), target, time.Now)

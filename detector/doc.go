@@ -1,0 +1,43 @@
+// Package detector decides what a host's silence means. This file set is its
+// pure core: Decide maps one host's signals and the current time to a
+// Verdict, implementing the table in DESIGN.md ("Signals and the verdict").
+// It starts no goroutine, does no I/O and never reads the clock; the daemon
+// (a later layer) gathers the signals, calls Decide, and acts on the answer.
+//
+// Caller contract:
+//
+//   - Pass every time in Signals and now from one clock, the daemon's own.
+//     LastHeartbeat is when the daemon received the heartbeat, not the
+//     agent's timestamp. A daemon that has just started and has no persisted
+//     heartbeat should pass its start time, not the zero time, so that every
+//     host gets one window to check in: zero means "never heard from" and is
+//     judged like a stale heartbeat at once.
+//   - ProbeAt is when a probe round concluded (an answer arrived, or every
+//     probe reached ProbeTimeout); BMCReading.At is when the BMC answered or
+//     the read failed. Decide only counts evidence taken after the heartbeat
+//     went stale (strictly after LastHeartbeat + window), not after now, and
+//     no older than one window. Anything else is asked for again through
+//     Decision.NeedProbe / NeedBMC, and the verdict stays Suspect meanwhile.
+//     Both may be set at once; the caller may run them in parallel.
+//   - Keep only the latest probe result and the latest BMC reading. Decide
+//     keeps no state: if the BMC flaps between on and off, the verdict follows
+//     the reading passed in.
+//   - HostDown is the only verdict that leads to a fence. Decide returns it
+//     only when the heartbeat is stale, a countable probe round got no answer,
+//     and a countable BMC reading was taken without error and says Off.
+//     Nothing else (On, PoweringOff, Unknown, an unreachable or erroring BMC,
+//     an old reading) ever yields HostDown.
+//   - A fresh heartbeat wins over everything, including a BMC read that was
+//     in flight when it arrived.
+//   - A heartbeat dated up to one window in the future counts as fresh (small
+//     clock steps); further in the future it is treated as unknown: Suspect,
+//     NeedProbe, reason "clock skew". The caller must then re-stamp or wait
+//     for the next heartbeat; Decide will not declare such a host down.
+//   - AgentFault with a fresh heartbeat yields Healthy with the fault in the
+//     Reason. The monitor's `error` state and the recovery hysteresis belong
+//     to the state machine over time, not here.
+//   - Paused (storm guard) is never returned by Decide: it is an aggregate
+//     over all hosts that the daemon applies on top of the per-host verdicts.
+//   - Thresholds that fail Validate make Decide return Unprovable with the
+//     problem in the Reason (never a fence); validate them at config load.
+package detector

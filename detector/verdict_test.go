@@ -337,7 +337,7 @@ func TestHeartbeatDuringBMCCheck(t *testing.T) {
 	s.LastHeartbeat = at(sec(1))     // heartbeat while the read is in flight
 	s.BMC = bmcAt(sec(2), power.Off) // the read answers afterwards
 	if d := Decide(s, th, at(sec(2))); d.Verdict != Healthy {
-		t.Fatalf("heartbeat newer than nothing but older than the BMC answer: got %s, want healthy; reason: %s", d.Verdict, d.Reason)
+		t.Fatalf("heartbeat arrived while the BMC read was in flight: got %s, want healthy; reason: %s", d.Verdict, d.Reason)
 	}
 	// The BMC answer older than the new heartbeat: still healthy.
 	s.BMC = bmcAt(0, power.Off)

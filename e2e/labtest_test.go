@@ -14,8 +14,6 @@ import (
 	"github.com/chimestack/chime-fence/e2e/lab"
 )
 
-var labTools = []string{"ip", "nft", "unshare", "libvirtd", "virsh", "qemu-system-x86_64", "qemu-img", "ipmi_sim", "ipmitool"}
-
 // needLab skips only when the lab cannot run here: not root, or a program
 // missing (CI installs them all).
 func needLab(t *testing.T) {
@@ -23,7 +21,7 @@ func needLab(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("lab tests need root (network namespaces, mounts); run as root to include them")
 	}
-	for _, p := range labTools {
+	for _, p := range lab.RequiredTools {
 		if _, err := exec.LookPath(p); err != nil {
 			t.Skipf("lab tests need %s (scripts/install-deps.sh installs it)", p)
 		}

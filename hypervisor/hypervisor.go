@@ -53,6 +53,10 @@ type Domain struct {
 	UUID  string      `json:"uuid"`
 	Name  string      `json:"name"`
 	State DomainState `json:"state"`
+	// Reason is why a shut-off domain stopped, as libvirt names it:
+	// "crashed" (QEMU died), "shutdown", "destroyed", "unknown" (e.g. after
+	// libvirtd restarted), ...; "" when the domain is not shut off.
+	Reason string `json:"reason,omitempty"`
 	// Persistent is false for transient domains (no saved config).
 	Persistent bool `json:"persistent"`
 	// XML is the inactive, secure definition: what a rebuild defines.

@@ -169,3 +169,10 @@ func TestMapState(t *testing.T) {
 	assert.Equal(t, hypervisor.StateCrashed, mapState(int32(golibvirt.DomainCrashed)))
 	assert.Equal(t, hypervisor.StateOther, mapState(int32(golibvirt.DomainBlocked)))
 }
+
+func TestStopReason(t *testing.T) {
+	assert.Equal(t, "crashed", stopReason(int32(golibvirt.DomainShutoff), int32(golibvirt.DomainShutoffCrashed)))
+	assert.Equal(t, "destroyed", stopReason(int32(golibvirt.DomainShutoff), int32(golibvirt.DomainShutoffDestroyed)))
+	assert.Equal(t, "reason-42", stopReason(int32(golibvirt.DomainShutoff), 42))
+	assert.Equal(t, "", stopReason(int32(golibvirt.DomainRunning), int32(golibvirt.DomainShutoffCrashed)), "only shut-off domains have a stop reason")
+}

@@ -46,7 +46,7 @@ func (c *Client) Domains(ctx context.Context, withXML bool) ([]hypervisor.Domain
 }
 
 func describe(l *golibvirt.Libvirt, d golibvirt.Domain, withXML bool) (hypervisor.Domain, error) {
-	st, _, err := l.DomainGetState(d, 0)
+	st, reason, err := l.DomainGetState(d, 0)
 	if err != nil {
 		return hypervisor.Domain{}, err
 	}
@@ -54,7 +54,7 @@ func describe(l *golibvirt.Libvirt, d golibvirt.Domain, withXML bool) (hyperviso
 	if err != nil {
 		return hypervisor.Domain{}, err
 	}
-	hd := hypervisor.Domain{UUID: FormatUUID(d.UUID), Name: d.Name, State: mapState(st), Persistent: pers == 1}
+	hd := hypervisor.Domain{UUID: FormatUUID(d.UUID), Name: d.Name, State: mapState(st), Reason: stopReason(st, reason), Persistent: pers == 1}
 	if withXML {
 		x, err := l.DomainGetXMLDesc(d, golibvirt.DomainXMLSecure|golibvirt.DomainXMLInactive)
 		if err != nil {
@@ -192,6 +192,29 @@ func mapState(s int32) hypervisor.DomainState {
 		return hypervisor.StateUnknown
 	}
 	return hypervisor.StateOther
+}
+
+var shutoffReasons = map[golibvirt.DomainShutoffReason]string{
+	golibvirt.DomainShutoffUnknown:      "unknown",
+	golibvirt.DomainShutoffShutdown:     "shutdown",
+	golibvirt.DomainShutoffDestroyed:    "destroyed",
+	golibvirt.DomainShutoffCrashed:      "crashed",
+	golibvirt.DomainShutoffMigrated:     "migrated",
+	golibvirt.DomainShutoffSaved:        "saved",
+	golibvirt.DomainShutoffFailed:       "failed",
+	golibvirt.DomainShutoffFromSnapshot: "from-snapshot",
+	golibvirt.DomainShutoffDaemon:       "daemon",
+}
+
+// stopReason names why a shut-off domain stopped; "" for other states.
+func stopReason(state, reason int32) string {
+	if golibvirt.DomainState(state) != golibvirt.DomainShutoff {
+		return ""
+	}
+	if r, ok := shutoffReasons[golibvirt.DomainShutoffReason(reason)]; ok {
+		return r
+	}
+	return fmt.Sprintf("reason-%d", reason)
 }
 
 // FormatUUID prints a libvirt UUID in its canonical 8-4-4-4-12 form.

@@ -1,0 +1,242 @@
+// Package heartbeat is the wire format between chime-agent and the daemon:
+// the heartbeat an agent pushes, the daemon's acknowledgement, and the
+// assignment (admin state and the domains that should run on the host) an
+// agent fetches on start and whenever the acknowledgement says it changed.
+//
+// Decoding is strict about what is there (types, required fields, UUID
+// syntax, sizes) and tolerant of what is not known (unknown fields), so a
+// rolling upgrade with newer agents does not make heartbeats bounce.
+package heartbeat
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/chimestack/chime-fence/hypervisor"
+	"github.com/chimestack/chime-fence/node"
+)
+
+// Paths of the daemon's agent-facing endpoints.
+const (
+	PathHeartbeat  = "/v1/agent/heartbeat"
+	PathAssignment = "/v1/agent/assignment" // ?host=NAME
+)
+
+// MaxBodyBytes bounds a heartbeat or assignment body; a host with thousands
+// of domains still fits.
+const MaxBodyBytes = 1 << 20
+
+// MaxDomains bounds the domains one heartbeat may list.
+const MaxDomains = 4096
+
+// Heartbeat is what an agent sends every heartbeat interval.
+type Heartbeat struct {
+	Host   string `json:"host"`
+	BootID string `json:"boot_id"`
+	// Seq increases by one per heartbeat from one agent process; it starts
+	// again at 1 when the agent restarts (AgentStart tells restarts apart).
+	Seq          uint64    `json:"seq"`
+	AgentStart   time.Time `json:"agent_start"`
+	AgentVersion string    `json:"agent_version"`
+	// SentAt is the agent's clock; the daemon uses its own receive time for
+	// every decision and keeps SentAt only to report skew.
+	SentAt  time.Time `json:"sent_at"`
+	Health  Health    `json:"health"`
+	Domains []Domain  `json:"domains"`
+}
+
+// Health is the agent's local view: each check that failed makes the host's
+// monitor state `error` (heartbeats arrive, but the host is not fit).
+type Health struct {
+	Libvirt    Check   `json:"libvirt"`
+	Interfaces []Check `json:"interfaces,omitempty"`
+	Storage    []Check `json:"storage,omitempty"`
+	// IOErrors counts disk I/O errors the agent saw since its last
+	// heartbeat (domains paused on EIO, failed storage writes).
+	IOErrors int    `json:"io_errors"`
+	IODetail string `json:"io_detail,omitempty"`
+}
+
+// Check is one local health check.
+type Check struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// Domain is one domain the host's libvirtd knows.
+type Domain struct {
+	UUID  string                 `json:"uuid"`
+	Name  string                 `json:"name"`
+	State hypervisor.DomainState `json:"state"`
+	// Reason is libvirt's reason for the state ("crashed", "shutdown",
+	// "destroyed", "unknown", ...); it tells a QEMU that died from a VM
+	// somebody stopped on purpose.
+	Reason string `json:"reason,omitempty"`
+}
+
+var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// ValidUUID reports whether s is a lower-case canonical UUID, the form
+// libvirt prints and the daemon keys domains by.
+func ValidUUID(s string) bool { return uuidRE.MatchString(s) }
+
+// Validate names every field that makes the heartbeat unusable.
+func (h Heartbeat) Validate() error {
+	var errs []error
+	if h.Host == "" {
+		errs = append(errs, errors.New("host is empty"))
+	}
+	if h.BootID == "" {
+		errs = append(errs, errors.New("boot_id is empty"))
+	}
+	if h.Seq == 0 {
+		errs = append(errs, errors.New("seq must be >= 1"))
+	}
+	if len(h.Domains) > MaxDomains {
+		errs = append(errs, fmt.Errorf("%d domains listed, at most %d allowed", len(h.Domains), MaxDomains))
+	} else {
+		seen := make(map[string]bool, len(h.Domains))
+		for i, d := range h.Domains {
+			switch {
+			case !ValidUUID(d.UUID):
+				errs = append(errs, fmt.Errorf("domains[%d].uuid %q is not a lower-case canonical UUID", i, d.UUID))
+			case seen[d.UUID]:
+				errs = append(errs, fmt.Errorf("domains[%d].uuid %s is listed twice", i, d.UUID))
+			}
+			seen[d.UUID] = true
+		}
+	}
+	if h.Health.IOErrors < 0 {
+		errs = append(errs, fmt.Errorf("health.io_errors must be >= 0, got %d", h.Health.IOErrors))
+	}
+	return errors.Join(errs...)
+}
+
+// Fault summarises every failed health check, or "" when the host is fit.
+func (h Health) Fault() string {
+	var f []string
+	if !h.Libvirt.OK {
+		f = append(f, "libvirtd unreachable"+detail(h.Libvirt.Detail))
+	}
+	for _, c := range h.Interfaces {
+		if !c.OK {
+			f = append(f, "interface "+c.Name+" down"+detail(c.Detail))
+		}
+	}
+	for _, c := range h.Storage {
+		if !c.OK {
+			f = append(f, "storage "+c.Name+" not writable"+detail(c.Detail))
+		}
+	}
+	if h.IOErrors > 0 {
+		f = append(f, fmt.Sprintf("%d I/O errors", h.IOErrors)+detail(h.IODetail))
+	}
+	return strings.Join(f, "; ")
+}
+
+func detail(s string) string {
+	if s == "" {
+		return ""
+	}
+	return " (" + s + ")"
+}
+
+// Decode reads one heartbeat and validates it. Errors say what is wrong
+// precisely enough to fix the agent: the JSON offset or the field.
+func Decode(r io.Reader) (Heartbeat, error) {
+	var h Heartbeat
+	if err := decodeJSON(r, &h); err != nil {
+		return Heartbeat{}, err
+	}
+	if err := h.Validate(); err != nil {
+		return Heartbeat{}, fmt.Errorf("invalid heartbeat: %w", err)
+	}
+	return h, nil
+}
+
+func decodeJSON(r io.Reader, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r, MaxBodyBytes+1))
+	if err := dec.Decode(v); err != nil {
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.Is(err, io.EOF):
+			return errors.New("empty body")
+		case errors.As(err, &se):
+			return fmt.Errorf("malformed JSON at byte %d: %w", se.Offset, err)
+		case errors.As(err, &te):
+			return fmt.Errorf("field %q: %s is not a %s", te.Field, te.Value, te.Type)
+		}
+		return fmt.Errorf("malformed JSON: %w", err)
+	}
+	if dec.More() {
+		return errors.New("trailing data after the JSON object")
+	}
+	return nil
+}
+
+// Ack is the daemon's answer to a heartbeat.
+type Ack struct {
+	AdminState node.AdminState `json:"admin_state"`
+	// AssignmentRevision changes whenever the host's assignment does; the
+	// agent fetches the assignment again when it differs from the one it
+	// holds.
+	AssignmentRevision uint64 `json:"assignment_revision"`
+	// HeartbeatInterval is the daemon's configured interval, so agents
+	// follow a config reload without their own restart.
+	HeartbeatInterval Duration `json:"heartbeat_interval"`
+}
+
+// Assignment is what should be true on one host.
+type Assignment struct {
+	Host              string          `json:"host"`
+	AdminState        node.AdminState `json:"admin_state"`
+	Revision          uint64          `json:"revision"`
+	HeartbeatInterval Duration        `json:"heartbeat_interval"`
+	// Domains should run on the host. The agent restarts one whose QEMU
+	// died only when AdminState allows starting domains.
+	Domains []AssignedDomain `json:"domains"`
+}
+
+// AssignedDomain is one domain that should run on the host.
+type AssignedDomain struct {
+	UUID string `json:"uuid"`
+	Name string `json:"name"`
+}
+
+// DecodeAssignment reads and checks an assignment.
+func DecodeAssignment(r io.Reader) (Assignment, error) {
+	var a Assignment
+	if err := decodeJSON(r, &a); err != nil {
+		return Assignment{}, err
+	}
+	for i, d := range a.Domains {
+		if !ValidUUID(d.UUID) {
+			return Assignment{}, fmt.Errorf("invalid assignment: domains[%d].uuid %q is not a canonical UUID", i, d.UUID)
+		}
+	}
+	if a.Host == "" {
+		return Assignment{}, errors.New("invalid assignment: host is empty")
+	}
+	return a, nil
+}
+
+// Duration marshals as "1.5s" rather than nanoseconds.
+type Duration time.Duration
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}

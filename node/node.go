@@ -39,7 +39,9 @@ func ParseAdminState(s string) (AdminState, error) {
 	return AdminState(i), err
 }
 
-func (s AdminState) MarshalText() ([]byte, error) { return marshal(adminNames[:], int(s), "admin state") }
+func (s AdminState) MarshalText() ([]byte, error) {
+	return marshal(adminNames[:], int(s), "admin state")
+}
 
 func (s *AdminState) UnmarshalText(b []byte) error {
 	i, err := parse(adminNames[:], string(b), "admin state")

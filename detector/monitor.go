@@ -1,0 +1,289 @@
+package detector
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/chimestack/chime-fence/node"
+)
+
+// MonitorConfig is what one host's state machine needs besides its signals.
+type MonitorConfig struct {
+	Thresholds
+	// RecoveryHeartbeats is the hysteresis: consecutive good heartbeats
+	// before an unreachable or error host is normal again.
+	RecoveryHeartbeats int
+	// Settle holds a verdict that could lead to a fence (host-down,
+	// isolated-or-hung, unprovable) until this long after the silence
+	// began. One heartbeat interval is enough for every host cut at the same
+	// moment to have gone stale too, so the storm guard sees them all before
+	// any single host is judged.
+	Settle time.Duration
+}
+
+// Beat is what the state machine takes from one accepted heartbeat.
+type Beat struct {
+	At         time.Time // the daemon's receive time
+	BootID     string
+	Seq        uint64
+	AgentStart time.Time
+	Fault      string // "" when every health check passed
+}
+
+// Change is one recordable step of a host's state machine.
+type Change struct {
+	At       time.Time
+	Kind     string // ChangeMonitor, ChangeVerdict or ChangeReboot
+	From, To string
+	Reason   string
+	// Incident is the correlation id of the incident this change belongs
+	// to; the caller stamps it (see Monitor.Incident).
+	Incident string
+}
+
+// Kinds of Change.
+const (
+	ChangeMonitor = "monitor"
+	ChangeVerdict = "verdict"
+	ChangeReboot  = "reboot"
+)
+
+// Monitor is one host's detector state. Its methods are pure state
+// transitions: no I/O, no clock, no goroutines. The engine owns one per host,
+// serialises calls to it, carries out the probes and BMC reads it asks for,
+// and records the Changes it returns.
+type Monitor struct {
+	State node.MonitorState
+	// WatchSince is when the daemon started watching; silence is measured
+	// from the later of it and LastHeartbeat, so a restarted daemon gives
+	// every host one window to check in.
+	WatchSince    time.Time
+	LastHeartbeat time.Time
+	BootID        string
+	PrevBootID    string
+	AgentStart    time.Time
+	Seq           uint64
+	Fault         string
+	// GoodStreak counts consecutive good heartbeats while recovering.
+	GoodStreak int
+	// SilentSince is when the current silence began (the heartbeat went
+	// stale); zero while heartbeats are fresh.
+	SilentSince time.Time
+
+	ProbeAt       time.Time
+	ProbeAnswered bool
+	ProbeDetail   string
+	BMC           *BMCReading
+
+	Verdict       Verdict
+	VerdictReason string
+	VerdictAt     time.Time
+	// Incident is set when the host leaves normal and cleared when it is
+	// normal again; every Change in between belongs to it.
+	Incident string
+}
+
+// NewMonitor is a host the daemon has not heard from since it started.
+func NewMonitor(watchSince time.Time) *Monitor {
+	return &Monitor{State: node.Unknown, WatchSince: watchSince, Verdict: Suspect, VerdictReason: "no heartbeat yet"}
+}
+
+// Silent reports whether the host is in a silence that the storm guard
+// should count: stale heartbeat, and no probe has shown the host alive.
+func (m *Monitor) Silent() bool {
+	return !m.SilentSince.IsZero() && m.Verdict != AgentDown
+}
+
+// Heartbeat applies one heartbeat. It returns false, and changes nothing,
+// for a duplicate or out-of-order heartbeat from the same agent process.
+func (m *Monitor) Heartbeat(b Beat, cfg MonitorConfig) ([]Change, bool) {
+	if b.AgentStart.Equal(m.AgentStart) && b.Seq <= m.Seq {
+		return nil, false
+	}
+	var ch []Change
+	if m.BootID != "" && b.BootID != m.BootID {
+		m.PrevBootID = m.BootID
+		ch = append(ch, Change{At: b.At, Kind: ChangeReboot, From: m.BootID, To: b.BootID,
+			Reason: fmt.Sprintf("boot id changed from %s to %s: the host rebooted", m.BootID, b.BootID)})
+	}
+	m.BootID, m.AgentStart, m.Seq, m.Fault = b.BootID, b.AgentStart, b.Seq, b.Fault
+	m.LastHeartbeat = b.At
+	// Evidence gathered for the silence that just ended must not leak into
+	// the next one.
+	m.SilentSince, m.ProbeAt, m.ProbeAnswered, m.ProbeDetail, m.BMC = time.Time{}, time.Time{}, false, "", nil
+
+	from := m.State
+	to := from
+	switch {
+	case b.Fault != "":
+		m.GoodStreak = 0
+		to = node.Error
+	case from == node.Unknown || from == node.Suspect || from == node.Normal:
+		to = node.Normal
+	default: // unreachable or error: hysteresis
+		m.GoodStreak++
+		if m.GoodStreak >= cfg.RecoveryHeartbeats {
+			to = node.Normal
+		}
+	}
+	reason := ""
+	switch {
+	case to == node.Error:
+		reason = "agent reports fault: " + b.Fault
+	case to == node.Normal && (from == node.Unreachable || from == node.Error):
+		reason = fmt.Sprintf("%d consecutive good heartbeats", m.GoodStreak)
+	case to == node.Normal:
+		reason = "heartbeat received"
+	}
+	if to != from {
+		if to == node.Normal {
+			m.GoodStreak = 0
+		}
+		ch = append(ch, Change{At: b.At, Kind: ChangeMonitor, From: from.String(), To: to.String(), Reason: reason})
+		m.State = to
+	}
+	ch = append(ch, m.judge(b.At, cfg, false)...)
+	return ch, true
+}
+
+// ProbeResult applies a probe round that was asked for during the silence
+// that began at silentSince; a result from an earlier silence is dropped.
+func (m *Monitor) ProbeResult(silentSince, at time.Time, answered bool, detail string) bool {
+	if m.SilentSince.IsZero() || !m.SilentSince.Equal(silentSince) {
+		return false
+	}
+	m.ProbeAt, m.ProbeAnswered, m.ProbeDetail = at, answered, detail
+	return true
+}
+
+// BMCResult applies a BMC reading asked for during the silence that began
+// at silentSince; a reading from an earlier silence is dropped.
+func (m *Monitor) BMCResult(silentSince time.Time, r BMCReading) bool {
+	if m.SilentSince.IsZero() || !m.SilentSince.Equal(silentSince) {
+		return false
+	}
+	m.BMC = &r
+	return true
+}
+
+// Step is what Tick asks of the caller.
+type Step struct {
+	Changes []Change
+	// NeedProbe / NeedBMC: start a probe round / BMC read for the silence
+	// that began at SilentSince, unless one is already in flight.
+	NeedProbe, NeedBMC bool
+	SilentSince        time.Time
+}
+
+// Tick advances the host to now: notices a heartbeat going stale, moves the
+// monitor state, and recomputes the verdict. paused is the storm guard.
+func (m *Monitor) Tick(now time.Time, cfg MonitorConfig, paused bool) Step {
+	var st Step
+	last := m.LastHeartbeat
+	if last.Before(m.WatchSince) {
+		last = m.WatchSince
+	}
+	window := cfg.Window()
+	if now.Sub(last) > window && m.SilentSince.IsZero() {
+		m.SilentSince = last.Add(window)
+		from := m.State
+		if from != node.Unreachable && from != node.Suspect {
+			m.State = node.Suspect
+			reason := fmt.Sprintf("no heartbeat for %s (window %s)", now.Sub(last), window)
+			if m.LastHeartbeat.IsZero() {
+				reason = fmt.Sprintf("no heartbeat since the daemon started %s ago (window %s)", now.Sub(m.WatchSince), window)
+			}
+			st.Changes = append(st.Changes, Change{At: now, Kind: ChangeMonitor, From: from.String(), To: m.State.String(), Reason: reason})
+		}
+	}
+	st.Changes = append(st.Changes, m.judge(now, cfg, paused)...)
+	if !m.SilentSince.IsZero() {
+		d := m.decide(now, cfg)
+		st.NeedProbe, st.NeedBMC, st.SilentSince = d.NeedProbe, d.NeedBMC, m.SilentSince
+	}
+	return st
+}
+
+func (m *Monitor) signals() Signals {
+	last := m.LastHeartbeat
+	if last.Before(m.WatchSince) {
+		last = m.WatchSince
+	}
+	return Signals{LastHeartbeat: last, BootID: m.BootID, PrevBootID: m.PrevBootID, AgentFault: m.Fault,
+		ProbeAt: m.ProbeAt, ProbeAnswered: m.ProbeAnswered, BMC: m.BMC}
+}
+
+func (m *Monitor) decide(now time.Time, cfg MonitorConfig) Decision {
+	return Decide(m.signals(), cfg.Thresholds, now)
+}
+
+// actionable verdicts are the ones a fencer may act on; they wait for the
+// settle time and yield to the storm guard.
+func actionable(v Verdict) bool { return v == HostDown || v == IsolatedOrHung || v == Unprovable }
+
+// conclusive verdicts are the ones about a silent host that evidence settled.
+func conclusive(v Verdict) bool { return v != Suspect && v != Healthy && v != Rebooted }
+
+// judge recomputes the verdict and the monitor state that follows from it.
+func (m *Monitor) judge(now time.Time, cfg MonitorConfig, paused bool) []Change {
+	var ch []Change
+	d := m.decide(now, cfg)
+
+	// Not heard from since the daemon started, and not silent for a window
+	// yet: nothing to judge.
+	if m.SilentSince.IsZero() && m.LastHeartbeat.Before(m.WatchSince) {
+		return nil
+	}
+
+	// The monitor state follows the latest countable probe round: no answer
+	// → unreachable; an answer while unreachable → suspect (alive, agent
+	// silent).
+	if !m.SilentSince.IsZero() && classify(m.ProbeAt, m.SilentSince, now, cfg.Window()) == current {
+		to := node.Unreachable
+		if m.ProbeAnswered {
+			to = node.Suspect
+		}
+		if to != m.State {
+			ch = append(ch, Change{At: now, Kind: ChangeMonitor, From: m.State.String(), To: to.String(), Reason: m.probeReason(to)})
+			m.State = to
+			m.GoodStreak = 0
+		}
+	}
+
+	v, reason := d.Verdict, d.Reason
+	if v == Suspect && conclusive(m.Verdict) {
+		// Evidence expired and is being gathered again: a conclusion stands
+		// until new evidence replaces it, so verdicts do not flap every window.
+		v, reason = m.Verdict, m.VerdictReason
+		if v == Paused && !paused {
+			v, reason = Suspect, "storm guard cleared; gathering fresh evidence"
+		}
+	}
+	if actionable(v) && now.Before(m.SilentSince.Add(cfg.Settle)) {
+		v, reason = Suspect, reason+fmt.Sprintf("; held until %s after the silence began so the storm guard sees every host that went silent with it", cfg.Settle)
+	}
+	if paused && conclusive(v) && v != Paused {
+		v, reason = Paused, "storm guard: too many hosts silent at once, deciding nothing; would be "+v.String()+": "+reason
+	}
+	if v == Rebooted {
+		// Reported once per reboot; from the next heartbeat on the host is
+		// judged like any other.
+		m.PrevBootID = ""
+	}
+	if v != m.Verdict {
+		ch = append(ch, Change{At: now, Kind: ChangeVerdict, From: m.Verdict.String(), To: v.String(), Reason: reason})
+		m.Verdict, m.VerdictAt = v, now
+	}
+	m.VerdictReason = reason
+	return ch
+}
+
+func (m *Monitor) probeReason(to node.MonitorState) string {
+	if to == node.Suspect {
+		return "host answered a probe (" + m.ProbeDetail + "): alive, agent silent"
+	}
+	if m.ProbeDetail != "" {
+		return "host answered no probe (" + m.ProbeDetail + ")"
+	}
+	return "host answered no probe"
+}

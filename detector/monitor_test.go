@@ -12,8 +12,6 @@ import (
 	"github.com/chimestack/chime-fence/power"
 )
 
-
-
 func mcfg() MonitorConfig {
 	return MonitorConfig{
 		Thresholds:         Thresholds{HeartbeatInterval: time.Second, MissedHeartbeats: 3, ProbeTimeout: 500 * time.Millisecond},

@@ -184,6 +184,10 @@ func (m *Monitor) Tick(now time.Time, cfg MonitorConfig, paused bool) Step {
 		last = m.WatchSince
 	}
 	window := cfg.Window()
+	if age := now.Sub(m.LastHeartbeat); m.SilentSince.IsZero() && m.Verdict == Healthy && m.PrevBootID == "" &&
+		last.Equal(m.LastHeartbeat) && age <= window && age >= -window {
+		return st // fast path: a healthy host with a fresh heartbeat, the common case
+	}
 	if now.Sub(last) > window && m.SilentSince.IsZero() {
 		m.SilentSince = last.Add(window)
 		from := m.State

@@ -82,16 +82,16 @@ func (v *Verdict) UnmarshalText(b []byte) error {
 type BMCReading struct {
 	// At is when the BMC answered or the attempt failed, on the daemon's
 	// clock.
-	At time.Time
+	At time.Time `json:"at"`
 	// Reachable: the BMC answered. Power is meaningful only when Reachable
 	// is true and Err is empty.
-	Reachable bool
-	Power     power.State
+	Reachable bool        `json:"reachable"`
+	Power     power.State `json:"power"`
 	// Err is why the read failed (unreachable, auth, timeout, protocol).
 	// A non-empty Err makes the reading unable to prove anything, even if
 	// Reachable is true (a BMC that rejects the password answered, but did
 	// not say the power is off). Must not contain secrets.
-	Err string
+	Err string `json:"error,omitempty"`
 }
 
 // Signals is everything known about one host at the time of a decision.

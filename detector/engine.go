@@ -1,0 +1,445 @@
+package detector
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/node"
+	"github.com/chimestack/chime-fence/power"
+	"github.com/chimestack/chime-fence/store"
+)
+
+// The engine's collaborators. cmd/ wires drivers into them; tests use fakes.
+type (
+	// Prober runs one active probe round against a host (TCP to the agent
+	// and libvirt ports, ICMP) and reports whether anything answered.
+	Prober interface {
+		ProbeHost(ctx context.Context, host string) (answered bool, detail string)
+	}
+	// ReferenceProber probes the daemon's own reference addresses.
+	ReferenceProber interface {
+		ProbeReferences(ctx context.Context) (answered bool, detail string)
+	}
+	// PowerReader reads a host's power state from its BMC (never acts).
+	PowerReader interface {
+		ReadPower(ctx context.Context, host string) (power.State, error)
+	}
+	// ReadinessChecker checks a host's fence levels the way test-node does.
+	ReadinessChecker interface {
+		CheckReadiness(ctx context.Context, host string) Readiness
+	}
+	// History records transitions and verdicts; *store.Store satisfies it.
+	History interface {
+		Append(recs ...store.Record) ([]store.Record, error)
+	}
+	// MemoStore keeps what must survive a restart; *store.Store satisfies it.
+	MemoStore interface {
+		PutHostMemos(map[string]store.HostMemo) error
+	}
+	// Alerter tells a human. It must not block for long.
+	Alerter interface {
+		Alert(ctx context.Context, a Alert)
+	}
+	// Clock is the daemon's time source.
+	Clock interface{ Now() time.Time }
+)
+
+// Readiness is one fence-readiness check of a host.
+type Readiness struct {
+	At      time.Time `json:"at"`
+	Ready   bool      `json:"ready"`
+	Summary string    `json:"summary"`
+}
+
+// Alert is something an operator should hear about.
+type Alert struct {
+	At            time.Time `json:"at"`
+	Host          string    `json:"host,omitempty"`
+	Kind          string    `json:"kind"` // verdict name, "storm", "readiness", "would-fence"
+	Summary       string    `json:"summary"`
+	CorrelationID string    `json:"correlation_id,omitempty"`
+}
+
+// HostConfig is one watched host.
+type HostConfig struct {
+	Name string
+	Rack string
+	// ReadinessInterval is how often fence readiness is checked; 0 never.
+	ReadinessInterval time.Duration
+}
+
+// EngineConfig is the engine's tuning.
+type EngineConfig struct {
+	Hosts   []HostConfig
+	Monitor MonitorConfig
+	Storm   StormGuard
+	// References is how many reference addresses are configured (0: none).
+	References int
+	// Enforce is false in observe mode. Fencing is not wired yet, so both
+	// modes only record; enforce additionally warns that it cannot act.
+	Enforce bool
+	// Tick is how often hosts are re-judged; default min(interval/10, 100ms).
+	Tick time.Duration
+	// Concurrency limits for outgoing checks.
+	MaxProbes, MaxBMCReads, MaxReadiness int
+	// MemoEvery is how often changed host memos are persisted; default 5s.
+	MemoEvery time.Duration
+}
+
+// Deps are the engine's collaborators. All but Clock and Log are required.
+type Deps struct {
+	Clock     Clock
+	Prober    Prober
+	Refs      ReferenceProber
+	Power     PowerReader
+	Readiness ReadinessChecker
+	History   History
+	Memos     MemoStore
+	Alerter   Alerter
+	Log       zerolog.Logger
+	// Seed makes readiness jitter reproducible in tests; 0 picks one.
+	Seed uint64
+}
+
+// ErrUnknownHost is returned for a heartbeat from a host not in the config.
+var ErrUnknownHost = errors.New("unknown host")
+
+type hostEntry struct {
+	mu           sync.Mutex
+	cfg          HostConfig
+	m            *Monitor
+	agentVersion string
+	skew         time.Duration
+	probing      bool
+	readingBMC   bool
+	checking     bool
+	readiness    *Readiness
+	nextCheck    time.Time
+	dirty        bool
+}
+
+// Engine runs every host's Monitor against real time and real probes.
+type Engine struct {
+	cfg  EngineConfig
+	deps Deps
+	log  zerolog.Logger
+
+	hostsMu sync.RWMutex
+	hosts   map[string]*hostEntry
+	order   []string
+
+	stormMu  sync.Mutex
+	storm    StormState
+	stormID  string
+	refs     References
+	refsBusy bool
+
+	recMu   sync.Mutex
+	pending []store.Record
+	recWake chan struct{}
+
+	sem   struct{ probe, bmc, ready chan struct{} }
+	wg    sync.WaitGroup
+	rnd   *mrand.Rand
+	rndMu sync.Mutex
+}
+
+// NewEngine builds the engine; memos restore boot ids, monitor states and
+// verdicts from before a restart.
+func NewEngine(cfg EngineConfig, deps Deps, memos map[string]store.HostMemo) (*Engine, error) {
+	if err := cfg.Monitor.Validate(); err != nil {
+		return nil, fmt.Errorf("detector: %w", err)
+	}
+	if deps.Prober == nil || deps.Power == nil || deps.Readiness == nil || deps.History == nil || deps.Memos == nil || deps.Alerter == nil {
+		return nil, errors.New("detector: engine needs a prober, a power reader, a readiness checker, history, memos and an alerter")
+	}
+	if deps.Clock == nil {
+		deps.Clock = realClock{}
+	}
+	if cfg.Tick <= 0 {
+		cfg.Tick = min(cfg.Monitor.HeartbeatInterval/10, 100*time.Millisecond)
+		cfg.Tick = max(cfg.Tick, 5*time.Millisecond)
+	}
+	if cfg.MemoEvery <= 0 {
+		cfg.MemoEvery = 5 * time.Second
+	}
+	cfg.MaxProbes = orDefault(cfg.MaxProbes, 256)
+	cfg.MaxBMCReads = orDefault(cfg.MaxBMCReads, 64)
+	cfg.MaxReadiness = orDefault(cfg.MaxReadiness, 4)
+	seed := deps.Seed
+	if seed == 0 {
+		seed = mrand.Uint64()
+	}
+	e := &Engine{cfg: cfg, deps: deps, log: deps.Log.With().Str("component", "detector").Logger(),
+		recWake: make(chan struct{}, 1), rnd: mrand.New(mrand.NewPCG(seed, seed>>1))}
+	e.sem.probe = make(chan struct{}, cfg.MaxProbes)
+	e.sem.bmc = make(chan struct{}, cfg.MaxBMCReads)
+	e.sem.ready = make(chan struct{}, cfg.MaxReadiness)
+	e.hosts = e.buildHosts(cfg.Hosts, nil, memos, deps.Clock.Now())
+	for n := range e.hosts {
+		e.order = append(e.order, n)
+	}
+	sort.Strings(e.order)
+	return e, nil
+}
+
+func orDefault(v, d int) int {
+	if v <= 0 {
+		return d
+	}
+	return v
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+func (e *Engine) buildHosts(cfgs []HostConfig, old map[string]*hostEntry, memos map[string]store.HostMemo, now time.Time) map[string]*hostEntry {
+	hosts := make(map[string]*hostEntry, len(cfgs))
+	for _, hc := range cfgs {
+		if h, ok := old[hc.Name]; ok {
+			h.mu.Lock()
+			h.cfg = hc
+			h.mu.Unlock()
+			hosts[hc.Name] = h
+			continue
+		}
+		m := NewMonitor(now)
+		if memo, ok := memos[hc.Name]; ok {
+			m.BootID = memo.BootID
+			m.LastHeartbeat = memo.LastHeartbeat
+			if st, err := node.ParseMonitorState(memo.Monitor); err == nil && (st == node.Unreachable || st == node.Error) {
+				// Keep the hysteresis across a restart: a host that was
+				// unreachable must still earn its way back.
+				m.State = st
+			}
+			if v, err := ParseVerdict(memo.LastVerdict); err == nil && conclusive(v) {
+				m.Verdict, m.VerdictAt, m.VerdictReason = v, memo.LastVerdictAt, "restored from before the daemon restarted"
+			}
+		}
+		h := &hostEntry{cfg: hc, m: m}
+		h.nextCheck = now.Add(e.jitter(min(hc.ReadinessInterval, 30*time.Second)))
+		hosts[hc.Name] = h
+	}
+	return hosts
+}
+
+// Reconfigure applies a reloaded config: new hosts start unknown, removed
+// hosts are forgotten, the rest keep their state.
+func (e *Engine) Reconfigure(cfg EngineConfig) error {
+	if err := cfg.Monitor.Validate(); err != nil {
+		return fmt.Errorf("detector: %w", err)
+	}
+	e.hostsMu.Lock()
+	defer e.hostsMu.Unlock()
+	cfg.Tick, cfg.MemoEvery = e.cfg.Tick, e.cfg.MemoEvery
+	cfg.MaxProbes, cfg.MaxBMCReads, cfg.MaxReadiness = e.cfg.MaxProbes, e.cfg.MaxBMCReads, e.cfg.MaxReadiness
+	e.cfg = cfg
+	e.hosts = e.buildHosts(cfg.Hosts, e.hosts, nil, e.deps.Clock.Now())
+	e.order = e.order[:0]
+	for n := range e.hosts {
+		e.order = append(e.order, n)
+	}
+	sort.Strings(e.order)
+	return nil
+}
+
+// jitter is a uniformly random duration in [0, d).
+func (e *Engine) jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	e.rndMu.Lock()
+	defer e.rndMu.Unlock()
+	return time.Duration(e.rnd.Int64N(int64(d)))
+}
+
+func (e *Engine) host(name string) (*hostEntry, MonitorConfig, bool) {
+	e.hostsMu.RLock()
+	defer e.hostsMu.RUnlock()
+	h, ok := e.hosts[name]
+	return h, e.cfg.Monitor, ok
+}
+
+// Heartbeat takes one validated heartbeat, stamped with the daemon's clock.
+// It never blocks on I/O: records are queued for the recorder.
+func (e *Engine) Heartbeat(hb heartbeat.Heartbeat) error {
+	h, mc, ok := e.host(hb.Host)
+	if !ok {
+		return fmt.Errorf("detector: heartbeat from host %q: %w", hb.Host, ErrUnknownHost)
+	}
+	now := e.deps.Clock.Now()
+	h.mu.Lock()
+	ch, accepted := h.m.Heartbeat(Beat{At: now, BootID: hb.BootID, Seq: hb.Seq, AgentStart: hb.AgentStart, Fault: hb.Health.Fault()}, mc)
+	if accepted {
+		h.agentVersion = hb.AgentVersion
+		if !hb.SentAt.IsZero() {
+			h.skew = hb.SentAt.Sub(now)
+		}
+	}
+	recs := e.stamp(h, ch)
+	h.mu.Unlock()
+	e.record(recs)
+	return nil
+}
+
+// Run ticks until ctx ends, then waits for outgoing checks and flushes.
+func (e *Engine) Run(ctx context.Context) error {
+	recDone := make(chan struct{})
+	go func() { defer close(recDone); e.recorder(ctx) }()
+	t := time.NewTicker(e.cfg.Tick)
+	defer t.Stop()
+	lastMemo := e.deps.Clock.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			e.wg.Wait()
+			<-recDone
+			e.flushRecords()
+			e.flushMemos()
+			return nil
+		case <-t.C:
+		}
+		now := e.deps.Clock.Now()
+		e.Step(ctx, now)
+		if now.Sub(lastMemo) >= e.cfg.MemoEvery {
+			lastMemo = now
+			e.flushMemos()
+		}
+	}
+}
+
+// Step is one tick at now: storm guard, every host's monitor, and the
+// checks they ask for. Exported so tests drive it with a fake clock.
+func (e *Engine) Step(ctx context.Context, now time.Time) {
+	e.hostsMu.RLock()
+	hosts, order, cfg := e.hosts, e.order, e.cfg
+	e.hostsMu.RUnlock()
+
+	sh := make([]StormHost, 0, len(order))
+	for _, n := range order {
+		h := hosts[n]
+		h.mu.Lock()
+		sh = append(sh, StormHost{Rack: h.cfg.Rack, Silent: h.m.Silent(), SilentSince: h.m.SilentSince})
+		h.mu.Unlock()
+	}
+	paused := e.updateStorm(ctx, sh, cfg, now)
+
+	for _, n := range order {
+		h := hosts[n]
+		h.mu.Lock()
+		prev := h.m.Verdict
+		st := h.m.Tick(now, cfg.Monitor, paused)
+		recs := e.stamp(h, st.Changes)
+		if h.m.Verdict != prev {
+			e.onVerdict(ctx, h, prev, now, &recs)
+		}
+		if st.NeedProbe && !h.probing {
+			h.probing = true
+			e.probe(ctx, h, st.SilentSince, cfg.Monitor.ProbeTimeout)
+		}
+		if st.NeedBMC && !h.readingBMC {
+			h.readingBMC = true
+			e.readBMC(ctx, h, st.SilentSince, cfg.Monitor.ProbeTimeout)
+		}
+		if h.cfg.ReadinessInterval > 0 && !h.checking && !now.Before(h.nextCheck) {
+			h.checking = true
+			e.checkReadiness(ctx, h)
+		}
+		h.mu.Unlock()
+		e.record(recs)
+	}
+}
+
+// stamp turns a host's changes into records with evidence and the
+// incident's correlation id. Called with h.mu held.
+func (e *Engine) stamp(h *hostEntry, ch []Change) []store.Record {
+	if len(ch) == 0 {
+		return nil
+	}
+	h.dirty = true
+	m := h.m
+	recs := make([]store.Record, 0, len(ch))
+	for _, c := range ch {
+		if m.Incident == "" && !(c.Kind == ChangeMonitor && c.To == node.Normal.String()) &&
+			!(c.Kind == ChangeVerdict && (c.To == Healthy.String() && c.From == Suspect.String() && m.State == node.Normal)) {
+			m.Incident = newID(h.cfg.Name)
+		}
+		ev, _ := json.Marshal(evidenceOf(m, c.At))
+		recs = append(recs, store.Record{At: c.At, Host: h.cfg.Name, Kind: c.Kind, From: c.From, To: c.To,
+			Reason: c.Reason, CorrelationID: m.Incident, Evidence: ev})
+		if c.Kind == ChangeMonitor && c.To == node.Normal.String() {
+			m.Incident = ""
+		}
+	}
+	return recs
+}
+
+// onVerdict alerts and, for host-down, says what enforce mode would do.
+// Called with h.mu held.
+func (e *Engine) onVerdict(ctx context.Context, h *hostEntry, prev Verdict, now time.Time, recs *[]store.Record) {
+	m := h.m
+	a := Alert{At: now, Host: h.cfg.Name, Kind: m.Verdict.String(), Summary: m.VerdictReason, CorrelationID: m.Incident}
+	switch m.Verdict {
+	case AgentDown, IsolatedOrHung, Unprovable:
+		e.deps.Alerter.Alert(ctx, a)
+	case HostDown:
+		why := fmt.Sprintf("would fence %s because %s", h.cfg.Name, m.VerdictReason)
+		if e.cfg.Enforce {
+			why += " (mode enforce, but fencing is not implemented in this version: nothing was done)"
+		}
+		e.log.Warn().Str("host", h.cfg.Name).Str("correlation_id", m.Incident).Msg(why)
+		ev, _ := json.Marshal(evidenceOf(m, now))
+		*recs = append(*recs, store.Record{At: now, Host: h.cfg.Name, Kind: "would-fence", From: prev.String(), To: m.Verdict.String(),
+			Reason: why, CorrelationID: m.Incident, Evidence: ev})
+		a.Kind, a.Summary = "would-fence", why
+		e.deps.Alerter.Alert(ctx, a)
+	}
+}
+
+func newID(host string) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return host + "-" + hex.EncodeToString(b[:])
+}
+
+// Evidence is what a record carries: the signals behind the change.
+type Evidence struct {
+	LastHeartbeat time.Time   `json:"last_heartbeat,omitzero"`
+	HeartbeatAge  string      `json:"heartbeat_age,omitempty"`
+	BootID        string      `json:"boot_id,omitempty"`
+	PrevBootID    string      `json:"prev_boot_id,omitempty"`
+	Fault         string      `json:"fault,omitempty"`
+	SilentSince   time.Time   `json:"silent_since,omitzero"`
+	ProbeAt       time.Time   `json:"probe_at,omitzero"`
+	ProbeAnswered *bool       `json:"probe_answered,omitempty"`
+	ProbeDetail   string      `json:"probe_detail,omitempty"`
+	BMC           *BMCReading `json:"bmc,omitempty"`
+	Monitor       string      `json:"monitor"`
+	Verdict       string      `json:"verdict"`
+}
+
+func evidenceOf(m *Monitor, now time.Time) Evidence {
+	ev := Evidence{LastHeartbeat: m.LastHeartbeat, BootID: m.BootID, PrevBootID: m.PrevBootID, Fault: m.Fault,
+		SilentSince: m.SilentSince, ProbeAt: m.ProbeAt, ProbeDetail: m.ProbeDetail, BMC: m.BMC,
+		Monitor: m.State.String(), Verdict: m.Verdict.String()}
+	if !m.LastHeartbeat.IsZero() {
+		ev.HeartbeatAge = now.Sub(m.LastHeartbeat).String()
+	}
+	if !m.ProbeAt.IsZero() {
+		a := m.ProbeAnswered
+		ev.ProbeAnswered = &a
+	}
+	return ev
+}

@@ -1,0 +1,330 @@
+package detector
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/node"
+	"github.com/chimestack/chime-fence/power"
+	"github.com/chimestack/chime-fence/store"
+)
+
+// probe runs one probe round in the background. Called with h.mu held; the
+// result is applied under the lock and judged at the next tick.
+func (e *Engine) probe(ctx context.Context, h *hostEntry, silentSince time.Time, timeout time.Duration) {
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		answered, detail := false, ""
+		if acquire(ctx, e.sem.probe) {
+			pctx, cancel := context.WithTimeout(ctx, timeout)
+			answered, detail = e.deps.Prober.ProbeHost(pctx, h.cfg.Name)
+			cancel()
+			<-e.sem.probe
+		} else {
+			detail = "daemon stopping"
+		}
+		at := e.deps.Clock.Now()
+		h.mu.Lock()
+		h.probing = false
+		if ctx.Err() == nil {
+			h.m.ProbeResult(silentSince, at, answered, detail)
+		}
+		h.mu.Unlock()
+	}()
+}
+
+func (e *Engine) readBMC(ctx context.Context, h *hostEntry, silentSince time.Time, timeout time.Duration) {
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		r := BMCReading{Err: "daemon stopping"}
+		if acquire(ctx, e.sem.bmc) {
+			pctx, cancel := context.WithTimeout(ctx, timeout)
+			st, err := e.deps.Power.ReadPower(pctx, h.cfg.Name)
+			cancel()
+			<-e.sem.bmc
+			r = BMCReading{Reachable: err == nil, Power: st}
+			if err != nil {
+				r.Err = err.Error()
+				// A BMC that answered "wrong password" was reachable, but it
+				// still proves nothing.
+				r.Reachable = answeredBMC(err)
+			}
+		}
+		r.At = e.deps.Clock.Now()
+		h.mu.Lock()
+		h.readingBMC = false
+		if ctx.Err() == nil {
+			h.m.BMCResult(silentSince, r)
+		}
+		h.mu.Unlock()
+	}()
+}
+
+func (e *Engine) checkReadiness(ctx context.Context, h *hostEntry) {
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		if !acquire(ctx, e.sem.ready) {
+			return
+		}
+		r := e.deps.Readiness.CheckReadiness(ctx, h.cfg.Name)
+		<-e.sem.ready
+		if r.At.IsZero() {
+			r.At = e.deps.Clock.Now()
+		}
+		h.mu.Lock()
+		h.checking = false
+		prev := h.readiness
+		h.readiness = &r
+		interval := h.cfg.ReadinessInterval
+		// ±10 % so thousands of hosts do not line up.
+		h.nextCheck = r.At.Add(interval - interval/10 + e.jitter(interval/5))
+		incident := h.m.Incident
+		h.mu.Unlock()
+		if ctx.Err() != nil {
+			return
+		}
+		if prev == nil || prev.Ready != r.Ready {
+			to := "ready"
+			if !r.Ready {
+				to = "not-ready"
+			}
+			from := ""
+			if prev != nil {
+				from = map[bool]string{true: "ready", false: "not-ready"}[prev.Ready]
+			}
+			ev, _ := json.Marshal(r)
+			e.record([]store.Record{{At: r.At, Host: h.cfg.Name, Kind: "readiness", From: from, To: to, Reason: r.Summary, CorrelationID: incident, Evidence: ev}})
+		}
+		if !r.Ready && (prev == nil || prev.Ready) {
+			e.deps.Alerter.Alert(ctx, Alert{At: r.At, Host: h.cfg.Name, Kind: "readiness", Summary: "no usable fence level: " + r.Summary})
+		}
+	}()
+}
+
+func acquire(ctx context.Context, sem chan struct{}) bool {
+	select {
+	case sem <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// updateStorm re-evaluates the storm guard, records and alerts on a change,
+// and probes the reference addresses when they are configured.
+func (e *Engine) updateStorm(ctx context.Context, sh []StormHost, cfg EngineConfig, now time.Time) bool {
+	e.stormMu.Lock()
+	if cfg.References > 0 && e.deps.Refs != nil && !e.refsBusy &&
+		(e.refs.At.IsZero() || now.Sub(e.refs.At) >= cfg.Monitor.HeartbeatInterval) {
+		e.refsBusy = true
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			pctx, cancel := context.WithTimeout(ctx, cfg.Monitor.ProbeTimeout)
+			ok, _ := e.deps.Refs.ProbeReferences(pctx)
+			cancel()
+			e.stormMu.Lock()
+			e.refs = References{Configured: cfg.References, Answered: ok, At: e.deps.Clock.Now()}
+			e.refsBusy = false
+			e.stormMu.Unlock()
+		}()
+	}
+	refs := e.refs
+	refs.Configured = cfg.References
+	prev := e.storm
+	next := Storm(sh, refs, cfg.Storm, prev.Paused, now)
+	e.storm = next
+	if next.Paused == prev.Paused {
+		if next.Paused {
+			e.storm.Reason = next.Reason
+		}
+		e.stormMu.Unlock()
+		return next.Paused
+	}
+	if next.Paused {
+		e.stormID = newID("storm")
+	}
+	id := e.stormID
+	e.stormMu.Unlock()
+
+	rec := store.Record{At: now, Kind: "storm", From: "running", To: "paused", Reason: next.Reason, CorrelationID: id}
+	if !next.Paused {
+		rec.From, rec.To, rec.Reason = "paused", "running", "storm guard cleared: "+prev.Reason+" no longer holds"
+		e.log.Warn().Str("correlation_id", id).Msg(rec.Reason)
+	} else {
+		e.log.Error().Str("correlation_id", id).Msg("storm guard: pausing every decision: " + next.Reason)
+	}
+	e.record([]store.Record{rec})
+	e.deps.Alerter.Alert(ctx, Alert{At: now, Kind: "storm", Summary: rec.From + " → " + rec.To + ": " + rec.Reason, CorrelationID: id})
+	return next.Paused
+}
+
+// record queues records for the recorder goroutine and logs them.
+func (e *Engine) record(recs []store.Record) {
+	if len(recs) == 0 {
+		return
+	}
+	for _, r := range recs {
+		e.log.Info().Str("host", r.Host).Str("kind", r.Kind).Str("from", r.From).Str("to", r.To).
+			Str("correlation_id", r.CorrelationID).Msg(r.Reason)
+	}
+	e.recMu.Lock()
+	e.pending = append(e.pending, recs...)
+	e.recMu.Unlock()
+	select {
+	case e.recWake <- struct{}{}:
+	default:
+	}
+}
+
+func (e *Engine) recorder(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.recWake:
+			e.flushRecords()
+		}
+	}
+}
+
+// Flush writes queued records now (tests and shutdown).
+func (e *Engine) Flush() { e.flushRecords(); e.flushMemos() }
+
+func (e *Engine) flushRecords() {
+	e.recMu.Lock()
+	recs := e.pending
+	e.pending = nil
+	e.recMu.Unlock()
+	if len(recs) == 0 {
+		return
+	}
+	if _, err := e.deps.History.Append(recs...); err != nil {
+		// Keep them for the next attempt rather than lose the evidence.
+		e.log.Error().Err(err).Int("records", len(recs)).Msg("history: append failed; will retry")
+		e.recMu.Lock()
+		e.pending = append(recs, e.pending...)
+		e.recMu.Unlock()
+	}
+}
+
+func (e *Engine) flushMemos() {
+	e.hostsMu.RLock()
+	hosts := e.hosts
+	e.hostsMu.RUnlock()
+	memos := map[string]store.HostMemo{}
+	for n, h := range hosts {
+		h.mu.Lock()
+		if h.dirty {
+			m := h.m
+			memos[n] = store.HostMemo{BootID: m.BootID, LastHeartbeat: m.LastHeartbeat, LastVerdict: m.Verdict.String(),
+				LastVerdictAt: m.VerdictAt, Monitor: m.State.String()}
+			h.dirty = false
+		}
+		h.mu.Unlock()
+	}
+	if len(memos) == 0 {
+		return
+	}
+	if err := e.deps.Memos.PutHostMemos(memos); err != nil {
+		e.log.Error().Err(err).Msg("host memos: write failed; will retry")
+		for n := range memos {
+			if h, ok := hosts[n]; ok {
+				h.mu.Lock()
+				h.dirty = true
+				h.mu.Unlock()
+			}
+		}
+	}
+}
+
+// Wait blocks until every probe, BMC read and readiness check in flight has
+// finished (tests).
+func (e *Engine) Wait() { e.wg.Wait() }
+
+// HostStatus is one host as `chime-fence status` shows it.
+type HostStatus struct {
+	Name          string             `json:"name"`
+	Rack          string             `json:"rack"`
+	Monitor       node.MonitorState  `json:"monitor"`
+	Verdict       Verdict            `json:"verdict"`
+	VerdictReason string             `json:"verdict_reason"`
+	VerdictAt     time.Time          `json:"verdict_at,omitzero"`
+	LastHeartbeat time.Time          `json:"last_heartbeat,omitzero"`
+	HeartbeatAge  heartbeat.Duration `json:"heartbeat_age,omitempty"`
+	SilentSince   time.Time          `json:"silent_since,omitzero"`
+	BootID        string             `json:"boot_id,omitempty"`
+	Seq           uint64             `json:"seq,omitempty"`
+	AgentVersion  string             `json:"agent_version,omitempty"`
+	ClockSkew     heartbeat.Duration `json:"clock_skew,omitempty"`
+	Fault         string             `json:"fault,omitempty"`
+	Incident      string             `json:"correlation_id,omitempty"`
+	Readiness     *Readiness         `json:"readiness,omitempty"`
+}
+
+// Storm is the guard's current state.
+type StormStatus struct {
+	Paused        bool   `json:"paused"`
+	Reason        string `json:"reason,omitempty"`
+	CorrelationID string `json:"correlation_id,omitempty"`
+}
+
+// Status is every host, sorted by name, and the storm guard.
+func (e *Engine) Status() ([]HostStatus, StormStatus) {
+	now := e.deps.Clock.Now()
+	e.hostsMu.RLock()
+	hosts, order := e.hosts, e.order
+	e.hostsMu.RUnlock()
+	out := make([]HostStatus, 0, len(order))
+	for _, n := range order {
+		out = append(out, hosts[n].status(now))
+	}
+	e.stormMu.Lock()
+	s := StormStatus{Paused: e.storm.Paused, Reason: e.storm.Reason}
+	if s.Paused {
+		s.CorrelationID = e.stormID
+	}
+	e.stormMu.Unlock()
+	return out, s
+}
+
+// Host is one host's status.
+func (e *Engine) Host(name string) (HostStatus, bool) {
+	h, _, ok := e.host(name)
+	if !ok {
+		return HostStatus{}, false
+	}
+	return h.status(e.deps.Clock.Now()), true
+}
+
+func (h *hostEntry) status(now time.Time) HostStatus {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	m := h.m
+	s := HostStatus{Name: h.cfg.Name, Rack: h.cfg.Rack, Monitor: m.State, Verdict: m.Verdict, VerdictReason: m.VerdictReason,
+		VerdictAt: m.VerdictAt, LastHeartbeat: m.LastHeartbeat, SilentSince: m.SilentSince, BootID: m.BootID, Seq: m.Seq,
+		AgentVersion: h.agentVersion, ClockSkew: heartbeat.Duration(h.skew), Fault: m.Fault, Incident: m.Incident}
+	if !m.LastHeartbeat.IsZero() {
+		s.HeartbeatAge = heartbeat.Duration(now.Sub(m.LastHeartbeat))
+	}
+	if h.readiness != nil {
+		r := *h.readiness
+		s.Readiness = &r
+	}
+	return s
+}
+
+// answeredBMC: the BMC replied (wrong password, refused, garbled) as opposed
+// to not replying at all.
+func answeredBMC(err error) bool {
+	switch power.KindOf(err) {
+	case power.KindAuth, power.KindRefused, power.KindProtocol:
+		return true
+	}
+	return false
+}

@@ -1,0 +1,330 @@
+package detector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/node"
+	"github.com/chimestack/chime-fence/power"
+	"github.com/chimestack/chime-fence/store"
+)
+
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *fakeClock) Add(d time.Duration) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	return c.now
+}
+
+// fakeWorld answers probes and BMC reads per host, as configured.
+type fakeWorld struct {
+	mu       sync.Mutex
+	answers  map[string]bool // probe answered
+	power    map[string]power.State
+	bmcErr   map[string]error
+	ready    map[string]bool
+	refsOK   bool
+	probes   map[string]int
+	alerts   []Alert
+	readings int
+}
+
+func newWorld() *fakeWorld {
+	return &fakeWorld{answers: map[string]bool{}, power: map[string]power.State{}, bmcErr: map[string]error{},
+		ready: map[string]bool{}, probes: map[string]int{}, refsOK: true}
+}
+
+func (w *fakeWorld) ProbeHost(_ context.Context, host string) (bool, string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.probes[host]++
+	if w.answers[host] {
+		return true, "tcp " + host + ":7481 refused"
+	}
+	return false, "tcp " + host + ":7481 timeout"
+}
+
+func (w *fakeWorld) ProbeReferences(context.Context) (bool, string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.refsOK, ""
+}
+
+func (w *fakeWorld) ReadPower(_ context.Context, host string) (power.State, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.readings++
+	if err := w.bmcErr[host]; err != nil {
+		return power.Unknown, err
+	}
+	return w.power[host], nil
+}
+
+func (w *fakeWorld) CheckReadiness(_ context.Context, host string) Readiness {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ready[host] {
+		return Readiness{Ready: true, Summary: "ipmi: power on"}
+	}
+	return Readiness{Ready: false, Summary: "ipmi: auth rejected"}
+}
+
+func (w *fakeWorld) Alert(_ context.Context, a Alert) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.alerts = append(w.alerts, a)
+}
+
+func (w *fakeWorld) alertKinds(host string) []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []string
+	for _, a := range w.alerts {
+		if a.Host == host {
+			out = append(out, a.Kind)
+		}
+	}
+	return out
+}
+
+type rig struct {
+	t     *testing.T
+	e     *Engine
+	clk   *fakeClock
+	w     *fakeWorld
+	st    *store.Store
+	seq   map[string]uint64
+	hosts []string
+}
+
+func engineConfig(hosts ...string) EngineConfig {
+	var hc []HostConfig
+	for _, h := range hosts {
+		hc = append(hc, HostConfig{Name: h, Rack: "r1", ReadinessInterval: 10 * time.Minute})
+	}
+	return EngineConfig{Hosts: hc, Monitor: mcfg(), Storm: StormGuard{MaxFraction: 0.5, Window: time.Minute}}
+}
+
+func newRig(t *testing.T, path string, memos map[string]store.HostMemo, hosts ...string) *rig {
+	t.Helper()
+	st, err := store.Open(path, store.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	clk := &fakeClock{now: t0}
+	w := newWorld()
+	for _, h := range hosts {
+		w.ready[h] = true
+	}
+	e, err := NewEngine(engineConfig(hosts...), Deps{Clock: clk, Prober: w, Refs: w, Power: w, Readiness: w,
+		History: st, Memos: st, Alerter: w, Log: zerolog.Nop(), Seed: 1}, memos)
+	require.NoError(t, err)
+	return &rig{t: t, e: e, clk: clk, w: w, st: st, seq: map[string]uint64{}, hosts: hosts}
+}
+
+func (r *rig) beat(host string) {
+	r.t.Helper()
+	r.seq[host]++
+	require.NoError(r.t, r.e.Heartbeat(heartbeat.Heartbeat{Host: host, BootID: "boot-" + host, Seq: r.seq[host], AgentStart: t0, AgentVersion: "test", Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirt", OK: true}}}))
+}
+
+// run advances the clock by d in steps of 100 ms, heartbeating the given
+// hosts every second and letting the checks finish at each step.
+func (r *rig) run(d time.Duration, beating ...string) {
+	for elapsed := time.Duration(0); elapsed < d; elapsed += 100 * time.Millisecond {
+		now := r.clk.Add(100 * time.Millisecond)
+		if now.Sub(t0)%time.Second == 0 {
+			for _, h := range beating {
+				r.beat(h)
+			}
+		}
+		r.e.Step(context.Background(), now)
+		r.e.Wait()
+	}
+	r.e.Flush()
+}
+
+func (r *rig) status(host string) HostStatus {
+	s, ok := r.e.Host(host)
+	require.True(r.t, ok)
+	return s
+}
+
+func TestEnginePowerLossAgentDownAndIsolation(t *testing.T) {
+	r := newRig(t, filepath.Join(t.TempDir(), "s.db"), nil, "a", "b", "c", "d", "e", "f", "g", "h", "i")
+	all := r.hosts
+	healthy := []string{"a", "f", "g", "h", "i"}
+	r.run(3*time.Second, all...)
+	for _, h := range all {
+		assert.Equal(t, node.Normal, r.status(h).Monitor, h)
+		assert.Equal(t, Healthy, r.status(h).Verdict, h)
+	}
+	r.w.mu.Lock()
+	r.w.power["b"] = power.Off      // b lost power
+	r.w.answers["c"] = true         // c's agent died, host fine
+	r.w.power["d"] = power.On       // d isolated
+	r.w.bmcErr["e"] = power.ErrAuth // e's BMC rejects the password
+	r.w.mu.Unlock()
+	r.run(6*time.Second, healthy...)
+
+	assert.Equal(t, HostDown, r.status("b").Verdict, r.status("b").VerdictReason)
+	assert.Equal(t, node.Unreachable, r.status("b").Monitor)
+	assert.Equal(t, AgentDown, r.status("c").Verdict)
+	assert.Equal(t, node.Suspect, r.status("c").Monitor)
+	assert.Equal(t, IsolatedOrHung, r.status("d").Verdict)
+	assert.Equal(t, Unprovable, r.status("e").Verdict)
+	assert.Contains(t, r.status("e").VerdictReason, "auth")
+	assert.Equal(t, Healthy, r.status("a").Verdict)
+	_, storm := r.e.Status()
+	assert.False(t, storm.Paused, "4 of 9 hosts silent is within the 50 % limit")
+	assert.Equal(t, []string{"agent-down"}, r.w.alertKinds("c"))
+	assert.Equal(t, []string{"isolated-or-hung"}, r.w.alertKinds("d"))
+	assert.Equal(t, []string{"would-fence"}, r.w.alertKinds("b"))
+	r.w.mu.Lock()
+	assert.Zero(t, r.w.probes["a"], "a healthy host is never probed")
+	r.w.mu.Unlock()
+}
+
+func TestEngineHistorySurvivesRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.db")
+	r := newRig(t, path, nil, "a", "b", "c")
+	r.run(2*time.Second, "a", "b", "c")
+	r.w.power["b"] = power.Off
+	r.run(6*time.Second, "a", "c")
+	require.Equal(t, HostDown, r.status("b").Verdict)
+
+	recs, err := r.st.History(store.Query{Host: "b"})
+	require.NoError(t, err)
+	var seen []string
+	ids := map[string]bool{}
+	for _, rec := range recs {
+		seen = append(seen, rec.Kind+":"+rec.From+">"+rec.To)
+		if rec.Kind != "readiness" {
+			ids[rec.CorrelationID] = true
+		}
+	}
+	assert.Subset(t, seen, []string{"monitor:normal>suspect", "monitor:suspect>unreachable", "verdict:suspect>host-down", "would-fence:suspect>host-down"})
+	delete(ids, "")
+	assert.Len(t, ids, 1, "one incident, one correlation id: %v", ids)
+	last := recs[len(recs)-1]
+	var ev Evidence
+	require.NoError(t, json.Unmarshal(last.Evidence, &ev))
+	require.NotNil(t, ev.BMC)
+	assert.Equal(t, power.Off, ev.BMC.Power, "the record carries the BMC answer")
+	assert.False(t, *ev.ProbeAnswered)
+	assert.Contains(t, r.w.alertKinds("b"), "would-fence")
+
+	// Restart: a new engine on the same store keeps the hysteresis.
+	r.e.Flush()
+	memos, err := r.st.HostMemos()
+	require.NoError(t, err)
+	require.NoError(t, r.st.Close())
+	r2 := newRig(t, path, memos, "a", "b", "c")
+	assert.Equal(t, node.Unreachable, r2.status("b").Monitor)
+	assert.Equal(t, HostDown, r2.status("b").Verdict)
+	r2.run(2*time.Second, "a", "b", "c")
+	assert.Equal(t, node.Unreachable, r2.status("b").Monitor, "two good heartbeats are not enough")
+	r2.run(2*time.Second, "a", "b", "c")
+	assert.Equal(t, node.Normal, r2.status("b").Monitor)
+	recs, err = r2.st.History(store.Query{Host: "b", Kind: "monitor"})
+	require.NoError(t, err)
+	assert.Equal(t, "normal", recs[len(recs)-1].To)
+	assert.Equal(t, "3 consecutive good heartbeats", recs[len(recs)-1].Reason)
+}
+
+func TestEngineStormGuard(t *testing.T) {
+	r := newRig(t, filepath.Join(t.TempDir(), "s.db"), nil, "a", "b", "c", "d")
+	r.run(2*time.Second, "a", "b", "c", "d")
+	r.w.power["b"], r.w.power["c"], r.w.power["d"] = power.Off, power.Off, power.Off
+	r.run(8*time.Second, "a")
+	_, storm := r.e.Status()
+	require.True(t, storm.Paused)
+	assert.Contains(t, storm.Reason, "3 of 4 hosts silent")
+	for _, h := range []string{"b", "c", "d"} {
+		assert.Equal(t, Paused, r.status(h).Verdict, h)
+		recs, err := r.st.History(store.Query{Host: h, Kind: "verdict"})
+		require.NoError(t, err)
+		for _, rec := range recs {
+			assert.NotEqual(t, "host-down", rec.To, "%s: no host-down while the guard holds", h)
+		}
+	}
+	recs, err := r.st.History(store.Query{Kind: "storm"})
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	assert.Equal(t, "paused", recs[0].To)
+
+	// Heal two of them: the guard clears, and d is judged on fresh evidence.
+	r.run(5*time.Second, "a", "b", "c")
+	_, storm = r.e.Status()
+	assert.False(t, storm.Paused)
+	assert.Equal(t, HostDown, r.status("d").Verdict)
+	recs, err = r.st.History(store.Query{Kind: "storm"})
+	require.NoError(t, err)
+	require.Len(t, recs, 2)
+	assert.Equal(t, "running", recs[1].To)
+	assert.Equal(t, recs[0].CorrelationID, recs[1].CorrelationID)
+}
+
+func TestEngineReferencesPause(t *testing.T) {
+	r := newRig(t, filepath.Join(t.TempDir(), "s.db"), nil, "a", "b", "c")
+	cfg := engineConfig("a", "b", "c")
+	cfg.References = 2
+	require.NoError(t, r.e.Reconfigure(cfg))
+	r.w.refsOK = false
+	r.run(2*time.Second, "a", "b", "c")
+	_, storm := r.e.Status()
+	assert.True(t, storm.Paused)
+	assert.Contains(t, storm.Reason, "reference addresses")
+	r.w.mu.Lock()
+	r.w.refsOK = true
+	r.w.mu.Unlock()
+	r.run(2*time.Second, "a", "b", "c")
+	_, storm = r.e.Status()
+	assert.False(t, storm.Paused)
+}
+
+func TestEngineReadiness(t *testing.T) {
+	r := newRig(t, filepath.Join(t.TempDir(), "s.db"), nil, "a", "b")
+	r.w.ready["b"] = false
+	r.run(31*time.Second, "a", "b")
+	ra, rb := r.status("a").Readiness, r.status("b").Readiness
+	require.NotNil(t, ra, "every host is checked within 30 s of start")
+	require.NotNil(t, rb)
+	assert.True(t, ra.Ready)
+	assert.False(t, rb.Ready)
+	assert.Equal(t, []string{"readiness"}, r.w.alertKinds("b"))
+	assert.Empty(t, r.w.alertKinds("a"))
+	recs, err := r.st.History(store.Query{Host: "b", Kind: "readiness"})
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	assert.Equal(t, "not-ready", recs[0].To)
+	// The next check is 9–11 minutes later, not before.
+	next := rb.At
+	r.run(8*time.Minute, "a", "b")
+	assert.Equal(t, next, r.status("b").Readiness.At)
+	r.run(4*time.Minute, "a", "b")
+	assert.True(t, r.status("b").Readiness.At.After(next))
+	assert.Equal(t, []string{"readiness"}, r.w.alertKinds("b"), "no repeated alert while it stays not ready")
+}
+
+func TestEngineUnknownHost(t *testing.T) {
+	r := newRig(t, filepath.Join(t.TempDir(), "s.db"), nil, "a")
+	err := r.e.Heartbeat(heartbeat.Heartbeat{Host: "zz", BootID: "x", Seq: 1})
+	assert.True(t, errors.Is(err, ErrUnknownHost))
+	assert.Contains(t, err.Error(), `"zz"`)
+}

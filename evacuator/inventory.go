@@ -1,0 +1,75 @@
+package evacuator
+
+import (
+	"sort"
+	"time"
+
+	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/store"
+)
+
+// deliberateStops are shut-off reasons that say somebody meant the domain
+// to stop; anything else (crashed, failed, unknown after a host restart,
+// daemon) means it should come back.
+var deliberateStops = map[string]bool{
+	"shutdown": true, "destroyed": true, "saved": true, "migrated": true, "from-snapshot": true,
+}
+
+// ObserveDomains updates where each domain should run from one host's
+// report of its domains. It is pure: it returns the homes to write and the
+// UUIDs to forget, and changes nothing itself.
+//
+//   - A domain active on the host now lives there (the latest host seen
+//     running it wins, so after a rebuild elsewhere the old host stops
+//     claiming it).
+//   - A domain whose home is this host and that was stopped on purpose, or
+//     that is no longer defined here, is forgotten: it should not run.
+//   - A domain that stopped because QEMU died, or because the host
+//     restarted, keeps its home: the agent may start it again.
+//
+// The caller must only pass a report in which libvirtd answered; an empty
+// list from an unreachable libvirtd would otherwise forget every domain.
+func ObserveDomains(homes map[string]store.DomainHome, host string, doms []heartbeat.Domain, now time.Time) (put []store.DomainHome, remove []string) {
+	listed := make(map[string]bool, len(doms))
+	for _, d := range doms {
+		listed[d.UUID] = true
+		h, known := homes[d.UUID]
+		switch {
+		case d.State.Active():
+			if !known || h.Host != host || h.Name != d.Name {
+				since := now
+				if known && h.Host == host {
+					since = h.Since
+				}
+				put = append(put, store.DomainHome{UUID: d.UUID, Name: d.Name, Host: host, Since: since})
+			}
+		case known && h.Host == host && deliberateStops[d.Reason]:
+			remove = append(remove, d.UUID)
+		}
+	}
+	for uuid, h := range homes {
+		if h.Host == host && !listed[uuid] {
+			remove = append(remove, uuid)
+		}
+	}
+	sort.Strings(remove)
+	sort.Slice(put, func(i, j int) bool { return put[i].UUID < put[j].UUID })
+	return put, remove
+}
+
+// HomesOf lists the domains whose home is host, sorted by name.
+func HomesOf(homes map[string]store.DomainHome, host string) []heartbeat.AssignedDomain {
+	var out []heartbeat.AssignedDomain
+	for _, h := range homes {
+		if h.Host == host {
+			out = append(out, heartbeat.AssignedDomain{UUID: h.UUID, Name: h.Name})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].UUID < out[j].UUID
+	})
+	return out
+}

@@ -1,0 +1,62 @@
+package evacuator
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/hypervisor"
+	"github.com/chimestack/chime-fence/store"
+)
+
+func TestObserveDomains(t *testing.T) {
+	now := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+	before := now.Add(-time.Hour)
+	const u1, u2 = "11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"
+	home := func(u, host string) map[string]store.DomainHome {
+		return map[string]store.DomainHome{u: {UUID: u, Name: "vm", Host: host, Since: before}}
+	}
+	dom := func(u string, st hypervisor.DomainState, reason string) []heartbeat.Domain {
+		return []heartbeat.Domain{{UUID: u, Name: "vm", State: st, Reason: reason}}
+	}
+	cases := []struct {
+		name   string
+		homes  map[string]store.DomainHome
+		doms   []heartbeat.Domain
+		put    []store.DomainHome
+		remove []string
+	}{
+		{"new running domain gets a home", nil, dom(u1, hypervisor.StateRunning, ""), []store.DomainHome{{UUID: u1, Name: "vm", Host: "h1", Since: now}}, nil},
+		{"running where it lives: nothing to write", home(u1, "h1"), dom(u1, hypervisor.StateRunning, ""), nil, nil},
+		{"paused counts as running", nil, dom(u1, hypervisor.StatePaused, ""), []store.DomainHome{{UUID: u1, Name: "vm", Host: "h1", Since: now}}, nil},
+		{"running on a new host moves the home", home(u1, "h2"), dom(u1, hypervisor.StateRunning, ""), []store.DomainHome{{UUID: u1, Name: "vm", Host: "h1", Since: now}}, nil},
+		{"QEMU died: keep", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "crashed"), nil, nil},
+		{"crashed state: keep", home(u1, "h1"), dom(u1, hypervisor.StateCrashed, ""), nil, nil},
+		{"host restarted: keep", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "unknown"), nil, nil},
+		{"failed to start: keep", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "failed"), nil, nil},
+		{"shut down by its owner: forget", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "shutdown"), nil, []string{u1}},
+		{"destroyed by an operator: forget", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "destroyed"), nil, []string{u1}},
+		{"migrated away: forget here", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "migrated"), nil, []string{u1}},
+		{"stopped copy on a host it does not live on: ignore", home(u1, "h2"), dom(u1, hypervisor.StateShutoff, "destroyed"), nil, nil},
+		{"undefined here: forget", home(u1, "h1"), nil, nil, []string{u1}},
+		{"another host's domain missing here: keep", home(u1, "h2"), nil, nil, nil},
+		{"stopped, never ran anywhere: nothing", nil, dom(u2, hypervisor.StateShutoff, "shutdown"), nil, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			put, remove := ObserveDomains(c.homes, "h1", c.doms, now)
+			assert.Equal(t, c.put, put)
+			assert.Equal(t, c.remove, remove)
+		})
+	}
+}
+
+func TestHomesOf(t *testing.T) {
+	homes := map[string]store.DomainHome{
+		"b": {UUID: "b", Name: "web", Host: "h1"}, "a": {UUID: "a", Name: "db", Host: "h1"}, "c": {UUID: "c", Name: "x", Host: "h2"},
+	}
+	assert.Equal(t, []heartbeat.AssignedDomain{{UUID: "a", Name: "db"}, {UUID: "b", Name: "web"}}, HomesOf(homes, "h1"))
+	assert.Empty(t, HomesOf(homes, "h3"))
+}

@@ -28,7 +28,7 @@ import (
 
 type quiet struct{}
 
-func (quiet) ProbeHost(context.Context, string) (bool, string)       { return false, "" }
+func (quiet) ProbeHost(context.Context, string) (bool, bool, string) { return false, true, "" }
 func (quiet) ReadPower(context.Context, string) (power.State, error) { return power.On, nil }
 func (quiet) CheckReadiness(context.Context, string) detector.Readiness {
 	return detector.Readiness{Ready: true}

@@ -24,8 +24,10 @@ import (
 type (
 	// Prober runs one active probe round against a host (TCP to the agent
 	// and libvirt ports, ICMP) and reports whether anything answered.
+	// conclusive is false when no probe could be performed at all (e.g. ICMP
+	// not permitted and no TCP target): that is evidence of nothing.
 	Prober interface {
-		ProbeHost(ctx context.Context, host string) (answered bool, detail string)
+		ProbeHost(ctx context.Context, host string) (answered, conclusive bool, detail string)
 	}
 	// ReferenceProber probes the daemon's own reference addresses.
 	ReferenceProber interface {
@@ -122,6 +124,7 @@ type hostEntry struct {
 	agentVersion string
 	skew         time.Duration
 	probing      bool
+	nextProbe    time.Time // after an inconclusive round
 	readingBMC   bool
 	checking     bool
 	readiness    *Readiness
@@ -345,7 +348,7 @@ func (e *Engine) Step(ctx context.Context, now time.Time) {
 		if h.m.Verdict != prev {
 			e.onVerdict(ctx, h, prev, now, &recs)
 		}
-		if st.NeedProbe && !h.probing {
+		if st.NeedProbe && !h.probing && !now.Before(h.nextProbe) {
 			h.probing = true
 			e.probe(ctx, h, st.SilentSince, cfg.Monitor.ProbeTimeout)
 		}

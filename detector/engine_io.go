@@ -17,20 +17,25 @@ func (e *Engine) probe(ctx context.Context, h *hostEntry, silentSince time.Time,
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
-		answered, detail := false, ""
+		answered, conclusive, detail := false, false, "daemon stopping"
 		if acquire(ctx, e.sem.probe) {
 			pctx, cancel := context.WithTimeout(ctx, timeout)
-			answered, detail = e.deps.Prober.ProbeHost(pctx, h.cfg.Name)
+			answered, conclusive, detail = e.deps.Prober.ProbeHost(pctx, h.cfg.Name)
 			cancel()
 			<-e.sem.probe
-		} else {
-			detail = "daemon stopping"
 		}
 		at := e.deps.Clock.Now()
 		h.mu.Lock()
 		h.probing = false
-		if ctx.Err() == nil {
+		switch {
+		case ctx.Err() != nil:
+		case conclusive:
 			h.m.ProbeResult(silentSince, at, answered, detail)
+		default:
+			// Nothing could be probed: no evidence either way. Try again
+			// later rather than in a tight loop.
+			h.nextProbe = at.Add(timeout)
+			e.log.Warn().Str("host", h.cfg.Name).Msg("probe round inconclusive: " + detail)
 		}
 		h.mu.Unlock()
 	}()

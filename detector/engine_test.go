@@ -50,14 +50,14 @@ func newWorld() *fakeWorld {
 		ready: map[string]bool{}, probes: map[string]int{}, refsOK: true}
 }
 
-func (w *fakeWorld) ProbeHost(_ context.Context, host string) (bool, string) {
+func (w *fakeWorld) ProbeHost(_ context.Context, host string) (bool, bool, string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.probes[host]++
 	if w.answers[host] {
-		return true, "tcp " + host + ":7481 refused"
+		return true, true, "tcp " + host + ":7481 refused"
 	}
-	return false, "tcp " + host + ":7481 timeout"
+	return false, true, "tcp " + host + ":7481 timeout"
 }
 
 func (w *fakeWorld) ProbeReferences(context.Context) (bool, string) {

@@ -59,7 +59,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newVersionCmd(), newConfigCmd(), newTestNodeCmd())
+	root.AddCommand(newVersionCmd(), newConfigCmd(), newTestNodeCmd(), newDaemonCmd(), newStatusCmd(), newHistoryCmd())
 	return root
 }
 

@@ -12,6 +12,8 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
+	"github.com/chimestack/chime-fence/configs"
+	"github.com/chimestack/chime-fence/daemon"
 	"github.com/chimestack/chime-fence/readiness"
 )
 
@@ -48,14 +50,16 @@ Exit status: 0 when at least one fence level is usable and read power back,
 			defer closeFn()
 			target.Timeout = timeout
 			r := readiness.Run(cmd.Context(), target, time.Now)
+			det := detectorView(cmd.Context(), cfg, h.Name, timeout)
 			if output == "json" {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
-				if err := enc.Encode(r); err != nil {
+				if err := enc.Encode(testNodeJSON{Report: r, Detector: det}); err != nil {
 					return failureErr(err)
 				}
 			} else {
 				printReport(cmd.OutOrStdout(), h.Rack, h.Effective.Name, r)
+				printDetector(cmd.OutOrStdout(), det)
 			}
 			if !r.Ready {
 				return failureErr(errors.New(r.Summary))
@@ -108,4 +112,44 @@ func printReport(w io.Writer, rack, policy string, r readiness.Report) {
 		}
 	}
 	fmt.Fprintf(w, "\n%s\n", r.Summary)
+}
+
+type testNodeJSON struct {
+	readiness.Report
+	Detector detectorStatus `json:"detector"`
+}
+
+// detectorStatus is the daemon's current view of the host, or why it is
+// not available; test-node never fails because the daemon is down.
+type detectorStatus struct {
+	Available bool               `json:"available"`
+	Error     string             `json:"error,omitempty"`
+	Host      *daemon.HostStatus `json:"host,omitempty"`
+}
+
+func detectorView(ctx context.Context, cfg *configs.Config, host string, timeout time.Duration) detectorStatus {
+	c, err := apiClient(cfg)
+	if err != nil {
+		return detectorStatus{Error: err.Error()}
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	h, err := c.Host(ctx, host)
+	if err != nil {
+		return detectorStatus{Error: err.Error()}
+	}
+	return detectorStatus{Available: true, Host: &h}
+}
+
+func printDetector(w io.Writer, d detectorStatus) {
+	if !d.Available {
+		fmt.Fprintf(w, "\ndetector: no verdict available (%s)\n", d.Error)
+		return
+	}
+	h := d.Host
+	age := "never"
+	if !h.LastHeartbeat.IsZero() {
+		age = time.Duration(h.HeartbeatAge).Round(time.Millisecond).String() + " ago"
+	}
+	fmt.Fprintf(w, "\ndetector: verdict %s, monitor %s, admin %s, last heartbeat %s\n  %s\n", h.Verdict, h.Monitor, h.Admin, age, h.VerdictReason)
 }

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+
+	"github.com/chimestack/chime-fence/api"
+	"github.com/chimestack/chime-fence/configs"
+	"github.com/chimestack/chime-fence/daemon"
+	"github.com/chimestack/chime-fence/detector"
+	"github.com/chimestack/chime-fence/drivers/probe"
+	"github.com/chimestack/chime-fence/store"
+)
+
+func newDaemonCmd() *cobra.Command {
+	var file, level string
+	c := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run the daemon: heartbeat intake, detection, verdicts, history, API",
+		Long: `daemon watches every configured host: it takes agents' heartbeats, probes
+hosts whose heartbeats stop, reads their BMCs, and records a verdict for each
+with its evidence. Fencing and evacuation are not part of this version: in
+both modes a host-down verdict is logged and recorded as "would fence".
+
+SIGHUP reloads the configuration (a bad one is refused and the old one kept);
+SIGTERM or SIGINT stops it cleanly.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			lvl, err := zerolog.ParseLevel(level)
+			if err != nil {
+				return usageErr(fmt.Errorf("--log-level %q: %w", level, err))
+			}
+			log := zerolog.New(cmd.ErrOrStderr()).Level(lvl).With().Timestamp().Logger()
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			return runDaemon(ctx, file, hup, log)
+		},
+	}
+	c.Flags().StringVarP(&file, "config", "c", "/etc/chime-fence/chime-fence.yaml", "configuration file")
+	c.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	c.SetContext(context.Background())
+	return c
+}
+
+func readToken(what, file string) (string, error) {
+	if file == "" {
+		return "", usageErr(fmt.Errorf("controller.%s_token_file is not set: the daemon never serves an unauthenticated API", what))
+	}
+	t, err := configs.Secret{What: what + " token", File: file}.Read()
+	if err != nil {
+		return "", usageErr(err)
+	}
+	return t, nil
+}
+
+func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerolog.Logger) error {
+	cs, err := configs.NewStore(file)
+	if err != nil {
+		return usageErr(err)
+	}
+	cfg := cs.Current()
+	agentTok, err := readToken("agent", cfg.Controller.AgentTokenFile)
+	if err != nil {
+		return err
+	}
+	apiTok, err := readToken("api", cfg.Controller.APITokenFile)
+	if err != nil {
+		return err
+	}
+	if cfg.Controller.StateDir == "" {
+		return usageErr(errors.New("controller.state_dir is not set: the daemon keeps its history and admin states there"))
+	}
+	ln, err := net.Listen("tcp", cfg.Controller.Listen)
+	if err != nil {
+		return failureErr(fmt.Errorf("listen on controller.listen %s: %w", cfg.Controller.Listen, err))
+	}
+	defer ln.Close()
+
+	st, err := store.Open(store.Path(cfg.Controller.StateDir), store.Options{})
+	if err != nil {
+		return failureErr(err)
+	}
+	defer st.Close()
+	memos, err := st.HostMemos()
+	if err != nil {
+		return failureErr(err)
+	}
+
+	drv := newHostDrivers(probe.New(probe.Options{Log: log}), log)
+	drv.configure(cfg)
+	eng, err := detector.NewEngine(engineConfig(cfg), detector.Deps{
+		Prober: drv, Refs: drv, Power: drv, Readiness: drv,
+		History: st, Memos: st, Alerter: logAlerter{log.With().Str("component", "alert").Logger()}, Log: log,
+	}, memos)
+	if err != nil {
+		return usageErr(err)
+	}
+	d, err := daemon.New(st, eng, func() time.Duration { return cs.Current().Detection.HeartbeatInterval }, nil, log)
+	if err != nil {
+		return failureErr(err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := api.New(d, api.Tokens{Agent: agentTok, API: apiTok}, reg, log)
+	if err != nil {
+		return failureErr(err)
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	engDone := make(chan struct{})
+	go func() { defer close(engDone); _ = eng.Run(ctx) }()
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- hs.Serve(ln) }()
+
+	dlog := log.With().Str("component", "daemon").Logger()
+	if cfg.Mode == configs.ModeEnforce {
+		dlog.Warn().Msg("mode enforce: fencing and evacuation are not implemented in this version; verdicts are recorded as in observe mode")
+	}
+	dlog.Info().Str("listen", ln.Addr().String()).Int("hosts", len(cfg.Hosts)).Str("mode", string(cfg.Mode)).
+		Str("state", st.Path()).Msg("daemon started")
+	for {
+		select {
+		case <-hup:
+			next, err := cs.Reload()
+			if err != nil {
+				dlog.Error().Err(err).Msg("config reload refused; keeping the running configuration")
+				continue
+			}
+			drv.configure(next)
+			if err := eng.Reconfigure(engineConfig(next)); err != nil {
+				dlog.Error().Err(err).Msg("config reload: detector refused the new thresholds")
+				continue
+			}
+			dlog.Info().Int("hosts", len(next.Hosts)).Msg("configuration reloaded")
+		case err := <-srvErr:
+			cancel()
+			<-engDone
+			return failureErr(fmt.Errorf("API server: %w", err))
+		case <-ctx.Done():
+			sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = hs.Shutdown(sctx)
+			scancel()
+			<-engDone
+			dlog.Info().Msg("daemon stopped")
+			return nil
+		}
+	}
+}
+
+// engineConfig maps the configuration onto the detector's tuning.
+func engineConfig(cfg *configs.Config) detector.EngineConfig {
+	def := configs.Overlay(configs.BuiltinPolicy(), cfg.Defaults)
+	ec := detector.EngineConfig{
+		Monitor: detector.MonitorConfig{
+			Thresholds: detector.Thresholds{HeartbeatInterval: cfg.Detection.HeartbeatInterval,
+				MissedHeartbeats: cfg.Detection.MissedHeartbeats, ProbeTimeout: cfg.Detection.ProbeTimeout},
+			RecoveryHeartbeats: cfg.Detection.RecoveryHeartbeats,
+			Settle:             cfg.Detection.HeartbeatInterval,
+		},
+		Storm: detector.StormGuard{MaxFraction: *def.StormGuard.MaxUnreachableFraction, Window: *def.StormGuard.Window,
+			MaxRackFraction: map[string]float64{}},
+		References: len(cfg.Detection.ReferenceAddresses),
+		Enforce:    cfg.Mode == configs.ModeEnforce,
+	}
+	for i := range cfg.Hosts {
+		h := &cfg.Hosts[i]
+		ec.Hosts = append(ec.Hosts, detector.HostConfig{Name: h.Name, Rack: h.Rack, ReadinessInterval: h.Effective.FenceReadinessInterval})
+		if _, ok := ec.Storm.MaxRackFraction[h.Rack]; !ok {
+			ec.Storm.MaxRackFraction[h.Rack] = h.Effective.StormGuard.MaxRackUnreachableFraction
+		}
+	}
+	return ec
+}
+
+// logAlerter is the alert sink until webhooks exist: a warning in the log.
+type logAlerter struct{ log zerolog.Logger }
+
+func (a logAlerter) Alert(_ context.Context, al detector.Alert) {
+	a.log.Warn().Str("host", al.Host).Str("kind", al.Kind).Str("correlation_id", al.CorrelationID).Msg(al.Summary)
+}

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/chimestack/chime-fence/configs"
+	"github.com/chimestack/chime-fence/detector"
+	"github.com/chimestack/chime-fence/drivers/probe"
+	"github.com/chimestack/chime-fence/fencer"
+	"github.com/chimestack/chime-fence/power"
+	"github.com/chimestack/chime-fence/readiness"
+)
+
+// hostDrivers adapts the drivers to the detector's interfaces, per host.
+// configure swaps the whole set atomically on a config reload.
+type hostDrivers struct {
+	prober *probe.Prober
+	log    zerolog.Logger
+
+	mu    sync.RWMutex
+	cfg   *configs.Config
+	hosts map[string]*hostDriver
+	refs  []probe.Target
+}
+
+type hostDriver struct {
+	host     *configs.Host
+	power    fencer.PowerController
+	powerErr error
+	targets  []probe.Target
+}
+
+var (
+	_ detector.Prober           = (*hostDrivers)(nil)
+	_ detector.ReferenceProber  = (*hostDrivers)(nil)
+	_ detector.PowerReader      = (*hostDrivers)(nil)
+	_ detector.ReadinessChecker = (*hostDrivers)(nil)
+)
+
+func newHostDrivers(p *probe.Prober, log zerolog.Logger) *hostDrivers {
+	return &hostDrivers{prober: p, log: log, hosts: map[string]*hostDriver{}}
+}
+
+func (d *hostDrivers) configure(cfg *configs.Config) {
+	hosts := make(map[string]*hostDriver, len(cfg.Hosts))
+	for i := range cfg.Hosts {
+		h := &cfg.Hosts[i]
+		hd := &hostDriver{host: h, targets: probeTargets(h)}
+		if b, ok := readBMC(h); ok {
+			hd.power, hd.powerErr = powerController(h, b, d.log)
+		} else {
+			hd.powerErr = &power.Error{Kind: power.KindConfig, Host: h.Name, Step: "read power", Err: fmt.Errorf("no BMC configured")}
+		}
+		hosts[h.Name] = hd
+	}
+	var refs []probe.Target
+	for _, a := range cfg.Detection.ReferenceAddresses {
+		if _, _, err := net.SplitHostPort(a); err == nil {
+			refs = append(refs, probe.Target{Kind: probe.KindTCP, Addr: a})
+		} else {
+			refs = append(refs, probe.Target{Kind: probe.KindICMP, Addr: a})
+		}
+	}
+	d.mu.Lock()
+	d.cfg, d.hosts, d.refs = cfg, hosts, refs
+	d.mu.Unlock()
+}
+
+// readBMC picks the BMC whose power state the detector reads: the one of
+// the first BMC fence level, else any.
+func readBMC(h *configs.Host) (configs.BMC, bool) {
+	for _, l := range h.Effective.Levels {
+		if t := l.Type.BMCType(); t != "" {
+			if b, ok := h.BMC(t); ok {
+				return b, true
+			}
+		}
+	}
+	if len(h.BMCs) > 0 {
+		return h.BMCs[0], true
+	}
+	return configs.BMC{}, false
+}
+
+// probeTargets: the agent's and libvirtd's TCP ports and ICMP to the
+// management address.
+func probeTargets(h *configs.Host) []probe.Target {
+	var t []probe.Target
+	if u, err := url.Parse(h.Agent.URL); err == nil && u.Host != "" {
+		addr := u.Host
+		if u.Port() == "" {
+			addr = net.JoinHostPort(u.Hostname(), map[string]string{"https": "443"}[u.Scheme]+map[string]string{"http": "80"}[u.Scheme])
+		}
+		t = append(t, probe.Target{Kind: probe.KindTCP, Addr: addr})
+	}
+	if a := h.Libvirt.Address; a != "" && !strings.HasPrefix(a, "unix:") {
+		t = append(t, probe.Target{Kind: probe.KindTCP, Addr: a})
+	}
+	if h.Address != "" {
+		t = append(t, probe.Target{Kind: probe.KindICMP, Addr: h.Address})
+	}
+	return t
+}
+
+func (d *hostDrivers) get(host string) (*hostDriver, *configs.Config) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.hosts[host], d.cfg
+}
+
+func (d *hostDrivers) ProbeHost(ctx context.Context, host string) (bool, bool, string) {
+	hd, _ := d.get(host)
+	if hd == nil || len(hd.targets) == 0 {
+		return false, false, "no probe targets configured"
+	}
+	return summarize(d.prober.Round(ctx, hd.targets))
+}
+
+func (d *hostDrivers) ProbeReferences(ctx context.Context) (bool, string) {
+	d.mu.RLock()
+	refs := d.refs
+	d.mu.RUnlock()
+	answered, conclusive, detail := summarize(d.prober.Round(ctx, refs))
+	// A reference round that could not run proves nothing about our
+	// network; do not pause on it.
+	return answered || !conclusive, detail
+}
+
+// summarize: answered if any target answered; conclusive if any answer is
+// evidence (answered or silent); detail lists every target.
+func summarize(r probe.Result) (answered, conclusive bool, detail string) {
+	parts := make([]string, 0, len(r.Answers))
+	for _, a := range r.Answers {
+		switch {
+		case a.Answered:
+			answered, conclusive = true, true
+			parts = append(parts, fmt.Sprintf("%s answered in %s", a.Target, a.RTT.Round(time.Microsecond)))
+		case a.Unsupported:
+			parts = append(parts, fmt.Sprintf("%s not probed: %s", a.Target, a.Err))
+		default:
+			conclusive = true
+			parts = append(parts, fmt.Sprintf("%s: %s", a.Target, a.Err))
+		}
+	}
+	return answered, conclusive, strings.Join(parts, "; ")
+}
+
+func (d *hostDrivers) ReadPower(ctx context.Context, host string) (power.State, error) {
+	hd, _ := d.get(host)
+	if hd == nil {
+		return power.Unknown, &power.Error{Kind: power.KindConfig, Host: host, Step: "read power", Err: fmt.Errorf("host not configured")}
+	}
+	if hd.powerErr != nil {
+		return power.Unknown, hd.powerErr
+	}
+	return hd.power.PowerStatus(ctx)
+}
+
+func (d *hostDrivers) CheckReadiness(ctx context.Context, host string) detector.Readiness {
+	hd, cfg := d.get(host)
+	if hd == nil {
+		return detector.Readiness{Summary: "host not configured"}
+	}
+	t, closeFn := readinessTarget(cfg, hd.host, d.log.Level(zerolog.WarnLevel))
+	defer closeFn()
+	t.Timeout = cfg.Detection.ProbeTimeout * 5
+	r := readiness.Run(ctx, t, time.Now)
+	return detector.Readiness{At: time.Now(), Ready: r.Ready, Summary: r.Summary}
+}

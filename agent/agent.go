@@ -1,0 +1,459 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/rs/zerolog"
+
+	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/hypervisor"
+)
+
+// Hypervisor is the host's libvirtd as the agent uses it;
+// drivers/libvirt.Client implements it. Calls get a context with a
+// deadline.
+type Hypervisor interface {
+	Ping(ctx context.Context) error
+	Domains(ctx context.Context, withXML bool) ([]hypervisor.Domain, error)
+	Start(ctx context.Context, uuid string) error
+}
+
+// Daemon is the chime-fence daemon as the agent uses it; DaemonClient
+// implements it. Calls get a context with a deadline.
+type Daemon interface {
+	Assignment(ctx context.Context) (heartbeat.Assignment, error)
+	Heartbeat(ctx context.Context, hb heartbeat.Heartbeat) (heartbeat.Ack, error)
+}
+
+// Config is one agent's settings. Host and BootID are required; zero
+// durations take the defaults named on each field.
+type Config struct {
+	// Host is this host's name as the daemon knows it.
+	Host string
+	// BootID is the kernel's boot id; it changes at every boot, so the
+	// daemon sees a reboot even when it missed no heartbeat.
+	BootID string
+	// Version is sent in every heartbeat.
+	Version string
+	// Interfaces are network interfaces that must be up (e.g. the
+	// storage and business networks).
+	Interfaces []string
+	// Storage are directories (absolute) that must be writable, typically
+	// the shared storage VM disks live on.
+	Storage []string
+	// HeartbeatInterval is used until the daemon's first answer names
+	// its own. Default 5s.
+	HeartbeatInterval time.Duration
+	// ReconcileInterval is how often domains that should run are checked.
+	// Default 60s (the seed's value).
+	ReconcileInterval time.Duration
+	// CheckTimeout is the deadline of each health check run. Default 5s.
+	CheckTimeout time.Duration
+	// CallTimeout bounds each libvirt call of reconcile and status, and
+	// each assignment fetch. Default 30s.
+	CallTimeout time.Duration
+	// RetryInitial and RetryMax bound the backoff between failed
+	// assignment fetches. Defaults 500ms and 30s.
+	RetryInitial, RetryMax time.Duration
+	// SysClassNet is where interface states are read. Default
+	// /sys/class/net.
+	SysClassNet string
+	// Now is the clock for the times heartbeats carry. Default time.Now.
+	Now func() time.Time
+}
+
+var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`)
+
+func (c Config) withDefaults() (Config, error) {
+	var errs []error
+	if !hostRE.MatchString(c.Host) {
+		errs = append(errs, fmt.Errorf("host name %q: want letters, digits, '.', '_' or '-'", c.Host))
+	}
+	if strings.TrimSpace(c.BootID) == "" {
+		errs = append(errs, errors.New("boot id is empty"))
+	}
+	for _, n := range c.Interfaces {
+		if n == "" || n == "." || n == ".." || strings.ContainsAny(n, "/ \t\n") {
+			errs = append(errs, fmt.Errorf("interface name %q is not a valid interface name", n))
+		}
+	}
+	for _, p := range c.Storage {
+		if !filepath.IsAbs(p) {
+			errs = append(errs, fmt.Errorf("storage path %q is not absolute", p))
+		}
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"heartbeat interval", &c.HeartbeatInterval, 5 * time.Second},
+		{"reconcile interval", &c.ReconcileInterval, 60 * time.Second},
+		{"check timeout", &c.CheckTimeout, 5 * time.Second},
+		{"call timeout", &c.CallTimeout, 30 * time.Second},
+		{"retry initial", &c.RetryInitial, 500 * time.Millisecond},
+		{"retry max", &c.RetryMax, 30 * time.Second},
+	} {
+		switch {
+		case *d.v < 0:
+			errs = append(errs, fmt.Errorf("%s %s is negative", d.name, *d.v))
+		case *d.v == 0:
+			*d.v = d.def
+		}
+	}
+	if c.HeartbeatInterval > 0 && (c.HeartbeatInterval < minInterval || c.HeartbeatInterval > maxInterval) {
+		errs = append(errs, fmt.Errorf("heartbeat interval %s out of range %s..%s", c.HeartbeatInterval, minInterval, maxInterval))
+	}
+	if c.SysClassNet == "" {
+		c.SysClassNet = "/sys/class/net"
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c, errors.Join(errs...)
+}
+
+// Agent is one host's chime-agent: heartbeats, health checks, the held
+// assignment and the reconcile loop. Create it with New and run it with
+// Run; Status may be called concurrently (the HTTP API does).
+type Agent struct {
+	cfg    Config
+	hv     Hypervisor
+	daemon Daemon
+	log    zerolog.Logger
+	start  time.Time
+	held   *held
+	checks *checker
+
+	stopsMu sync.Mutex
+	stops   Stops
+
+	fetchNow     chan struct{}
+	reconcileNow chan struct{}
+}
+
+// New checks cfg and builds an agent; no I/O.
+func New(cfg Config, hv Hypervisor, d Daemon, log zerolog.Logger) (*Agent, error) {
+	cfg, err := cfg.withDefaults()
+	if hv == nil {
+		err = errors.Join(err, errors.New("no hypervisor"))
+	}
+	if d == nil {
+		err = errors.Join(err, errors.New("no daemon client"))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	a := &Agent{
+		cfg: cfg, hv: hv, daemon: d,
+		log:          log.With().Str("host", cfg.Host).Logger(),
+		start:        cfg.Now(),
+		held:         newHeld(cfg.HeartbeatInterval),
+		fetchNow:     make(chan struct{}, 1),
+		reconcileNow: make(chan struct{}, 1),
+	}
+	jobs := []*job{libvirtJob(hv)}
+	for _, n := range cfg.Interfaces {
+		jobs = append(jobs, interfaceJob(cfg.SysClassNet, n))
+	}
+	for _, p := range cfg.Storage {
+		jobs = append(jobs, storageJob(p, cfg.Host))
+	}
+	a.checks = newChecker(jobs, cfg.CheckTimeout, func(d []hypervisor.Domain) { a.observe(d) })
+	return a, nil
+}
+
+func (a *Agent) logger(component string) zerolog.Logger {
+	return a.log.With().Str("component", component).Logger()
+}
+
+// Run runs the agent until ctx is done, then returns nil. Call it once.
+func (a *Agent) Run(ctx context.Context) error {
+	log := a.logger("agent")
+	log.Info().Str("boot_id", a.cfg.BootID).Str("version", a.cfg.Version).
+		Strs("interfaces", a.cfg.Interfaces).Strs("storage", a.cfg.Storage).
+		Dur("heartbeat_interval", a.cfg.HeartbeatInterval).Dur("reconcile_interval", a.cfg.ReconcileInterval).
+		Msg("agent starting; admin state unknown until the daemon answers: no domain is started before")
+	trigger(a.fetchNow)
+	var wg sync.WaitGroup
+	for _, loop := range []func(context.Context){a.checkLoop, a.heartbeatLoop, a.assignmentLoop, a.reconcileLoop} {
+		wg.Add(1)
+		go func() { defer wg.Done(); loop(ctx) }()
+	}
+	wg.Wait()
+	log.Info().Msg("agent stopped")
+	return nil
+}
+
+func trigger(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default: // one pending is enough
+	}
+}
+
+// sleep waits d or until ctx is done; false means ctx is done.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// observe runs every domain listing through Stops.
+func (a *Agent) observe(doms []hypervisor.Domain) []hypervisor.Domain {
+	a.stopsMu.Lock()
+	defer a.stopsMu.Unlock()
+	out, next := a.stops.Observe(doms)
+	a.stops = next
+	return out
+}
+
+func (a *Agent) checkLoop(ctx context.Context) {
+	for {
+		a.checks.round(ctx)
+		if !sleep(ctx, a.held.heartbeatInterval()) {
+			return
+		}
+	}
+}
+
+func (a *Agent) heartbeatLoop(ctx context.Context) {
+	log := a.logger("heartbeat")
+	// The first heartbeat carries real check results; every check reports
+	// within CheckTimeout, so this waits at most that long, once.
+	select {
+	case <-a.checks.ready:
+	case <-time.After(a.cfg.CheckTimeout + time.Second):
+	case <-ctx.Done():
+		return
+	}
+	var lastErr string
+	failures := 0
+	for seq := uint64(1); ; seq++ {
+		interval := a.held.heartbeatInterval()
+		next := time.Now().Add(interval)
+		err := a.beat(ctx, seq, interval)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			failures++
+			// Log when the error changes, not every beat of an outage.
+			if msg := err.Error(); msg != lastErr {
+				log.Warn().Err(err).Uint64("seq", seq).Int("failures", failures).Msg("heartbeat not delivered")
+				lastErr = msg
+			}
+		case failures > 0:
+			log.Info().Uint64("seq", seq).Int("failures", failures).Msg("daemon answers heartbeats again")
+			failures, lastErr = 0, ""
+		}
+		if !sleep(ctx, time.Until(next)) {
+			return
+		}
+	}
+}
+
+// beat sends one heartbeat under a deadline of one interval and applies
+// the ack.
+func (a *Agent) beat(ctx context.Context, seq uint64, interval time.Duration) error {
+	health, doms := a.checks.snapshot()
+	hb := heartbeat.Heartbeat{
+		Host: a.cfg.Host, BootID: a.cfg.BootID, Seq: seq,
+		AgentStart: a.start, AgentVersion: a.cfg.Version, SentAt: a.cfg.Now(),
+		Health: health, Domains: doms,
+	}
+	hctx, cancel := context.WithTimeout(ctx, interval)
+	defer cancel()
+	ack, err := a.daemon.Heartbeat(hctx, hb)
+	if err != nil {
+		return err
+	}
+	a.checks.sent(health.IOErrors)
+	before := a.held.adminState()
+	if a.held.setAck(ack) {
+		trigger(a.fetchNow)
+	}
+	if after := a.held.adminState(); after != before {
+		log := a.logger("heartbeat")
+		log.Info().Str("admin_state", after).Str("was", before).Uint64("assignment_revision", ack.AssignmentRevision).
+			Msg("admin state changed (heartbeat ack)")
+		trigger(a.reconcileNow)
+	}
+	return nil
+}
+
+// assignmentLoop fetches the assignment at start and whenever an ack says
+// it changed, retrying with backoff. A heartbeat ack during the backoff
+// proves the daemon answers again and retries at once.
+func (a *Agent) assignmentLoop(ctx context.Context) {
+	log := a.logger("agent")
+	b := &backoff.ExponentialBackOff{InitialInterval: a.cfg.RetryInitial, RandomizationFactor: 0.2,
+		Multiplier: 2, MaxInterval: a.cfg.RetryMax}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.fetchNow:
+		}
+		b.Reset()
+		for attempt := 1; ; attempt++ {
+			fctx, cancel := context.WithTimeout(ctx, a.cfg.CallTimeout)
+			asg, err := a.daemon.Assignment(fctx)
+			cancel()
+			if err == nil {
+				a.apply(asg)
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			wait := b.NextBackOff()
+			log.Warn().Err(err).Int("attempt", attempt).Dur("retry_in", wait).Str("admin_state", a.held.adminState()).
+				Msg("assignment not fetched; reconcile starts nothing until it is")
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			case <-a.fetchNow:
+			}
+		}
+	}
+}
+
+func (a *Agent) apply(asg heartbeat.Assignment) {
+	before := a.held.adminState()
+	log := a.logger("agent")
+	ev := log.Debug()
+	if a.held.setAssignment(asg) {
+		ev = log.Info()
+		trigger(a.reconcileNow)
+	}
+	ev.Uint64("revision", asg.Revision).Str("admin_state", asg.AdminState.String()).Str("was", before).
+		Int("domains", len(asg.Domains)).Msg("assignment")
+}
+
+func (a *Agent) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.ReconcileInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-a.reconcileNow:
+		}
+		a.reconcile(ctx)
+	}
+}
+
+// reconcile lists the local domains, plans, and starts what Plan says.
+func (a *Agent) reconcile(ctx context.Context) {
+	log := a.logger("reconcile")
+	cur := a.held.current()
+	if cur == nil {
+		log.Debug().Str("admin_state", a.held.adminState()).Msg("no current assignment: starting nothing")
+		return
+	}
+	if !cur.AdminState.MayStartDomains() {
+		log.Debug().Str("admin_state", cur.AdminState.String()).Msg("host may not start domains: starting nothing")
+		return
+	}
+	lctx, cancel := context.WithTimeout(ctx, a.cfg.CallTimeout)
+	doms, err := a.hv.Domains(lctx, false)
+	cancel()
+	if err != nil {
+		log.Warn().Err(err).Msg("cannot list domains: starting nothing this round")
+		return
+	}
+	started := 0
+	for _, act := range Plan(cur, a.observe(doms)) {
+		ev := log.With().Str("action", act.Kind.String()).Str("uuid", act.UUID).Str("domain", act.Name).
+			Str("reason", act.Reason).Uint64("assignment_revision", cur.Revision).Logger()
+		switch act.Kind {
+		case Missing:
+			ev.Warn().Msg("domain should run here but is not defined; not creating it")
+		case Hold:
+			ev.Info().Msg("domain should run but stays stopped")
+		case Start:
+			// An ack may have drained the host while we listed.
+			if now := a.held.current(); now == nil || !now.AdminState.MayStartDomains() || !hasDomain(now, act.UUID) {
+				ev.Info().Str("admin_state", a.held.adminState()).Msg("not starting: the assignment changed meanwhile")
+				continue
+			}
+			sctx, cancel := context.WithTimeout(ctx, a.cfg.CallTimeout)
+			err := a.hv.Start(sctx, act.UUID)
+			cancel()
+			switch {
+			case hypervisor.KindOf(err) == hypervisor.KindConflict:
+				ev.Error().Err(err).Msg("start refused: its disk is in use elsewhere (possible split brain)")
+			case err != nil:
+				ev.Error().Err(err).Msg("start failed")
+			default:
+				started++
+				ev.Info().Msg("domain started")
+			}
+		}
+	}
+	if started > 0 {
+		a.checks.round(ctx) // the next heartbeat shows them running
+	}
+}
+
+func hasDomain(a *heartbeat.Assignment, uuid string) bool {
+	for _, d := range a.Domains {
+		if d.UUID == uuid {
+			return true
+		}
+	}
+	return false
+}
+
+// Status is the agent's view of its host, as GET /v1/status returns it
+// (drivers/agent decodes it).
+type Status struct {
+	Host   string `json:"host"`
+	BootID string `json:"boot_id"`
+	// AdminState is "enabled", "disabled", "drained", or "unknown" before
+	// the daemon answered.
+	AdminState string         `json:"admin_state"`
+	Domains    []StatusDomain `json:"domains"`
+}
+
+// StatusDomain is one local domain.
+type StatusDomain struct {
+	UUID   string                 `json:"uuid"`
+	Name   string                 `json:"name"`
+	State  hypervisor.DomainState `json:"state"`
+	Reason string                 `json:"reason,omitempty"`
+}
+
+// Status lists the domains now (never from a cache: the daemon uses it to
+// verify that a host stopped running domains). An error means the agent
+// cannot tell, which the caller must not read as "no domains".
+func (a *Agent) Status(ctx context.Context) (Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.CallTimeout)
+	defer cancel()
+	doms, err := a.hv.Domains(ctx, false)
+	if err != nil {
+		return Status{}, fmt.Errorf("list domains: %w", err)
+	}
+	a.observe(doms) // remember reasons; report libvirt's own
+	st := Status{Host: a.cfg.Host, BootID: a.cfg.BootID, AdminState: a.held.adminState(), Domains: make([]StatusDomain, 0, len(doms))}
+	for _, d := range doms {
+		st.Domains = append(st.Domains, StatusDomain{UUID: d.UUID, Name: d.Name, State: d.State, Reason: d.Reason})
+	}
+	return st, nil
+}

@@ -1,0 +1,58 @@
+// Package agent is chime-agent, the process on every compute host: it
+// heartbeats to the daemon, checks the host's health, holds the host's
+// assignment (admin state and the domains that should run here), restarts
+// domains whose QEMU died, and answers the daemon's status requests.
+//
+// # Pieces
+//
+//   - Plan (plan.go) is the pure reconcile decision: assignment + local
+//     domains → actions (Start, Missing, Hold). Stops restores reasons
+//     libvirtd forgets when it restarts.
+//   - Agent (agent.go) is the shell: four loops (health checks, heartbeat,
+//     assignment fetch, reconcile) over two small interfaces it defines,
+//     Hypervisor (drivers/libvirt.Client) and Daemon (DaemonClient).
+//   - NewHandler/Serve (server.go) is the HTTP API (GET /v1/status with a
+//     bearer token, GET /healthz).
+//
+// # Safety rules (the caller can rely on them)
+//
+//   - No domain is ever started while the admin state is not known: before
+//     the first assignment arrives (the daemon unreachable at start; the
+//     agent retries with backoff and heartbeats meanwhile), and while the
+//     held assignment is stale (an ack named another revision; the new one
+//     is being fetched). Both count as drained for reconcile.
+//   - No domain is started while the host is drained, and the admin state
+//     is checked again right before each start (an ack may drain the host
+//     during a reconcile round).
+//   - Only domains in the assignment, defined locally, and shut off for a
+//     reason that means QEMU died or the host restarted (RestartableReason)
+//     are started. A domain assigned but not defined here is logged, never
+//     created. Domains not in the assignment are never touched.
+//   - When the daemon cannot be reached after an assignment was fetched,
+//     the agent keeps acting on the last one it holds (the seed's
+//     in-memory copy).
+//   - A heartbeat never waits for a health check: checks run in their own
+//     goroutines under CheckTimeout and the heartbeat carries the latest
+//     results; a check past its deadline reports not OK, "timed out". A
+//     check stuck in a syscall (a hung NFS mount) is not started again
+//     until it returns.
+//   - Heartbeat.Domains is null when the last listing failed or timed out
+//     (health.libvirt is then not OK): "unknown", never "no domains".
+//     Status fails (HTTP 503) rather than answer an empty list it did not
+//     read from libvirt, since the daemon uses it to verify a fence.
+//   - Health.IOErrors counts failed storage probes (errors and timeouts)
+//     since the last heartbeat the daemon acknowledged. Domains paused on
+//     an I/O error are not counted: drivers/libvirt reports reasons only
+//     for shut-off domains.
+//   - The token is never logged and never appears in errors.
+//
+// # What libvirt reports (measured in the lab, libvirt 9.0)
+//
+// kill -9 of a domain's QEMU: "shut off (crashed)", also when libvirtd was
+// down at the time and reconnected later. Power cycle of the host: "shut
+// off (unknown)". virsh destroy: "destroyed"; managedsave: "saved", kept
+// even after managedsave-remove. A domain defined but never started, and
+// any inactive domain after libvirtd restarts, reads "unknown"; Stops
+// keeps an on-purpose reason across a libvirtd restart for as long as the
+// agent runs.
+package agent

@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// PathStatus is the agent's status endpoint (drivers/agent calls it).
+const PathStatus = "/v1/status"
+
+// StatusSource answers status requests; *Agent implements it.
+type StatusSource interface {
+	Status(ctx context.Context) (Status, error)
+}
+
+// server is the agent's HTTP API. Routes are registered in NewHandler;
+// authenticated ones are wrapped in authed.
+type server struct {
+	src   StatusSource
+	token [sha256.Size]byte
+	log   zerolog.Logger
+}
+
+// NewHandler builds the agent's HTTP API:
+//
+//	GET /v1/status  bearer token; 200 Status, 401 without or with a wrong
+//	                token, 503 when the domains cannot be listed
+//	GET /healthz    no token; 200 "ok" while the process serves
+func NewHandler(src StatusSource, token string, log zerolog.Logger) (http.Handler, error) {
+	if token == "" {
+		return nil, errors.New("agent API: empty token")
+	}
+	s := &server{src: src, token: sha256.Sum256([]byte(token)), log: log.With().Str("component", "api").Logger()}
+	mux := http.NewServeMux()
+	mux.Handle("GET "+PathStatus, s.authed(s.status))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux, nil
+}
+
+// authed requires the bearer token. Both sides are hashed first so the
+// comparison takes the same time whatever the presented token's length.
+func (s *server) authed(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(tok))
+		if !ok || subtle.ConstantTimeCompare(sum[:], s.token[:]) != 1 {
+			s.log.Warn().Str("remote", r.RemoteAddr).Str("path", r.URL.Path).Bool("token_present", ok).Msg("request refused: bad or missing token")
+			w.Header().Set("WWW-Authenticate", `Bearer realm="chime-agent"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
+			return
+		}
+		h(w, r)
+	})
+}
+
+func (s *server) status(w http.ResponseWriter, r *http.Request) {
+	st, err := s.src.Status(r.Context())
+	if err != nil {
+		s.log.Warn().Err(err).Str("remote", r.RemoteAddr).Msg("status unavailable")
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// Serve serves h on ln until ctx is done, then shuts down, giving requests
+// in flight up to 5 s. It returns nil after a clean shutdown.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, log zerolog.Logger) error {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       60 * time.Second,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log = log.With().Str("component", "api").Logger()
+	log.Info().Str("listen", ln.Addr().String()).Msg("API listening")
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return err
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,250 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/chimestack/chime-fence/api"
+	"github.com/chimestack/chime-fence/detector"
+	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/node"
+	"github.com/chimestack/chime-fence/store"
+)
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// daemonConfig writes a config for two hosts on loopback whose agents and
+// libvirtds do not listen: a probe is refused, so a silent host is "agent
+// down, host alive".
+func daemonConfig(t *testing.T, dir string, port int) string {
+	t.Helper()
+	for _, f := range []string{"api.token", "agent.token"} {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, f), []byte(f+"-secret\n"), 0o600))
+	}
+	dead := freePort(t)
+	cfg := fmt.Sprintf(`cluster: {name: t}
+controller:
+  listen: 127.0.0.1:%d
+  state_dir: %s/state
+  api_token_file: %s/api.token
+  agent_token_file: %s/agent.token
+mode: observe
+detection:
+  heartbeat_interval: 100ms
+  missed_heartbeats: 3
+  probe_timeout: 100ms
+  recovery_heartbeats: 2
+policies:
+  - name: agent
+    levels: [agent-drain]
+racks:
+  - {name: r1, policy: agent}
+hosts:
+  - {name: h1, rack: r1, address: 127.0.0.11, agent: {url: "http://127.0.0.11:%d"}, libvirt: {address: "127.0.0.11:%d"}}
+  - {name: h2, rack: r1, address: 127.0.0.12, agent: {url: "http://127.0.0.12:%d"}, libvirt: {address: "127.0.0.12:%d"}}
+  - {name: h3, rack: r1, address: 127.0.0.13, agent: {url: "http://127.0.0.13:%d"}, libvirt: {address: "127.0.0.13:%d"}}
+`, port, dir, dir, dir, dead, dead, dead, dead, dead, dead)
+	path := filepath.Join(dir, "chime-fence.yaml")
+	require.NoError(t, os.WriteFile(path, []byte(cfg), 0o644))
+	return path
+}
+
+type runningDaemon struct {
+	cancel context.CancelFunc
+	done   chan error
+	hup    chan os.Signal
+	log    *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func startDaemon(t *testing.T, file string, c *api.Client) *runningDaemon {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &runningDaemon{cancel: cancel, done: make(chan error, 1), hup: make(chan os.Signal, 1), log: &syncBuffer{}}
+	go func() { d.done <- runDaemon(ctx, file, d.hup, zerolog.New(d.log)) }()
+	t.Cleanup(func() { d.stop(t) })
+	require.Eventually(t, func() bool { _, err := c.Status(context.Background()); return err == nil }, 10*time.Second, 20*time.Millisecond,
+		"daemon did not serve its API")
+	return d
+}
+
+func (d *runningDaemon) stop(t *testing.T) {
+	if d.cancel == nil {
+		return
+	}
+	d.cancel()
+	d.cancel = nil
+	select {
+	case err := <-d.done:
+		assert.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Error("daemon did not stop")
+	}
+}
+
+// beater heartbeats for the given hosts until stopped.
+func beater(t *testing.T, base string, hosts ...string) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, h := range hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			for seq := uint64(1); ctx.Err() == nil; seq++ {
+				b, _ := json.Marshal(heartbeat.Heartbeat{Host: h, BootID: "boot-" + h, Seq: seq, AgentStart: start,
+					Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirt", OK: true}}})
+				req, _ := http.NewRequestWithContext(ctx, "POST", base+heartbeat.PathHeartbeat, bytes.NewReader(b))
+				req.Header.Set("Authorization", "Bearer agent.token-secret")
+				if resp, err := http.DefaultClient.Do(req); err == nil {
+					resp.Body.Close()
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+		}()
+	}
+	return func() { cancel(); wg.Wait() }
+}
+
+func hostStatus(t *testing.T, c *api.Client, name string) (detector.Verdict, node.MonitorState) {
+	h, err := c.Host(context.Background(), name)
+	require.NoError(t, err)
+	return h.Verdict, h.Monitor
+}
+
+func TestDaemonStatusHistoryAndRestart(t *testing.T) {
+	dir := t.TempDir()
+	port := freePort(t)
+	file := daemonConfig(t, dir, port)
+	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
+	d := startDaemon(t, file, c)
+
+	stop1 := beater(t, c.Base, "h1", "h3")
+	defer stop1()
+	stop2 := beater(t, c.Base, "h2")
+	require.Eventually(t, func() bool {
+		v, m := hostStatus(t, c, "h2")
+		return v == detector.Healthy && m == node.Normal
+	}, 5*time.Second, 20*time.Millisecond)
+	stop2()
+	require.Eventually(t, func() bool { v, _ := hostStatus(t, c, "h2"); return v == detector.AgentDown },
+		5*time.Second, 20*time.Millisecond, "h2's agent stopped, its address refuses connections: agent down")
+	v, m := hostStatus(t, c, "h1")
+	assert.Equal(t, detector.Healthy, v)
+	assert.Equal(t, node.Normal, m)
+
+	code, out, errOut := runCLI("status", "-c", file)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Regexp(t, `h2\s+r1\s+enabled\s+suspect\s+\S+ ago\s+agent-down`, out)
+	assert.Contains(t, out, "h2: last heartbeat")
+	assert.Contains(t, out, "answered")
+
+	code, out, errOut = runCLI("history", "h2", "-c", file, "-o", "json")
+	require.Equal(t, exitOK, code, errOut)
+	var recs []store.Record
+	require.NoError(t, json.Unmarshal([]byte(out), &recs))
+	var changes []string
+	for _, r := range recs {
+		changes = append(changes, r.Kind+":"+r.From+">"+r.To)
+		assert.Equal(t, "h2", r.Host)
+	}
+	assert.Subset(t, changes, []string{"monitor:unknown>normal", "monitor:normal>suspect", "verdict:suspect>agent-down"})
+	last := recs[len(recs)-1]
+	assert.NotEmpty(t, last.CorrelationID)
+	assert.Regexp(t, `"probe_answered":\s*true`, string(last.Evidence))
+
+	code, out, _ = runCLI("history", "-c", file, "--kind", "verdict")
+	require.Equal(t, exitOK, code)
+	assert.Contains(t, out, "suspect → agent-down")
+
+	code, out, _ = runCLI("test-node", "h2", "-c", file, "-o", "json", "--timeout", "500ms")
+	assert.Equal(t, exitFailure, code, "the agent-drain level cannot work: the agent is down")
+	var tn struct {
+		Detector struct {
+			Available bool
+			Host      struct{ Verdict string }
+		}
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &tn), out)
+	assert.True(t, tn.Detector.Available)
+	assert.Equal(t, "agent-down", tn.Detector.Host.Verdict)
+
+	// A broken config on SIGHUP is refused, the daemon keeps running.
+	good, err := os.ReadFile(file)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(file, append(good, []byte("bogus_key: 1\n")...), 0o644))
+	d.hup <- os.Interrupt
+	require.Eventually(t, func() bool { return strings.Contains(d.log.String(), "config reload refused") }, 5*time.Second, 20*time.Millisecond)
+	assert.Contains(t, d.log.String(), "bogus_key")
+	v, _ = hostStatus(t, c, "h1")
+	assert.Equal(t, detector.Healthy, v)
+	require.NoError(t, os.WriteFile(file, good, 0o644))
+
+	for _, secret := range []string{"api.token-secret", "agent.token-secret"} {
+		assert.NotContains(t, d.log.String(), secret, "tokens never reach the log")
+	}
+
+	// Restart: the history survives.
+	stop1()
+	d.stop(t)
+	startDaemon(t, file, c)
+	code, out, _ = runCLI("history", "h2", "-c", file)
+	require.Equal(t, exitOK, code)
+	assert.Contains(t, out, "suspect → agent-down")
+}
+
+func TestDaemonRefusesWithoutTokens(t *testing.T) {
+	dir := t.TempDir()
+	file := daemonConfig(t, dir, freePort(t))
+	b, err := os.ReadFile(file)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(file, []byte(strings.Replace(string(b), "  api_token_file: "+dir+"/api.token\n", "", 1)), 0o644))
+	code, _, errOut := runCLI("daemon", "-c", file)
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, "controller.api_token_file is not set")
+
+	require.NoError(t, os.WriteFile(file, b, 0o644))
+	require.NoError(t, os.Chmod(filepath.Join(dir, "agent.token"), 0o644))
+	code, _, errOut = runCLI("daemon", "-c", file)
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, "agent token")
+	assert.NotContains(t, errOut, "agent.token-secret")
+}
+
+func TestStatusWithoutDaemon(t *testing.T) {
+	dir := t.TempDir()
+	file := daemonConfig(t, dir, freePort(t))
+	code, _, errOut := runCLI("status", "-c", file)
+	assert.Equal(t, exitFailure, code)
+	assert.Contains(t, errOut, "not reachable")
+}

@@ -180,7 +180,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	log := a.logger("agent")
 	log.Info().Str("boot_id", a.cfg.BootID).Str("version", a.cfg.Version).
 		Strs("interfaces", a.cfg.Interfaces).Strs("storage", a.cfg.Storage).
-		Dur("heartbeat_interval", a.cfg.HeartbeatInterval).Dur("reconcile_interval", a.cfg.ReconcileInterval).
+		Str("heartbeat_interval", a.cfg.HeartbeatInterval.String()).Str("reconcile_interval", a.cfg.ReconcileInterval.String()).
 		Msg("agent starting; admin state unknown until the daemon answers: no domain is started before")
 	trigger(a.fetchNow)
 	var wg sync.WaitGroup
@@ -259,6 +259,8 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 		case failures > 0:
 			log.Info().Uint64("seq", seq).Int("failures", failures).Msg("daemon answers heartbeats again")
 			failures, lastErr = 0, ""
+		case seq == 1:
+			log.Info().Str("interval", interval.String()).Msg("first heartbeat delivered")
 		}
 		if !sleep(ctx, time.Until(next)) {
 			return
@@ -321,7 +323,7 @@ func (a *Agent) assignmentLoop(ctx context.Context) {
 				return
 			}
 			wait := b.NextBackOff()
-			log.Warn().Err(err).Int("attempt", attempt).Dur("retry_in", wait).Str("admin_state", a.held.adminState()).
+			log.Warn().Err(err).Int("attempt", attempt).Str("retry_in", wait.String()).Str("admin_state", a.held.adminState()).
 				Msg("assignment not fetched; reconcile starts nothing until it is")
 			select {
 			case <-ctx.Done():

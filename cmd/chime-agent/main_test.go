@@ -1,0 +1,218 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	agentclient "github.com/chimestack/chime-fence/drivers/agent"
+	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/node"
+	"github.com/chimestack/chime-fence/power"
+)
+
+const token = "agent-token-do-not-log-42"
+
+// lockedBuf collects stderr written by the agent's goroutines.
+type lockedBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func runCLI(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var o, e lockedBuf
+	code := run(context.Background(), args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+func tokenFile(t *testing.T, mode os.FileMode) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(p, []byte(token+"\n"), mode))
+	require.NoError(t, os.Chmod(p, mode))
+	return p
+}
+
+func bootIDFile(t *testing.T, id string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "boot_id")
+	require.NoError(t, os.WriteFile(p, []byte(id), 0o644))
+	return p
+}
+
+func TestVersion(t *testing.T) {
+	code, out, _ := runCLI(t, "--version")
+	assert.Equal(t, exitOK, code)
+	assert.Regexp(t, `^chime-agent (devel|v?\d)`, out)
+}
+
+func TestUsageErrors(t *testing.T) {
+	good := tokenFile(t, 0o600)
+	boot := bootIDFile(t, "b1\n")
+	for _, tc := range []struct {
+		name string
+		args []string
+		msgs []string
+	}{
+		{"nothing", nil, []string{"--daemon is required", "--token-file is required"}},
+		{"bad duration", []string{"--heartbeat-interval", "soon"}, []string{`invalid argument "soon" for "--heartbeat-interval"`}},
+		{"unknown flag", []string{"--daemon-url", "x"}, []string{"unknown flag: --daemon-url"}},
+		{"token missing", []string{"--daemon", "http://127.0.0.1:1", "--token-file", "/nonexistent/token"}, []string{"agent token: stat /nonexistent/token: no such file"}},
+		{"token world-readable", []string{"--daemon", "http://127.0.0.1:1", "--token-file", tokenFile(t, 0o644)}, []string{"is readable by everyone", "chmod o-r"}},
+		{"boot id missing", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--boot-id-file", "/nonexistent/boot_id"}, []string{"boot id: open /nonexistent/boot_id"}},
+		{"boot id empty", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--boot-id-file", bootIDFile(t, "\n")}, []string{"is empty"}},
+		{"bad daemon URL", []string{"--daemon", "10.0.0.2:7480", "--token-file", good, "--boot-id-file", boot}, []string{`--daemon: daemon address "10.0.0.2:7480" is not an http(s) URL`}},
+		{"bad libvirt address", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--boot-id-file", boot, "--libvirt", "unix:"}, []string{"--libvirt", "empty socket path"}},
+		{"bad storage", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--boot-id-file", boot, "--storage", "relative/dir"}, []string{`storage path "relative/dir" is not absolute`}},
+		{"bad log level", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--log-level", "loud"}, []string{`--log-level "loud"`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := runCLI(t, tc.args...)
+			assert.Equal(t, exitUsage, code)
+			assert.Empty(t, out)
+			for _, m := range tc.msgs {
+				assert.Contains(t, errOut, m)
+			}
+			assert.NotContains(t, errOut, token)
+		})
+	}
+}
+
+func TestListenTakenIsAFailure(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	code, _, errOut := runCLI(t, "--daemon", "http://127.0.0.1:1", "--token-file", tokenFile(t, 0o600),
+		"--boot-id-file", bootIDFile(t, "b1"), "--listen", ln.Addr().String())
+	assert.Equal(t, exitFailure, code)
+	assert.Contains(t, errOut, "--listen")
+	assert.Contains(t, errOut, "address already in use")
+}
+
+// TestRunsAndStopsCleanly: the real binary's wiring against a fake daemon,
+// with no libvirtd at the configured socket: heartbeats arrive with the
+// boot id and report libvirtd down (domains unknown); the status API
+// refuses to claim "no domains"; cancel (SIGTERM in main) exits 0; the
+// token is never logged.
+func TestRunsAndStopsCleanly(t *testing.T) {
+	var mu sync.Mutex
+	var hbs []heartbeat.Heartbeat
+	daemon := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer "+token {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		switch r.URL.Path {
+		case heartbeat.PathHeartbeat:
+			hb, err := heartbeat.Decode(r.Body)
+			if !assert.NoError(t, err) {
+				w.WriteHeader(400)
+				return
+			}
+			mu.Lock()
+			hbs = append(hbs, hb)
+			mu.Unlock()
+			_ = json.NewEncoder(w).Encode(heartbeat.Ack{AdminState: node.Disabled, AssignmentRevision: 1})
+		case heartbeat.PathAssignment:
+			_ = json.NewEncoder(w).Encode(heartbeat.Assignment{Host: r.URL.Query().Get("host"), AdminState: node.Disabled, Revision: 1})
+		}
+	}))
+	defer daemon.Close()
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	listen := ln.Addr().String()
+	require.NoError(t, ln.Close())
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stderr lockedBuf
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"--host", "n1", "--daemon", daemon.URL, "--token-file", tokenFile(t, 0o600),
+			"--boot-id-file", bootIDFile(t, "boot-abc\n"), "--listen", listen,
+			"--libvirt", "unix:" + filepath.Join(t.TempDir(), "no-libvirt-sock"),
+			"--heartbeat-interval", "50ms", "--storage", t.TempDir()}, &lockedBuf{}, &stderr)
+	}()
+
+	require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(hbs) >= 3 }, 10*time.Second, 10*time.Millisecond)
+	mu.Lock()
+	hb := hbs[len(hbs)-1]
+	mu.Unlock()
+	assert.Equal(t, "n1", hb.Host)
+	assert.Equal(t, "boot-abc", hb.BootID)
+	assert.False(t, hb.Health.Libvirt.OK)
+	assert.Nil(t, hb.Domains, "libvirtd down: domains unknown")
+	require.Len(t, hb.Health.Storage, 1)
+	assert.True(t, hb.Health.Storage[0].OK)
+
+	c, err := agentclient.New(agentclient.Config{Host: "n1", URL: "http://" + listen, Token: token})
+	require.NoError(t, err)
+	_, err = c.Status(context.Background())
+	assert.ErrorIs(t, err, power.ErrProtocol, "libvirtd down: 503, not an empty list")
+
+	cancel()
+	select {
+	case code := <-done:
+		assert.Equal(t, exitOK, code, stderr.String())
+	case <-time.After(15 * time.Second):
+		t.Fatal("chime-agent did not stop after cancel")
+	}
+	logs := stderr.String()
+	assert.Contains(t, logs, `"component":"heartbeat"`)
+	assert.Contains(t, logs, `"message":"agent stopped"`)
+	assert.NotContains(t, logs, token)
+}
+
+// TestSystemdUnit: the example unit restarts the agent forever and its
+// ExecStart uses only flags chime-agent has.
+func TestSystemdUnit(t *testing.T) {
+	b, err := os.ReadFile("../../examples/chime-agent.service")
+	require.NoError(t, err)
+	unit := strings.ReplaceAll(string(b), "\\\n", " ")
+	var exec []string
+	keys := map[string]string{}
+	for _, line := range strings.Split(unit, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if !ok || strings.HasPrefix(k, "#") {
+			continue
+		}
+		keys[k] = strings.TrimSpace(v)
+		if k == "ExecStart" {
+			exec = strings.Fields(v)
+		}
+	}
+	assert.Equal(t, "always", keys["Restart"])
+	assert.Equal(t, "1", keys["RestartSec"])
+	assert.Equal(t, "0", keys["StartLimitIntervalSec"], "a crash loop must not make systemd give up")
+	require.NotEmpty(t, exec)
+	assert.Equal(t, "/usr/local/bin/chime-agent", exec[0])
+	cmd := newRoot(&lockedBuf{}, &lockedBuf{})
+	require.NoError(t, cmd.ParseFlags(exec[1:]), "every flag in ExecStart exists")
+	assert.Equal(t, "http://10.0.0.2:7480", cmd.Flag("daemon").Value.String())
+}

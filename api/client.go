@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -26,13 +27,25 @@ type Client struct {
 var ErrNotFound = errors.New("not found")
 
 func (c *Client) get(ctx context.Context, path string, q url.Values, out any) error {
+	return c.do(ctx, http.MethodGet, path, q, nil, out)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) error {
 	u := strings.TrimRight(c.Base, "/") + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	var reqBody io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("api: %s %s: %w", method, path, err)
+		}
+		reqBody = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, reqBody)
 	if err != nil {
-		return fmt.Errorf("api: GET %s: %w", path, err)
+		return fmt.Errorf("api: %s %s: %w", method, path, err)
 	}
 	req.Header.Set("Authorization", "Bearer "+c.Token)
 	hc := c.HTTP
@@ -51,14 +64,14 @@ func (c *Client) get(ctx context.Context, path string, q url.Values, out any) er
 		if json.Unmarshal(body, &eb) == nil && eb.Error != "" {
 			msg = eb.Error
 		}
-		err := fmt.Errorf("api: GET %s: HTTP %d: %s", path, resp.StatusCode, msg)
+		err := fmt.Errorf("api: %s %s: HTTP %d: %s", method, path, resp.StatusCode, msg)
 		if resp.StatusCode == http.StatusNotFound {
 			err = fmt.Errorf("%w: %w", ErrNotFound, err)
 		}
 		return err
 	}
 	if err := json.Unmarshal(body, out); err != nil {
-		return fmt.Errorf("api: GET %s: malformed answer: %w", path, err)
+		return fmt.Errorf("api: %s %s: malformed answer: %w", method, path, err)
 	}
 	return nil
 }
@@ -92,4 +105,10 @@ func (c *Client) History(ctx context.Context, q store.Query) ([]store.Record, er
 	}
 	var b HistoryBody
 	return b.Records, c.get(ctx, PathHistory, v, &b)
+}
+
+// SetAdminState is PUT /v1/hosts/{name}/admin-state.
+func (c *Client) SetAdminState(ctx context.Context, host string, req AdminRequest) (store.Record, error) {
+	var rec store.Record
+	return rec, c.do(ctx, http.MethodPut, PathHosts+url.PathEscape(host)+"/admin-state", nil, req, &rec)
 }

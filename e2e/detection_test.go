@@ -66,6 +66,7 @@ type detectionLab struct {
 	agent  string
 	daemon *exec.Cmd
 	dlog   string
+	tokens string // directory of the agent and API tokens
 }
 
 func startDetectionLab(t *testing.T, ctx context.Context, name string, hosts int) *detectionLab {
@@ -74,28 +75,22 @@ func startDetectionLab(t *testing.T, ctx context.Context, name string, hosts int
 	fence := buildGo(t, bins, "cmd/chime-fence")
 	agentBin := buildGo(t, bins, "cmd/chime-agent")
 	d := &detectionLab{t: t, bin: fence, agent: agentBin}
-	dir := t.TempDir()
-	// The token is written after the lab is up, so the agents of the first
-	// boot exit at once and are restarted below; later power-ons find it.
-	tokenFile := filepath.Join(dir, "tokens", "agent.token")
-	d.l = startLab(t, ctx, lab.Config{Name: name, Dir: dir, Hosts: hosts, AgentCommand: func(h lab.Host) []string {
+	d.tokens = t.TempDir()
+	tokenFile, _ := labconfig.TokenFiles(d.tokens)
+	require.NoError(t, labconfig.WriteTokens(d.tokens))
+	d.l = startLab(t, ctx, lab.Config{Name: name, Hosts: hosts, AgentCommand: func(h lab.Host) []string {
 		argv := agentArgv(agentBin, tokenFile, "$CHIME_LAB_CONTROLLER_ADDR", h)
 		return []string{"sh", "-c", "exec " + strings.Join(argv, " ")}
 	}})
-	tf, _ := labconfig.TokenFiles(d.l)
-	require.Equal(t, tokenFile, tf)
-	cfg, err := labconfig.Write(d.l, filepath.Join(d.l.Dir(), "chime-fence.yaml"), labconfig.Options{Tokens: true, Detection: detectionBlock})
+	cfg, err := labconfig.Write(d.l, filepath.Join(d.l.Dir(), "chime-fence.yaml"), labconfig.Options{Tokens: true, TokenDir: d.tokens, Detection: detectionBlock})
 	require.NoError(t, err)
 	d.cfg = cfg
-	_, apiTok := labconfig.TokenFiles(d.l)
+	_, apiTok := labconfig.TokenFiles(d.tokens)
 	tok, err := os.ReadFile(apiTok)
 	require.NoError(t, err)
 	d.client = &api.Client{Base: "http://" + d.l.Controller().MgmtAddr + ":7480", Token: strings.TrimSpace(string(tok)),
 		HTTP: nsHTTP(d.l.Controller().Netns)}
 	d.startDaemon(ctx)
-	for _, h := range d.l.Hosts() {
-		d.restartAgent(ctx, h)
-	}
 	for _, h := range d.l.Hosts() {
 		d.waitHost(h.Name, "normal and healthy", 20*time.Second, func(s daemon.HostStatus) bool {
 			return s.Monitor == node.Normal && s.Verdict == detector.Healthy
@@ -201,7 +196,7 @@ func (d *detectionLab) restartAgent(ctx context.Context, h lab.Host) {
 	if d.l.AgentPID(h) != 0 {
 		require.NoError(d.t, d.l.KillAgent(ctx, h))
 	}
-	tokenFile, _ := labconfig.TokenFiles(d.l)
+	tokenFile, _ := labconfig.TokenFiles(d.tokens)
 	argv := agentArgv(d.agent, tokenFile, d.l.Controller().MgmtAddr, h)
 	cmd, err := d.l.HostCommand(ctx, h, argv[0], argv[1:]...)
 	require.NoError(d.t, err)

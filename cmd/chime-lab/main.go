@@ -61,7 +61,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	vms := fs.Int("vms", 3, "VMs to create, round-robin over the hosts, disks on shared storage")
 	redfish := fs.Int("redfish", 0, "give the last N hosts a Redfish BMC instead of IPMI")
 	agent := fs.String("agent", "", "command started in every host at power-on (split at spaces, no quoting); "+
-		"it finds CHIME_LAB_HOST, CHIME_LAB_HOST_ADDR and CHIME_LAB_CONTROLLER_ADDR in its environment")
+		"{host}, {addr}, {ctl} and {token} are replaced by the host's name, its address, the controller's address "+
+		"and the agent token file (written before the lab starts)")
+	heartbeat := fs.Duration("heartbeat", 0, "config: detection heartbeat interval (also the probe timeout); 0 keeps the defaults")
 	out := fs.String("out", "", "config: where to write the chime-fence configuration")
 	mode := fs.String("mode", "observe", "config: observe or enforce")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -106,7 +108,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		cfg := lab.Config{Name: *name, Dir: filepath.Join(d, "lab"), Hosts: *hosts, BMCTypes: types}
 		if argv := strings.Fields(*agent); len(argv) > 0 {
-			cfg.AgentCommand = func(lab.Host) []string { return argv }
+			if err := labconfig.WriteTokens(d); err != nil {
+				fmt.Fprintf(stderr, "chime-lab: tokens: %v\n", err)
+				return 1
+			}
+			token, _ := labconfig.TokenFiles(d)
+			cfg.AgentCommand = func(h lab.Host) []string {
+				r := strings.NewReplacer("{host}", h.Name, "{addr}", h.MgmtAddr, "{ctl}", lab.ControllerMgmtAddr, "{token}", token)
+				out := make([]string, len(argv))
+				for i, a := range argv {
+					out[i] = r.Replace(a)
+				}
+				return out
+			}
 		}
 		// `make build` puts chime-redfish-sim next to chime-lab.
 		if self, err := os.Executable(); err == nil {
@@ -139,7 +153,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "chime-lab: --out is required")
 			return 2
 		}
-		return writeConfig(d, *out, *mode, stdout, stderr)
+		return writeConfig(d, *out, *mode, *heartbeat, stdout, stderr)
 	case "down":
 		d, ok := needDir()
 		if !ok {
@@ -305,13 +319,17 @@ func printEnv(dir string, stdout, stderr io.Writer) int {
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // writeConfig writes a chime-fence configuration describing the lab.
-func writeConfig(dir, out, mode string, stdout, stderr io.Writer) int {
+func writeConfig(dir, out, mode string, heartbeat time.Duration, stdout, stderr io.Writer) int {
 	l, err := lab.Attach(filepath.Join(dir, "lab"))
 	if err != nil {
 		fmt.Fprintf(stderr, "chime-lab: %v (is the lab up?)\n", err)
 		return 1
 	}
-	path, err := labconfig.Write(l, out, labconfig.Options{Mode: mode})
+	o := labconfig.Options{Mode: mode, Tokens: true, TokenDir: dir}
+	if heartbeat > 0 {
+		o.Detection = fmt.Sprintf("  heartbeat_interval: %s\n  missed_heartbeats: 3\n  probe_timeout: %s\n  recovery_heartbeats: 3\n", heartbeat, heartbeat)
+	}
+	path, err := labconfig.Write(l, out, o)
 	if err != nil {
 		fmt.Fprintf(stderr, "chime-lab: %v\n", err)
 		return 1

@@ -259,6 +259,10 @@ func (l *Lab) start(ctx context.Context) error {
 
 func addr(net string, octet int) string { return net + strconv.Itoa(octet) }
 
+// ControllerMgmtAddr is the controller's address on the management network
+// of every lab (labs are isolated from each other by their namespaces).
+var ControllerMgmtAddr = addr(mgmtNet, ctlOctet)
+
 // prepareDir creates cfg.Dir fresh. A non-empty directory is only wiped when
 // it carries the lab marker.
 func prepareDir(cfg Config) error {

@@ -28,20 +28,29 @@ type Options struct {
 	// Tokens writes an agent and an API token (TokenFiles) and names them
 	// in the controller block, as the daemon requires.
 	Tokens bool
+	// TokenDir is the directory TokenFiles is given; default the lab's
+	// directory. (lab.Start wipes a reused lab directory, so tokens written
+	// before the lab starts belong outside it.)
+	TokenDir string
 }
 
-// TokenFiles are where Write puts the agent and API tokens of lab l.
-func TokenFiles(l *lab.Lab) (agent, api string) {
-	d := filepath.Join(l.Dir(), "tokens")
+// TokenFiles are where the agent and API tokens of the lab in labDir live.
+func TokenFiles(labDir string) (agent, api string) {
+	d := filepath.Join(labDir, "tokens")
 	return filepath.Join(d, "agent.token"), filepath.Join(d, "api.token")
 }
 
-func writeTokens(l *lab.Lab) error {
-	agent, api := TokenFiles(l)
+// WriteTokens creates random tokens in TokenFiles(labDir), keeping any that
+// exist, so agents started before the config is written find theirs.
+func WriteTokens(labDir string) error {
+	agent, api := TokenFiles(labDir)
 	if err := os.MkdirAll(filepath.Dir(agent), 0o700); err != nil {
 		return err
 	}
 	for _, f := range []string{agent, api} {
+		if _, err := os.Stat(f); err == nil {
+			continue
+		}
 		var b [16]byte
 		if _, err := rand.Read(b[:]); err != nil {
 			return err
@@ -63,10 +72,14 @@ func Write(l *lab.Lab, path string, o Options) (string, error) {
 	fmt.Fprintf(&b, "cluster:\n  name: %s\n", l.Name())
 	fmt.Fprintf(&b, "controller:\n  listen: %s:7480\n  state_dir: %s\n", l.Controller().MgmtAddr, filepath.Join(l.Dir(), "chime-fence"))
 	if o.Tokens {
-		if err := writeTokens(l); err != nil {
+		td := o.TokenDir
+		if td == "" {
+			td = l.Dir()
+		}
+		if err := WriteTokens(td); err != nil {
 			return "", fmt.Errorf("labconfig: tokens: %w", err)
 		}
-		agent, api := TokenFiles(l)
+		agent, api := TokenFiles(td)
 		fmt.Fprintf(&b, "  agent_token_file: %s\n  api_token_file: %s\n", agent, api)
 	}
 	if o.Detection != "" {

@@ -103,8 +103,8 @@ func (e *echoer) acquire() (*session, error) {
 	if e.cur == nil {
 		s, err := e.open()
 		if err != nil {
-			if e.mode.changed("unsupported: " + err.Error()) {
-				e.p.log.Warn().Str("family", e.family()).Err(err).Msg("ICMP probes unsupported here; they will count as neither answered nor silent")
+			if e.mode.changed("unavailable", e.p.clock()) {
+				e.p.log.Warn().Str("family", e.family()).Err(err).Msg("ICMP probes unavailable; they count as neither answered nor silent")
 			}
 			return nil, err
 		}
@@ -133,7 +133,10 @@ func (e *echoer) open() (*session, error) {
 		var rerr error
 		conn, rerr = e.listen(e.v6, true)
 		if rerr != nil {
-			return nil, fmt.Errorf("%s not permitted here: unprivileged ping socket: %v (see net.ipv4.ping_group_range); raw socket: %v (needs CAP_NET_RAW)", e.family(), uerr, rerr)
+			if permission(uerr) && permission(rerr) {
+				return nil, fmt.Errorf("%s not permitted here: unprivileged ping socket: %v (see net.ipv4.ping_group_range); raw socket: %v (needs CAP_NET_RAW)", e.family(), uerr, rerr)
+			}
+			return nil, fmt.Errorf("%s socket unavailable: unprivileged ping socket: %v; raw socket: %v", e.family(), uerr, rerr)
 		}
 		raw = true
 	}
@@ -151,11 +154,15 @@ func (e *echoer) open() (*session, error) {
 	if raw {
 		mode = "raw socket"
 	}
-	if e.mode.changed(mode) {
+	if e.mode.changed(mode, e.p.clock()) {
 		e.p.log.Info().Str("family", e.family()).Str("mode", mode).Int("max_in_flight", cap(s.slots)).Msg("ICMP probes available")
 	}
 	go s.read()
 	return s, nil
+}
+
+func permission(err error) bool {
+	return errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES)
 }
 
 // inFlightLimit bounds the echo requests outstanding on one socket by what

@@ -158,7 +158,32 @@ func TestICMPUnsupportedWhenNoSocketIsPermitted(t *testing.T) {
 	assert.Contains(t, a.Err, "ping_group_range")
 	assert.Contains(t, a.Err, "CAP_NET_RAW")
 	assert.False(t, res.Silent(), "ICMP not allowed here must not read as a silent host")
-	assert.Contains(t, buf.String(), "ICMP probes unsupported")
+	assert.Contains(t, buf.String(), "ICMP probes unavailable")
+}
+
+func TestICMPUnavailableIsNotCalledForbidden(t *testing.T) {
+	p := newTestProber(t)
+	withListen(p, func(_ bool, priv bool) (net.PacketConn, error) {
+		if priv {
+			return nil, fmt.Errorf("socket: %w", syscall.EMFILE)
+		}
+		return nil, fmt.Errorf("socket: %w", syscall.EACCES)
+	})
+	a := p.Round(within(t, time.Second), []Target{{Kind: KindICMP, Addr: "192.0.2.1"}}).Answers[0]
+	assert.True(t, a.Unsupported)
+	assert.Contains(t, a.Err, "socket unavailable")
+	assert.Contains(t, a.Err, "too many open files")
+	assert.NotContains(t, a.Err, "not permitted")
+}
+
+func TestModeLogIsRateLimited(t *testing.T) {
+	var m modeLog
+	t0 := time.Unix(1000, 0)
+	assert.True(t, m.changed("raw socket", t0))
+	assert.False(t, m.changed("raw socket", t0.Add(time.Hour)), "same mode: nothing new")
+	assert.False(t, m.changed("unavailable", t0.Add(time.Second)), "a flap within 10 s stays quiet")
+	assert.True(t, m.changed("unavailable", t0.Add(11*time.Second)))
+	assert.False(t, m.changed("unavailable", t0.Add(30*time.Second)))
 }
 
 func TestICMPFallsBackToRaw(t *testing.T) {

@@ -263,18 +263,24 @@ func (p *Prober) resolveHost(ctx context.Context, host string) (netip.Addr, erro
 	return addrs[0].Unmap(), nil
 }
 
-// once-per-change logging of the ICMP mode, shared by both families.
+// modeLogEvery spaces the ICMP mode log lines of one family.
+const modeLogEvery = 10 * time.Second
+
+// modeLog decides when the ICMP socket mode is worth a log line: when it
+// differs from the last one logged, at most once per modeLogEvery, so a
+// socket that flaps (descriptors exhausted in a storm) cannot flood the log.
 type modeLog struct {
 	mu   sync.Mutex
 	last string
+	at   time.Time
 }
 
-func (m *modeLog) changed(mode string) bool {
+func (m *modeLog) changed(mode string, now time.Time) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.last == mode {
+	if m.last == mode || (!m.at.IsZero() && now.Sub(m.at) < modeLogEvery) {
 		return false
 	}
-	m.last = mode
+	m.last, m.at = mode, now
 	return true
 }

@@ -9,7 +9,7 @@ UNIT     := $(shell $(GO) list ./... 2>/dev/null | grep -v '/e2e')
 E2E      := $(shell $(GO) list ./e2e/... 2>/dev/null)
 LDFLAGS  := -X main.version=$(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 
-.PHONY: all build test unit e2e vet fmt-check deps demo bench bench-fence clean
+.PHONY: all build test unit e2e vet fmt-check deps demo bench bench-fence bench-heartbeats clean
 
 all: build
 
@@ -47,6 +47,14 @@ bench:
 # loopback only; installs nothing).
 bench-fence:
 	$(GO) run ./cmd/chime-fence-bench -runs 20
+
+# 10,000 simulated agents heartbeating every 1 s into one daemon for 60 s,
+# then 100 stopped: daemon CPU, peak RSS and detection delay against the
+# detector's goals. Runs inside its own network namespace (needs root and
+# iproute2); nothing leaves loopback.
+bench-heartbeats:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/chime-fence ./cmd/chime-heartbeat-bench
+	$(BIN)/chime-heartbeat-bench --daemon $(BIN)/chime-fence
 
 clean:
 	rm -rf $(BIN)

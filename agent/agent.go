@@ -68,6 +68,12 @@ type Config struct {
 	SysClassNet string
 	// Now is the clock for the times heartbeats carry. Default time.Now.
 	Now func() time.Time
+	// Checks, if set, is a separate libvirt connection for the health
+	// checks. drivers/libvirt drops a connection when a call on it times
+	// out, failing every call in flight on it: a check timing out while
+	// libvirtd is busy must not cut a start of reconcile. Default: the
+	// Hypervisor given to New.
+	Checks Hypervisor
 }
 
 var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`)
@@ -160,7 +166,11 @@ func New(cfg Config, hv Hypervisor, d Daemon, log zerolog.Logger) (*Agent, error
 		fetchNow:     make(chan struct{}, 1),
 		reconcileNow: make(chan struct{}, 1),
 	}
-	jobs := []*job{libvirtJob(hv)}
+	checks := cfg.Checks
+	if checks == nil {
+		checks = hv
+	}
+	jobs := []*job{libvirtJob(checks)}
 	for _, n := range cfg.Interfaces {
 		jobs = append(jobs, interfaceJob(cfg.SysClassNet, n))
 	}

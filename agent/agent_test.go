@@ -498,3 +498,20 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		assert.Contains(t, err.Error(), msg)
 	}
 }
+
+// TestChecksUseTheirOwnHypervisor: with Config.Checks set, a hung health
+// check connection neither blocks nor cuts reconcile's own connection.
+func TestChecksUseTheirOwnHypervisor(t *testing.T) {
+	hang := make(chan struct{})
+	defer close(hang)
+	checks := &fakeHV{hang: hang}
+	hv := &fakeHV{doms: []hypervisor.Domain{crashedVM(u1)}}
+	d := &fakeDaemon{asg: enabledWith(1, u1)}
+	newRig(t, hv, d, func(c *Config) { c.Checks = checks; c.CheckTimeout = 50 * time.Millisecond })
+	require.Eventually(t, func() bool { return len(hv.started()) == 1 }, wait, 5*time.Millisecond)
+	require.Eventually(t, func() bool {
+		hbs := d.heartbeats()
+		return len(hbs) > 0 && hbs[len(hbs)-1].Health.Libvirt.Detail == "timed out after 50ms"
+	}, wait, 5*time.Millisecond, "the check went to its own (hung) connection")
+	assert.Empty(t, checks.started())
+}

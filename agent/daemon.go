@@ -65,6 +65,9 @@ func (c *DaemonClient) Assignment(ctx context.Context) (heartbeat.Assignment, er
 	if err != nil {
 		return heartbeat.Assignment{}, c.fail(step, err)
 	}
+	if err := requireAdminState(body); err != nil {
+		return heartbeat.Assignment{}, c.fail(step, err)
+	}
 	a, err := heartbeat.DecodeAssignment(bytes.NewReader(body))
 	if err != nil {
 		return heartbeat.Assignment{}, c.fail(step, err)
@@ -96,7 +99,24 @@ func (c *DaemonClient) Heartbeat(ctx context.Context, hb heartbeat.Heartbeat) (h
 	if err := json.Unmarshal(body, &ack); err != nil {
 		return heartbeat.Ack{}, c.fail(step, fmt.Errorf("malformed ack: %w", err))
 	}
+	if err := requireAdminState(body); err != nil {
+		return heartbeat.Ack{}, c.fail(step, err)
+	}
 	return ack, nil
+}
+
+// requireAdminState refuses an answer without admin_state: its zero value
+// is "enabled", and a proxy's or a foreign server's "{}" must not let the
+// agent start domains.
+func requireAdminState(body []byte) error {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &fields); err != nil {
+		return fmt.Errorf("malformed answer: %w", err)
+	}
+	if _, ok := fields["admin_state"]; !ok {
+		return errors.New("answer has no admin_state")
+	}
+	return nil
 }
 
 // do sends req with the token and returns a 200 response's body.

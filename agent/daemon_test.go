@@ -88,6 +88,12 @@ func TestDaemonClientErrors(t *testing.T) {
 			_, _ = w.Write([]byte(`{"host":"n1","admin_state":"sleeping"}`))
 		}, false, `unknown admin state "sleeping"`},
 		{"malformed ack", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"admin_state":`)) }, true, "malformed ack"},
+		{"ack without admin state", func(w http.ResponseWriter, _ *http.Request) {
+			_, _ = w.Write([]byte(`{"assignment_revision":3}`))
+		}, true, "answer has no admin_state"},
+		{"assignment without admin state", func(w http.ResponseWriter, _ *http.Request) {
+			_, _ = w.Write([]byte(`{"host":"n1","revision":3,"domains":[]}`))
+		}, false, "answer has no admin_state"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := NewDaemonClient(httpServer(t, tc.h), "n1", testToken)

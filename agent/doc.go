@@ -10,7 +10,9 @@
 //     libvirtd forgets when it restarts.
 //   - Agent (agent.go) is the shell: four loops (health checks, heartbeat,
 //     assignment fetch, reconcile) over two small interfaces it defines,
-//     Hypervisor (drivers/libvirt.Client) and Daemon (DaemonClient).
+//     Hypervisor (drivers/libvirt.Client) and Daemon (DaemonClient). Give
+//     health checks their own libvirt connection (Config.Checks): the
+//     driver drops a connection whose call timed out.
 //   - NewHandler/Serve (server.go) is the HTTP API (GET /v1/status with a
 //     bearer token, GET /healthz).
 //
@@ -54,5 +56,10 @@
 // even after managedsave-remove. A domain defined but never started, and
 // any inactive domain after libvirtd restarts, reads "unknown"; Stops
 // keeps an on-purpose reason across a libvirtd restart for as long as the
-// agent runs.
+// agent runs. A start issued right after a kill -9 once failed under load
+// ("qemu unexpectedly closed the monitor") and left the domain "shut off
+// (failed)"; "failed" is restartable, so the next round starts it.
+//
+// Answers from the daemon without an admin_state field are refused: the
+// field's zero value is "enabled".
 package agent

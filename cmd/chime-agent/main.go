@@ -167,6 +167,12 @@ func serve(ctx context.Context, f flags, stderr io.Writer) error {
 		return usageErr(fmt.Errorf("--libvirt: %w", err))
 	}
 	defer lv.Close()
+	// Health checks get their own connection (see agent.Config.Checks).
+	lvChecks, err := libvirt.New(libvirt.Config{Host: f.host, Address: f.libvirt, URI: f.libvirtURI}, log)
+	if err != nil {
+		return usageErr(fmt.Errorf("--libvirt: %w", err))
+	}
+	defer lvChecks.Close()
 	dc, err := agent.NewDaemonClient(f.daemon, f.host, token)
 	if err != nil {
 		return usageErr(fmt.Errorf("--daemon: %w", err))
@@ -175,6 +181,7 @@ func serve(ctx context.Context, f flags, stderr io.Writer) error {
 		Host: f.host, BootID: bootID, Version: versionString(),
 		Interfaces: f.interfaces, Storage: f.storage,
 		HeartbeatInterval: f.heartbeat, ReconcileInterval: f.reconcile,
+		Checks: lvChecks,
 	}, lv, dc, log)
 	if err != nil {
 		return usageErr(err)

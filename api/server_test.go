@@ -162,10 +162,17 @@ func TestAssignmentFollowsHeartbeatsAndAdminState(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(body), &ack))
 	assert.Equal(t, rev1, ack.AssignmentRevision)
 
+	// A heartbeat whose domain list is null (the agent could not list them)
+	// forgets nothing.
+	_, body = e.do("POST", heartbeat.PathHeartbeat, agentTok,
+		[]byte(`{"host":"h1","boot_id":"boot-1","seq":4,"agent_start":"1970-01-01T00:00:01Z","health":{"libvirt":{"name":"libvirt","ok":true}},"domains":null}`))
+	require.NoError(t, json.Unmarshal([]byte(body), &ack))
+	assert.Equal(t, rev1, ack.AssignmentRevision, "unknown domains are not an empty host")
+
 	// Drain: the ack says so, the revision changes.
 	code, body = e.do("PUT", PathHosts+"h1/admin-state", apiTok, []byte(`{"state":"drained","reason":"test"}`))
 	require.Equal(t, 200, code, body)
-	_, body = e.do("POST", heartbeat.PathHeartbeat, agentTok, beat("h1", 4, vm))
+	_, body = e.do("POST", heartbeat.PathHeartbeat, agentTok, beat("h1", 5, vm))
 	require.NoError(t, json.Unmarshal([]byte(body), &ack))
 	assert.Equal(t, node.Drained, ack.AdminState)
 	assert.NotEqual(t, rev1, ack.AssignmentRevision)

@@ -86,7 +86,9 @@ func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if hb.Health.Libvirt.OK {
+	// domains is null when the agent could not list them: unknown, not
+	// "nothing runs here", which would forget every domain of the host.
+	if hb.Health.Libvirt.OK && hb.Domains != nil {
 		put, remove := evacuator.ObserveDomains(d.homes, hb.Host, hb.Domains, d.clock())
 		if len(put)+len(remove) > 0 {
 			if err := d.st.UpdateDomainHomes(put, remove); err != nil {

@@ -2,7 +2,7 @@
 // agents inside a private network namespace, stops a sample of them and
 // reports the daemon's CPU, peak RSS and detection delay against the
 // issue's goals (see e2e/heartbeatbench). It exits 1 when a goal is
-// missed, 2 when the bench cannot run. Needs root.
+// missed, 2 when the bench cannot run, 130 when interrupted. Needs root.
 package main
 
 import (
@@ -49,6 +49,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rep, err := heartbeatbench.Run(ctx, o)
+	if errors.Is(err, context.Canceled) {
+		fmt.Fprintln(os.Stderr, "chime-heartbeat-bench: interrupted; the daemon is stopped and the namespace removed")
+		os.Exit(130)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chime-heartbeat-bench:", err)
 		os.Exit(2)

@@ -52,10 +52,11 @@ type Daemon struct {
 	interval func() time.Duration
 	log      zerolog.Logger
 
-	mu    sync.Mutex
-	admin map[string]node.AdminState
-	homes map[string]store.DomainHome
-	rev   map[string]uint64
+	mu     sync.Mutex
+	admin  map[string]node.AdminState
+	homes  map[string]store.DomainHome            // by UUID
+	byHost map[string]map[string]store.DomainHome // host → UUID → home
+	rev    map[string]uint64
 }
 
 // New loads the persisted state. interval returns the configured heartbeat
@@ -73,55 +74,105 @@ func New(st State, eng Engine, interval func() time.Duration, clock func() time.
 		clock = time.Now
 	}
 	d := &Daemon{st: st, eng: eng, clock: clock, interval: interval, log: log.With().Str("component", "daemon").Logger(),
-		admin: admin, homes: homes, rev: map[string]uint64{}}
+		admin: admin, homes: map[string]store.DomainHome{}, byHost: map[string]map[string]store.DomainHome{}, rev: map[string]uint64{}}
+	for _, h := range homes {
+		d.index(h)
+	}
 	return d, nil
 }
 
 // Heartbeat passes a validated heartbeat to the detector, learns where the
 // host's domains live, and answers with the host's admin state and
-// assignment revision.
+// assignment revision. A change of domain homes is applied to the cache
+// under the lock and written to the store outside it, so hosts never queue
+// behind each other's disk writes (the store batches concurrent writes).
 func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 	if err := d.eng.Heartbeat(hb); err != nil {
 		return heartbeat.Ack{}, err
 	}
+	var put []store.DomainHome
+	var remove []string
+	var undo []store.DomainHome
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	// domains is null when the agent could not list them: unknown, not
 	// "nothing runs here", which would forget every domain of the host.
 	if hb.Health.Libvirt.OK && hb.Domains != nil {
-		put, remove := evacuator.ObserveDomains(d.homes, hb.Host, hb.Domains, d.clock())
-		if len(put)+len(remove) > 0 {
-			if err := d.st.UpdateDomainHomes(put, remove); err != nil {
-				// The heartbeat itself counted; the assignment keeps its old
-				// content and is learned again from the next heartbeat.
-				d.log.Error().Err(err).Str("host", hb.Host).Msg("domain homes: write failed")
-			} else {
-				d.applyHomes(put, remove)
+		put, remove = evacuator.ObserveDomains(d.homes, d.byHost[hb.Host], hb.Host, hb.Domains, d.clock())
+		undo = d.applyHomes(put, remove)
+	}
+	d.mu.Unlock()
+	if len(put)+len(remove) > 0 {
+		if err := d.st.UpdateDomainHomes(put, remove); err != nil {
+			// Roll the cache back so the next heartbeat tries again; the
+			// heartbeat itself counted.
+			d.log.Error().Err(err).Str("host", hb.Host).Msg("domain homes: write failed; will retry on the next heartbeat")
+			d.mu.Lock()
+			d.revert(put, undo)
+			d.mu.Unlock()
+		} else {
+			for _, h := range put {
+				d.log.Info().Str("host", h.Host).Str("domain", h.Name).Str("uuid", h.UUID).Msg("domain lives here now")
+			}
+			for _, u := range remove {
+				d.log.Info().Str("host", hb.Host).Str("uuid", u).Msg("domain no longer assigned")
 			}
 		}
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	return heartbeat.Ack{AdminState: d.admin[hb.Host], AssignmentRevision: d.revision(hb.Host),
 		HeartbeatInterval: heartbeat.Duration(d.interval())}, nil
 }
 
-// applyHomes updates the cache and invalidates the revisions it touches.
-// Called with d.mu held.
-func (d *Daemon) applyHomes(put []store.DomainHome, remove []string) {
-	for _, h := range put {
-		if old, ok := d.homes[h.UUID]; ok {
-			delete(d.rev, old.Host)
-		}
-		d.homes[h.UUID] = h
-		delete(d.rev, h.Host)
-		d.log.Info().Str("host", h.Host).Str("domain", h.Name).Str("uuid", h.UUID).Msg("domain lives here now")
-	}
+// applyHomes updates the cache and invalidates the revisions it touches; it
+// returns what it replaced or removed, for revert. Called with d.mu held.
+func (d *Daemon) applyHomes(put []store.DomainHome, remove []string) (undo []store.DomainHome) {
 	for _, u := range remove {
 		if old, ok := d.homes[u]; ok {
-			delete(d.rev, old.Host)
-			d.log.Info().Str("host", old.Host).Str("domain", old.Name).Str("uuid", u).Msg("domain no longer assigned")
+			undo = append(undo, old)
+			d.unindex(old)
 		}
-		delete(d.homes, u)
 	}
+	for _, h := range put {
+		if old, ok := d.homes[h.UUID]; ok {
+			undo = append(undo, old)
+			d.unindex(old)
+		}
+		d.index(h)
+	}
+	return undo
+}
+
+// revert undoes applyHomes where nobody changed the entry since.
+// Called with d.mu held.
+func (d *Daemon) revert(put, undo []store.DomainHome) {
+	for _, h := range put {
+		if cur, ok := d.homes[h.UUID]; ok && cur == h {
+			d.unindex(cur)
+		}
+	}
+	for _, old := range undo {
+		if _, ok := d.homes[old.UUID]; !ok {
+			d.index(old)
+		}
+	}
+}
+
+func (d *Daemon) index(h store.DomainHome) {
+	d.homes[h.UUID] = h
+	m := d.byHost[h.Host]
+	if m == nil {
+		m = map[string]store.DomainHome{}
+		d.byHost[h.Host] = m
+	}
+	m[h.UUID] = h
+	delete(d.rev, h.Host)
+}
+
+func (d *Daemon) unindex(h store.DomainHome) {
+	delete(d.homes, h.UUID)
+	delete(d.byHost[h.Host], h.UUID)
+	delete(d.rev, h.Host)
 }
 
 // revision is a hash of the host's assignment, so it changes exactly when
@@ -132,7 +183,7 @@ func (d *Daemon) revision(host string) uint64 {
 	}
 	h := fnv.New64a()
 	fmt.Fprintf(h, "%s\x00", d.admin[host])
-	for _, a := range evacuator.HomesOf(d.homes, host) {
+	for _, a := range evacuator.HomesOf(d.byHost[host]) {
 		fmt.Fprintf(h, "%s\x00%s\x00", a.UUID, a.Name)
 	}
 	r := h.Sum64()
@@ -150,10 +201,7 @@ func (d *Daemon) Assignment(host string) (heartbeat.Assignment, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	doms := evacuator.HomesOf(d.homes, host)
-	if doms == nil {
-		doms = []heartbeat.AssignedDomain{}
-	}
+	doms := evacuator.HomesOf(d.byHost[host])
 	return heartbeat.Assignment{Host: host, AdminState: d.admin[host], Revision: d.revision(host),
 		HeartbeatInterval: heartbeat.Duration(d.interval()), Domains: doms}, nil
 }
@@ -176,13 +224,9 @@ func (d *Daemon) Status() Status {
 	hs, storm := d.eng.Status()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	count := map[string]int{}
-	for _, h := range d.homes {
-		count[h.Host]++
-	}
 	out := Status{Storm: storm, Hosts: make([]HostStatus, 0, len(hs))}
 	for _, h := range hs {
-		out.Hosts = append(out.Hosts, HostStatus{HostStatus: h, Admin: d.admin[h.Name], Domains: count[h.Name]})
+		out.Hosts = append(out.Hosts, HostStatus{HostStatus: h, Admin: d.admin[h.Name], Domains: len(d.byHost[h.Name])})
 	}
 	return out
 }
@@ -195,7 +239,7 @@ func (d *Daemon) Host(name string) (HostStatus, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return HostStatus{HostStatus: h, Admin: d.admin[name], Domains: len(evacuator.HomesOf(d.homes, name))}, nil
+	return HostStatus{HostStatus: h, Admin: d.admin[name], Domains: len(d.byHost[name])}, nil
 }
 
 // History reads recorded transitions and verdicts.
@@ -222,4 +266,3 @@ func (d *Daemon) SetAdminState(host string, st node.AdminState, reason string) (
 	d.log.Warn().Str("host", host).Str("from", from.String()).Str("to", st.String()).Msg("admin state changed: " + reason)
 	return rec, nil
 }
-

@@ -29,10 +29,17 @@ var deliberateStops = map[string]bool{
 //
 // The caller must only pass a report in which libvirtd answered; an empty
 // list from an unreachable libvirtd would otherwise forget every domain.
-func ObserveDomains(homes map[string]store.DomainHome, host string, doms []heartbeat.Domain, now time.Time) (put []store.DomainHome, remove []string) {
-	listed := make(map[string]bool, len(doms))
+// homes is every domain's home, keyed by UUID; mine is the subset living on
+// host (so the cost is the host's domains, not the cluster's).
+func ObserveDomains(homes, mine map[string]store.DomainHome, host string, doms []heartbeat.Domain, now time.Time) (put []store.DomainHome, remove []string) {
+	var listed map[string]bool
+	if len(mine) > 0 {
+		listed = make(map[string]bool, len(doms))
+	}
 	for _, d := range doms {
-		listed[d.UUID] = true
+		if listed != nil {
+			listed[d.UUID] = true
+		}
 		h, known := homes[d.UUID]
 		switch {
 		case d.State.Active():
@@ -47,23 +54,25 @@ func ObserveDomains(homes map[string]store.DomainHome, host string, doms []heart
 			remove = append(remove, d.UUID)
 		}
 	}
-	for uuid, h := range homes {
-		if h.Host == host && !listed[uuid] {
+	for uuid := range mine {
+		if !listed[uuid] {
 			remove = append(remove, uuid)
 		}
 	}
-	sort.Strings(remove)
-	sort.Slice(put, func(i, j int) bool { return put[i].UUID < put[j].UUID })
+	if len(remove) > 1 {
+		sort.Strings(remove)
+	}
+	if len(put) > 1 {
+		sort.Slice(put, func(i, j int) bool { return put[i].UUID < put[j].UUID })
+	}
 	return put, remove
 }
 
-// HomesOf lists the domains whose home is host, sorted by name.
-func HomesOf(homes map[string]store.DomainHome, host string) []heartbeat.AssignedDomain {
-	var out []heartbeat.AssignedDomain
-	for _, h := range homes {
-		if h.Host == host {
-			out = append(out, heartbeat.AssignedDomain{UUID: h.UUID, Name: h.Name})
-		}
+// HomesOf lists the domains of mine (one host's homes), sorted by name.
+func HomesOf(mine map[string]store.DomainHome) []heartbeat.AssignedDomain {
+	out := make([]heartbeat.AssignedDomain, 0, len(mine))
+	for _, h := range mine {
+		out = append(out, heartbeat.AssignedDomain{UUID: h.UUID, Name: h.Name})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Name != out[j].Name {

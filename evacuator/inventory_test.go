@@ -46,7 +46,13 @@ func TestObserveDomains(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			put, remove := ObserveDomains(c.homes, "h1", c.doms, now)
+			mine := map[string]store.DomainHome{}
+			for u, h := range c.homes {
+				if h.Host == "h1" {
+					mine[u] = h
+				}
+			}
+			put, remove := ObserveDomains(c.homes, mine, "h1", c.doms, now)
 			assert.Equal(t, c.put, put)
 			assert.Equal(t, c.remove, remove)
 		})
@@ -54,9 +60,9 @@ func TestObserveDomains(t *testing.T) {
 }
 
 func TestHomesOf(t *testing.T) {
-	homes := map[string]store.DomainHome{
-		"b": {UUID: "b", Name: "web", Host: "h1"}, "a": {UUID: "a", Name: "db", Host: "h1"}, "c": {UUID: "c", Name: "x", Host: "h2"},
+	mine := map[string]store.DomainHome{
+		"b": {UUID: "b", Name: "web", Host: "h1"}, "a": {UUID: "a", Name: "db", Host: "h1"},
 	}
-	assert.Equal(t, []heartbeat.AssignedDomain{{UUID: "a", Name: "db"}, {UUID: "b", Name: "web"}}, HomesOf(homes, "h1"))
-	assert.Empty(t, HomesOf(homes, "h3"))
+	assert.Equal(t, []heartbeat.AssignedDomain{{UUID: "a", Name: "db"}, {UUID: "b", Name: "web"}}, HomesOf(mine))
+	assert.Empty(t, HomesOf(nil))
 }

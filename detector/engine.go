@@ -91,7 +91,7 @@ type EngineConfig struct {
 	// Enforce is false in observe mode. Fencing is not wired yet, so both
 	// modes only record; enforce additionally warns that it cannot act.
 	Enforce bool
-	// Tick is how often hosts are re-judged; default min(interval/10, 100ms).
+	// Tick is how often hosts are re-judged; default min(interval/20, 50ms).
 	Tick time.Duration
 	// Concurrency limits for outgoing checks.
 	MaxProbes, MaxBMCReads, MaxReadiness int
@@ -171,7 +171,7 @@ func NewEngine(cfg EngineConfig, deps Deps, memos map[string]store.HostMemo) (*E
 		deps.Clock = realClock{}
 	}
 	if cfg.Tick <= 0 {
-		cfg.Tick = min(cfg.Monitor.HeartbeatInterval/10, 100*time.Millisecond)
+		cfg.Tick = min(cfg.Monitor.HeartbeatInterval/20, 50*time.Millisecond)
 		cfg.Tick = max(cfg.Tick, 5*time.Millisecond)
 	}
 	if cfg.MemoEvery <= 0 {

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"strings"
 	"time"
 
@@ -80,11 +79,28 @@ type Domain struct {
 	Reason string `json:"reason,omitempty"`
 }
 
-var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
-
 // ValidUUID reports whether s is a lower-case canonical UUID, the form
-// libvirt prints and the daemon keys domains by.
-func ValidUUID(s string) bool { return uuidRE.MatchString(s) }
+// libvirt prints and the daemon keys domains by. (Hand-written: it runs for
+// every domain of every heartbeat.)
+func ValidUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < 36; i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+				return false
+			}
+		}
+	}
+	return true
+}
 
 // Validate names every field that makes the heartbeat unusable.
 func (h Heartbeat) Validate() error {

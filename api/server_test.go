@@ -222,3 +222,26 @@ func TestNewRequiresTokens(t *testing.T) {
 	_, err := New(nil, Tokens{Agent: "a"}, nil, zerolog.Nop())
 	assert.ErrorContains(t, err, "both the agent token and the API token are required")
 }
+
+// A replayed or late heartbeat describes the past: the last word of a host
+// whose VM has since been started elsewhere must not move the VM back.
+func TestReplayedHeartbeatMovesNoDomain(t *testing.T) {
+	e := newEnv(t, filepath.Join(t.TempDir(), "s.db"))
+	vm := heartbeat.Domain{UUID: u1, Name: "web", State: hypervisor.StateRunning}
+	assignment := func(host string) []heartbeat.AssignedDomain {
+		code, body := e.do("GET", heartbeat.PathAssignment+"?host="+host, agentTok, nil)
+		require.Equal(t, 200, code, body)
+		a, err := heartbeat.DecodeAssignment(strings.NewReader(body))
+		require.NoError(t, err)
+		return a.Domains
+	}
+	code, body := e.do("POST", heartbeat.PathHeartbeat, agentTok, beat("h1", 1, vm))
+	require.Equal(t, 200, code, body)
+	code, body = e.do("POST", heartbeat.PathHeartbeat, agentTok, beat("h2", 1, vm))
+	require.Equal(t, 200, code, body)
+	require.Len(t, assignment("h2"), 1, "running on h2 now")
+	code, body = e.do("POST", heartbeat.PathHeartbeat, agentTok, beat("h1", 1, vm))
+	require.Equal(t, 200, code, body, "a replay is answered, not refused")
+	assert.Len(t, assignment("h2"), 1, "the replayed heartbeat did not move the domain back")
+	assert.Empty(t, assignment("h1"))
+}

@@ -39,7 +39,7 @@ type State interface {
 
 // Engine is what Daemon needs from the detector; *detector.Engine satisfies it.
 type Engine interface {
-	Heartbeat(hb heartbeat.Heartbeat) error
+	Heartbeat(hb heartbeat.Heartbeat) (accepted bool, err error)
 	Status() ([]detector.HostStatus, detector.StormStatus)
 	Host(name string) (detector.HostStatus, bool)
 }
@@ -87,7 +87,8 @@ func New(st State, eng Engine, interval func() time.Duration, clock func() time.
 // under the lock and written to the store outside it, so hosts never queue
 // behind each other's disk writes (the store batches concurrent writes).
 func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
-	if err := d.eng.Heartbeat(hb); err != nil {
+	accepted, err := d.eng.Heartbeat(hb)
+	if err != nil {
 		return heartbeat.Ack{}, err
 	}
 	var put []store.DomainHome
@@ -95,8 +96,10 @@ func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 	var undo []store.DomainHome
 	d.mu.Lock()
 	// domains is null when the agent could not list them: unknown, not
-	// "nothing runs here", which would forget every domain of the host.
-	if hb.Health.Libvirt.OK && hb.Domains != nil {
+	// "nothing runs here", which would forget every domain of the host. A
+	// heartbeat the detector did not accept (replayed, late) describes the
+	// past: a dead host's last word must not move a domain back to it.
+	if accepted && hb.Health.Libvirt.OK && hb.Domains != nil {
 		put, remove = evacuator.ObserveDomains(d.homes, d.byHost[hb.Host], hb.Host, hb.Domains, d.clock())
 		undo = d.applyHomes(put, remove)
 	}

@@ -276,15 +276,21 @@ func (e *Engine) host(name string) (*hostEntry, MonitorConfig, bool) {
 }
 
 // Heartbeat takes one validated heartbeat, stamped with the daemon's clock.
-// It never blocks on I/O: records are queued for the recorder.
-func (e *Engine) Heartbeat(hb heartbeat.Heartbeat) error {
+// It never blocks on I/O: records are queued for the recorder. accepted is
+// false for a duplicate, replayed or late heartbeat, whose content (its
+// domain list included) describes the past and must not be acted on.
+func (e *Engine) Heartbeat(hb heartbeat.Heartbeat) (accepted bool, err error) {
 	h, mc, ok := e.host(hb.Host)
 	if !ok {
-		return fmt.Errorf("detector: heartbeat from host %q: %w", hb.Host, ErrUnknownHost)
+		return false, fmt.Errorf("detector: heartbeat from host %q: %w", hb.Host, ErrUnknownHost)
 	}
 	now := e.deps.Clock.Now()
 	h.mu.Lock()
-	ch, accepted := h.m.Heartbeat(Beat{At: now, BootID: hb.BootID, Seq: hb.Seq, AgentStart: hb.AgentStart, Fault: hb.Health.Fault()}, mc)
+	ch, accepted := h.m.Heartbeat(Beat{At: now, BootID: hb.BootID, Seq: hb.Seq, AgentStart: hb.AgentStart, SentAt: hb.SentAt, Fault: hb.Health.Fault()}, mc)
+	if !accepted && hb.SentAt.Before(now) && h.m.AgentStart.Equal(hb.AgentStart) && hb.Seq > h.m.Seq {
+		e.log.Warn().Str("host", hb.Host).Uint64("seq", hb.Seq).Time("sent_at", hb.SentAt).
+			Msg("dropped a heartbeat that arrived long after it was sent; it proves nothing about the host now")
+	}
 	if accepted {
 		h.agentVersion = hb.AgentVersion
 		if !hb.SentAt.IsZero() {
@@ -294,7 +300,7 @@ func (e *Engine) Heartbeat(hb heartbeat.Heartbeat) error {
 	recs := e.stamp(h, ch)
 	h.mu.Unlock()
 	e.record(recs)
-	return nil
+	return accepted, nil
 }
 
 // Run ticks until ctx ends, then waits for outgoing checks and flushes.

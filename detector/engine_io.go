@@ -94,14 +94,11 @@ func (e *Engine) checkReadiness(ctx context.Context, h *hostEntry) {
 			return
 		}
 		if prev == nil || prev.Ready != r.Ready {
-			to := "ready"
-			if !r.Ready {
-				to = "not-ready"
-			}
 			from := ""
 			if prev != nil {
-				from = map[bool]string{true: "ready", false: "not-ready"}[prev.Ready]
+				from = readyName(prev.Ready)
 			}
+			to := readyName(r.Ready)
 			ev, _ := json.Marshal(r)
 			e.record([]store.Record{{At: r.At, Host: h.cfg.Name, Kind: "readiness", From: from, To: to, Reason: r.Summary, CorrelationID: incident, Evidence: ev}})
 		}
@@ -332,4 +329,11 @@ func answeredBMC(err error) bool {
 		return true
 	}
 	return false
+}
+
+func readyName(ready bool) string {
+	if ready {
+		return "ready"
+	}
+	return "not-ready"
 }

@@ -140,7 +140,9 @@ func newRig(t *testing.T, path string, memos map[string]store.HostMemo, hosts ..
 func (r *rig) beat(host string) {
 	r.t.Helper()
 	r.seq[host]++
-	require.NoError(r.t, r.e.Heartbeat(heartbeat.Heartbeat{Host: host, BootID: "boot-" + host, Seq: r.seq[host], AgentStart: t0, AgentVersion: "test", Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirt", OK: true}}}))
+	accepted, err := r.e.Heartbeat(heartbeat.Heartbeat{Host: host, BootID: "boot-" + host, Seq: r.seq[host], AgentStart: t0, AgentVersion: "test", Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirt", OK: true}}})
+	require.NoError(r.t, err)
+	require.True(r.t, accepted)
 }
 
 // run advances the clock by d in steps of 100 ms, heartbeating the given
@@ -324,7 +326,7 @@ func TestEngineReadiness(t *testing.T) {
 
 func TestEngineUnknownHost(t *testing.T) {
 	r := newRig(t, filepath.Join(t.TempDir(), "s.db"), nil, "a")
-	err := r.e.Heartbeat(heartbeat.Heartbeat{Host: "zz", BootID: "x", Seq: 1})
+	_, err := r.e.Heartbeat(heartbeat.Heartbeat{Host: "zz", BootID: "x", Seq: 1})
 	assert.True(t, errors.Is(err, ErrUnknownHost))
 	assert.Contains(t, err.Error(), `"zz"`)
 }

@@ -27,8 +27,17 @@ type Beat struct {
 	BootID     string
 	Seq        uint64
 	AgentStart time.Time
-	Fault      string // "" when every health check passed
+	// SentAt is the agent's clock when it sent the heartbeat; zero if the
+	// agent did not say. Only differences between heartbeats of one agent
+	// process are used, so agent and daemon clocks need not agree.
+	SentAt time.Time
+	Fault  string // "" when every health check passed
 }
+
+// lateStepAccept is how many consecutive "late" heartbeats of one agent
+// process, agreeing on their delay, are taken as the agent's clock having
+// stepped rather than as old heartbeats delivered late.
+const lateStepAccept = 3
 
 // Change is one recordable step of a host's state machine.
 type Change struct {
@@ -63,7 +72,15 @@ type Monitor struct {
 	PrevBootID    string
 	AgentStart    time.Time
 	Seq           uint64
-	Fault         string
+	// Transit is receive time minus SentAt of the last accepted heartbeat;
+	// a heartbeat whose transit exceeds it by more than a window was sent
+	// long ago (e.g. retransmitted by a dead host's orphaned TCP socket
+	// once its link is back) and proves nothing about now.
+	Transit    time.Duration
+	hasTransit bool
+	lateStreak int
+	lateLast   time.Duration
+	Fault      string
 	// GoodStreak counts consecutive good heartbeats while recovering.
 	GoodStreak int
 	// SilentSince is when the current silence began (the heartbeat went
@@ -97,7 +114,11 @@ func (m *Monitor) Silent() bool {
 // Heartbeat applies one heartbeat. It returns false, and changes nothing,
 // for a duplicate or out-of-order heartbeat from the same agent process.
 func (m *Monitor) Heartbeat(b Beat, cfg MonitorConfig) ([]Change, bool) {
-	if b.AgentStart.Equal(m.AgentStart) && b.Seq <= m.Seq {
+	sameAgent := b.AgentStart.Equal(m.AgentStart)
+	if sameAgent && b.Seq <= m.Seq {
+		return nil, false
+	}
+	if m.late(b, sameAgent, cfg.Window()) {
 		return nil, false
 	}
 	var ch []Change
@@ -144,6 +165,39 @@ func (m *Monitor) Heartbeat(b Beat, cfg MonitorConfig) ([]Change, bool) {
 	}
 	ch = append(ch, m.judge(b.At, cfg, false)...)
 	return ch, true
+}
+
+// late reports whether b was sent more than a window before it arrived,
+// judged against the same agent's previous transit time, and keeps the
+// transit bookkeeping.
+func (m *Monitor) late(b Beat, sameAgent bool, window time.Duration) bool {
+	if b.SentAt.IsZero() {
+		m.hasTransit = false
+		return false
+	}
+	transit := b.At.Sub(b.SentAt)
+	if sameAgent && m.hasTransit && transit-m.Transit > window {
+		// Several in a row agreeing on the new transit: the agent's clock
+		// stepped back; accept the new baseline.
+		if m.lateStreak > 0 && absDur(transit-m.lateLast) <= window {
+			m.lateStreak++
+		} else {
+			m.lateStreak = 1
+		}
+		m.lateLast = transit
+		if m.lateStreak < lateStepAccept {
+			return true
+		}
+	}
+	m.Transit, m.hasTransit, m.lateStreak = transit, true, 0
+	return false
+}
+
+func absDur(d time.Duration) time.Duration {
+	if d < 0 {
+		return -d
+	}
+	return d
 }
 
 // ProbeResult applies a probe round that was asked for during the silence

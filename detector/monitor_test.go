@@ -305,3 +305,33 @@ func TestMonitorNeverHostDownWithoutEvidence(t *testing.T) {
 		}
 	}
 }
+
+// A dead host's orphaned TCP socket can deliver its last heartbeat seconds
+// later, once the link is back: it must not make the host look alive.
+func TestMonitorLateHeartbeatDropped(t *testing.T) {
+	m := NewMonitor(t0)
+	agentClock := t0.Add(-time.Hour) // agent and daemon clocks disagree by an hour: irrelevant
+	beat := func(at, sent time.Time) bool {
+		_, ok := m.Heartbeat(Beat{At: at, BootID: "boot-a", Seq: m.Seq + 1, AgentStart: t0, SentAt: sent}, mcfg())
+		return ok
+	}
+	require.True(t, beat(t0, agentClock))
+	require.True(t, beat(t0.Add(time.Second), agentClock.Add(time.Second)))
+	// Sent one second later on the agent's clock, received 10 s later.
+	assert.False(t, beat(t0.Add(11*time.Second), agentClock.Add(2*time.Second)), "sent 9 s before it arrived")
+	assert.Equal(t, t0.Add(time.Second), m.LastHeartbeat, "the late heartbeat did not refresh the host")
+	// A delay within the window is ordinary network jitter.
+	assert.True(t, beat(t0.Add(12*time.Second), agentClock.Add(9500*time.Millisecond)))
+
+	// The agent's clock steps back an hour: three heartbeats agreeing on the
+	// new offset re-baseline it.
+	back := agentClock.Add(-time.Hour)
+	assert.False(t, beat(t0.Add(13*time.Second), back.Add(13*time.Second)))
+	assert.False(t, beat(t0.Add(14*time.Second), back.Add(14*time.Second)))
+	assert.True(t, beat(t0.Add(15*time.Second), back.Add(15*time.Second)), "a clock step is accepted after 3 heartbeats")
+	assert.True(t, beat(t0.Add(16*time.Second), back.Add(16*time.Second)))
+
+	// A restarted agent starts a new baseline at once.
+	_, ok := m.Heartbeat(Beat{At: t0.Add(17 * time.Second), BootID: "boot-a", Seq: 1, AgentStart: t0.Add(time.Minute), SentAt: t0.Add(-5 * time.Hour)}, mcfg())
+	assert.True(t, ok)
+}

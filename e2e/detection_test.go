@@ -110,10 +110,8 @@ func (d *detectionLab) startDaemon(ctx context.Context) {
 	f.Close()
 	d.daemon = cmd
 	t.Cleanup(func() { d.stopDaemon() })
-	d.callAPI(func() {
-		require.Eventually(t, func() bool { _, err := d.client.Status(context.Background()); return err == nil },
-			10*time.Second, 50*time.Millisecond, "daemon API did not come up; log:\n%s", d.log())
-	})
+	require.Eventually(t, func() bool { _, err := d.client.Status(context.Background()); return err == nil },
+		10*time.Second, 50*time.Millisecond, "daemon API did not come up; log:\n%s", d.log())
 }
 
 func (d *detectionLab) stopDaemon() {
@@ -128,13 +126,6 @@ func (d *detectionLab) stopDaemon() {
 func (d *detectionLab) log() string {
 	b, _ := os.ReadFile(d.dlog)
 	return string(b)
-}
-
-// callAPI runs f, which calls the daemon's API; d.client dials inside the
-// controller's namespace, where the API listens.
-func (d *detectionLab) callAPI(f func()) {
-	d.t.Helper()
-	f()
 }
 
 // nsHTTP is an HTTP client whose connections are opened inside netns.
@@ -155,12 +146,8 @@ func nsHTTP(netns string) *http.Client {
 }
 
 func (d *detectionLab) status(name string) daemon.HostStatus {
-	var s daemon.HostStatus
-	d.callAPI(func() {
-		var err error
-		s, err = d.client.Host(context.Background(), name)
-		require.NoError(d.t, err)
-	})
+	s, err := d.client.Host(context.Background(), name)
+	require.NoError(d.t, err)
 	return s
 }
 
@@ -181,12 +168,8 @@ func (d *detectionLab) waitHost(name, what string, within time.Duration, ok func
 }
 
 func (d *detectionLab) history(q store.Query) []store.Record {
-	var recs []store.Record
-	d.callAPI(func() {
-		var err error
-		recs, err = d.client.History(context.Background(), q)
-		require.NoError(d.t, err)
-	})
+	recs, err := d.client.History(context.Background(), q)
+	require.NoError(d.t, err)
 	return recs
 }
 
@@ -286,7 +269,12 @@ func TestDetection(t *testing.T) {
 		t.Logf("power loss → host-down in %v (bound %v: window + one probe round)", took.Round(time.Millisecond), bound)
 		assert.LessOrEqual(t, took, bound+100*time.Millisecond, "the 100 ms is the daemon's tick and the API poll")
 		assert.Equal(t, node.Unreachable, s.Monitor)
-		recs := d.history(store.Query{Host: h2.Name, CorrelationID: s.Incident})
+		// History is written behind the status by a few milliseconds.
+		var recs []store.Record
+		require.Eventually(t, func() bool {
+			recs = d.history(store.Query{Host: h2.Name, CorrelationID: s.Incident})
+			return len(recs) > 0 && recs[len(recs)-1].Kind == "would-fence"
+		}, 5*time.Second, 20*time.Millisecond)
 		assert.Subset(t, kindsOf(recs), []string{"monitor:normal>suspect", "monitor:suspect>unreachable", "verdict:suspect>host-down", "would-fence:suspect>host-down"})
 		var ev detector.Evidence
 		require.NoError(t, json.Unmarshal(recs[len(recs)-1].Evidence, &ev))
@@ -302,6 +290,10 @@ func TestDetection(t *testing.T) {
 		assert.NotEqual(t, boot0, boot1)
 		assert.Equal(t, boot1, s.BootID)
 		t.Logf("power on → normal in %v", time.Since(up).Round(time.Millisecond))
+		require.Eventually(t, func() bool {
+			recs = d.history(store.Query{Host: h2.Name, Kind: "monitor"})
+			return len(recs) > 0 && recs[len(recs)-1].To == "normal"
+		}, 5*time.Second, 20*time.Millisecond, "the return to normal reaches the history")
 		recs = d.history(store.Query{Host: h2.Name})
 		ks := kindsOf(recs)
 		assert.Contains(t, ks, "reboot:"+boot0+">"+boot1)
@@ -333,13 +325,13 @@ func TestDetectionStormGuard(t *testing.T) {
 	wg.Wait()
 	var st daemon.Status
 	require.Eventually(t, func() bool {
-		d.callAPI(func() { st, _ = d.client.Status(ctx) })
+		st, _ = d.client.Status(ctx)
 		return st.Storm.Paused
 	}, 5*time.Second, 20*time.Millisecond)
 	assert.Contains(t, st.Storm.Reason, "2 of 3 hosts silent")
 	// Hold the partition for a few windows: still paused, nobody judged.
 	time.Sleep(5 * detInterval * detMisses)
-	d.callAPI(func() { st, _ = d.client.Status(ctx) })
+	st, _ = d.client.Status(ctx)
 	assert.True(t, st.Storm.Paused)
 	for _, h := range st.Hosts[:2] {
 		assert.Contains(t, []detector.Verdict{detector.Paused, detector.Suspect}, h.Verdict, "%s: %s", h.Name, h.VerdictReason)
@@ -354,7 +346,7 @@ func TestDetectionStormGuard(t *testing.T) {
 		require.NoError(t, d.l.RestoreNetwork(ctx, h))
 	}
 	require.Eventually(t, func() bool {
-		d.callAPI(func() { st, _ = d.client.Status(ctx) })
+		st, _ = d.client.Status(ctx)
 		return !st.Storm.Paused
 	}, 10*time.Second, 20*time.Millisecond)
 	recs := d.history(store.Query{Kind: "storm"})
@@ -377,11 +369,8 @@ func TestDrainedAgentStartsNothing(t *testing.T) {
 	require.Eventually(t, func() bool { st, _ := d.l.DomainState(ctx, h, vm.Name); return st == "running" }, 15*time.Second, 100*time.Millisecond,
 		"an enabled host's agent restarts a domain whose QEMU died")
 
-	d.callAPI(func() {
-		req := api.AdminRequest{State: node.Drained, Reason: "e2e: drained host must start nothing"}
-		_, err := d.client.SetAdminState(ctx, h.Name, req)
-		require.NoError(t, err)
-	})
+	_, err = d.client.SetAdminState(ctx, h.Name, api.AdminRequest{State: node.Drained, Reason: "e2e: drained host must start nothing"})
+	require.NoError(t, err)
 	d.waitHost(h.Name, "drained", 5*time.Second, func(s daemon.HostStatus) bool { return s.Admin == node.Drained })
 	killQEMU(t, d.l, h)
 	d.restartAgent(ctx, h)

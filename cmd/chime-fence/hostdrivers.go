@@ -97,7 +97,11 @@ func probeTargets(h *configs.Host) []probe.Target {
 	if u, err := url.Parse(h.Agent.URL); err == nil && u.Host != "" {
 		addr := u.Host
 		if u.Port() == "" {
-			addr = net.JoinHostPort(u.Hostname(), map[string]string{"https": "443"}[u.Scheme]+map[string]string{"http": "80"}[u.Scheme])
+			port := "80"
+			if u.Scheme == "https" {
+				port = "443"
+			}
+			addr = net.JoinHostPort(u.Hostname(), port)
 		}
 		t = append(t, probe.Target{Kind: probe.KindTCP, Addr: addr})
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -32,8 +31,8 @@ Exit status: 0 when at least one fence level is usable and read power back,
 1 when none is, 2 on a usage or configuration error.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if output != "text" && output != "json" {
-				return usageErr(fmt.Errorf("--output %q: must be text or json", output))
+			if err := checkOutput(output); err != nil {
+				return err
 			}
 			cfg, err := loadConfig(file)
 			if err != nil {
@@ -52,10 +51,8 @@ Exit status: 0 when at least one fence level is usable and read power back,
 			r := readiness.Run(cmd.Context(), target, time.Now)
 			det := detectorView(cmd.Context(), cfg, h.Name, timeout)
 			if output == "json" {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(testNodeJSON{Report: r, Detector: det}); err != nil {
-					return failureErr(err)
+				if err := writeJSONOut(cmd.OutOrStdout(), testNodeJSON{Report: r, Detector: det}); err != nil {
+					return err
 				}
 			} else {
 				printReport(cmd.OutOrStdout(), h.Rack, h.Effective.Name, r)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -365,9 +366,14 @@ func TestDrainedAgentStartsNothing(t *testing.T) {
 	d.waitHost(h.Name, "reporting the VM", 10*time.Second, func(s daemon.HostStatus) bool { return s.Domains == 1 })
 
 	// Positive control: enabled, QEMU killed → the agent starts it again.
-	killQEMU(t, d.l, h)
-	require.Eventually(t, func() bool { st, _ := d.l.DomainState(ctx, h, vm.Name); return st == "running" }, 15*time.Second, 100*time.Millisecond,
-		"an enabled host's agent restarts a domain whose QEMU died")
+	killed := killQEMU(t, d.l, h)
+	// libvirtd may still say "running" for a moment after QEMU died, so
+	// wait for a new QEMU process, not for the state.
+	require.Eventually(t, func() bool {
+		st, _ := d.l.DomainState(ctx, h, vm.Name)
+		pids := d.l.QEMUPIDs(h)
+		return st == "running" && len(pids) == 1 && !slices.Contains(killed, pids[0])
+	}, 15*time.Second, 100*time.Millisecond, "an enabled host's agent restarts a domain whose QEMU died")
 
 	_, err = d.client.SetAdminState(ctx, h.Name, api.AdminRequest{State: node.Drained, Reason: "e2e: drained host must start nothing"})
 	require.NoError(t, err)
@@ -384,7 +390,7 @@ func TestDrainedAgentStartsNothing(t *testing.T) {
 	assert.Contains(t, string(b), "drained", "the agent says why it does not start the domain")
 }
 
-func killQEMU(t *testing.T, l *lab.Lab, h lab.Host) {
+func killQEMU(t *testing.T, l *lab.Lab, h lab.Host) []int {
 	t.Helper()
 	pids := l.QEMUPIDs(h)
 	require.NotEmpty(t, pids)
@@ -392,4 +398,5 @@ func killQEMU(t *testing.T, l *lab.Lab, h lab.Host) {
 		require.NoError(t, syscall.Kill(p, syscall.SIGKILL))
 	}
 	require.Eventually(t, func() bool { return len(l.QEMUPIDs(h)) == 0 }, 5*time.Second, 20*time.Millisecond)
+	return pids
 }

@@ -20,7 +20,7 @@ const FileName = "chime-fence.db"
 
 // SchemaVersion is the layout this build writes. Open refuses a file with a
 // higher version and migrates a lower one.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 const (
 	// DefaultMaxRecords bounds the history when Options.MaxRecords is 0.
@@ -58,8 +58,15 @@ var (
 	bAdmin   = []byte("admin")
 	bHomes   = []byte("homes")
 	bMemos   = []byte("memos")
+	// Schema 2: the recovery journal.
+	bOutbox    = []byte("outbox")    // alert deliveries not yet acknowledged (alert/)
+	bTasks     = []byte("tasks")     // evacuation tasks with per-VM steps (evacuator/)
+	bInventory = []byte("inventory") // saved domain XML per host (evacuator/)
+	bEvictions = []byte("evictions") // domains a returning host must destroy
+	bFences    = []byte("fences")    // fence operations in flight and done (fencer/)
 
-	allBuckets = [][]byte{bMeta, bHistory, bIdxHost, bIdxKind, bIdxCorr, bAdmin, bHomes, bMemos}
+	v1Buckets  = [][]byte{bMeta, bHistory, bIdxHost, bIdxKind, bIdxCorr, bAdmin, bHomes, bMemos}
+	allBuckets = append(append([][]byte{}, v1Buckets...), bOutbox, bTasks, bInventory, bEvictions, bFences)
 
 	kSchema = []byte("schema")
 	kCount  = []byte("history-count")
@@ -131,7 +138,7 @@ func Open(path string, opts Options) (*Store, error) {
 		err = vet.Check()
 		if err == nil {
 			err = vet.view("check schema", func(tx *bolt.Tx) error {
-				_, err := schemaState(tx)
+				_, _, err := schemaState(tx)
 				return err
 			})
 		}
@@ -192,19 +199,23 @@ func openBolt(path string, timeout time.Duration, readOnly bool) (db *bolt.DB, e
 func (s *Store) initSchema() error {
 	const step = "check schema"
 	var fresh bool
+	var version uint64
 	err := s.view(step, func(tx *bolt.Tx) (err error) {
-		fresh, err = schemaState(tx)
+		fresh, version, err = schemaState(tx)
 		return err
 	})
-	if err != nil || !fresh {
+	if err != nil || (!fresh && version == SchemaVersion) {
 		return err
 	}
 	return s.update(step, func(tx *bolt.Tx) error {
-		if fresh, err := schemaState(tx); err != nil || !fresh {
+		fresh, version, err := schemaState(tx)
+		if err != nil || (!fresh && version == SchemaVersion) {
 			return err
 		}
+		// A fresh file gets every bucket; an older one the buckets added
+		// since (each schema so far only added buckets).
 		for _, name := range allBuckets {
-			if _, err := tx.CreateBucket(name); err != nil {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
 		}
@@ -212,9 +223,9 @@ func (s *Store) initSchema() error {
 	})
 }
 
-// schemaState reports whether the file is empty (fresh) and refuses a
-// foreign, damaged or newer one. Migrations from older schemas go here.
-func schemaState(tx *bolt.Tx) (fresh bool, err error) {
+// schemaState reports whether the file is empty (fresh) and its schema
+// version, and refuses a foreign, damaged or newer one.
+func schemaState(tx *bolt.Tx) (fresh bool, version uint64, err error) {
 	meta := tx.Bucket(bMeta)
 	if meta == nil {
 		var foreign [][]byte
@@ -223,26 +234,31 @@ func schemaState(tx *bolt.Tx) (fresh bool, err error) {
 			return nil
 		})
 		if len(foreign) > 0 {
-			return false, fmt.Errorf("%w: it is a bbolt file with buckets %q but no chime-fence schema key", ErrCorrupt, foreign)
+			return false, 0, fmt.Errorf("%w: it is a bbolt file with buckets %q but no chime-fence schema key", ErrCorrupt, foreign)
 		}
-		return true, nil
+		return true, 0, nil
 	}
 	raw := meta.Get(kSchema)
 	if len(raw) != 8 {
-		return false, fmt.Errorf("%w: schema key is %d bytes, want 8", ErrCorrupt, len(raw))
+		return false, 0, fmt.Errorf("%w: schema key is %d bytes, want 8", ErrCorrupt, len(raw))
 	}
-	switch v := binary.BigEndian.Uint64(raw); {
+	v := binary.BigEndian.Uint64(raw)
+	switch {
 	case v > SchemaVersion:
-		return false, fmt.Errorf("%w: schema version %d, this build reads up to %d; run the newer chime-fence or restore a backup", ErrSchema, v, SchemaVersion)
+		return false, v, fmt.Errorf("%w: schema version %d, this build reads up to %d; run the newer chime-fence or restore a backup", ErrSchema, v, SchemaVersion)
 	case v == 0:
-		return false, fmt.Errorf("%w: schema version 0", ErrCorrupt)
+		return false, v, fmt.Errorf("%w: schema version 0", ErrCorrupt)
 	}
-	for _, name := range allBuckets {
+	want := allBuckets
+	if v == 1 {
+		want = v1Buckets
+	}
+	for _, name := range want {
 		if tx.Bucket(name) == nil {
-			return false, fmt.Errorf("%w: bucket %s is missing", ErrCorrupt, name)
+			return false, v, fmt.Errorf("%w: bucket %s is missing", ErrCorrupt, name)
 		}
 	}
-	return false, nil
+	return false, v, nil
 }
 
 // Check walks every page of the file and reports damage as ErrCorrupt. Open

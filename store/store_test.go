@@ -195,7 +195,36 @@ func TestOpenNewerSchemaRefused(t *testing.T) {
 	_, err := Open(path, Options{})
 	require.ErrorIs(t, err, ErrSchema)
 	assert.Contains(t, err.Error(), path)
-	assert.Contains(t, err.Error(), "schema version 2, this build reads up to 1")
+	assert.Contains(t, err.Error(), "schema version 3, this build reads up to 2")
+}
+
+func TestOpenMigratesSchema1(t *testing.T) {
+	s, path := openTemp(t, Options{})
+	_, err := s.Append(rec("a", "monitor", t0))
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+	// Make it a schema-1 file: the v1 buckets only.
+	rawUpdate(t, path, func(tx *bolt.Tx) error {
+		for _, b := range allBuckets[len(v1Buckets):] {
+			if err := tx.DeleteBucket(b); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bMeta).Put(kSchema, u64(1))
+	})
+	s, err = Open(path, Options{})
+	require.NoError(t, err)
+	recs, err := s.History(Query{})
+	require.NoError(t, err)
+	assert.Len(t, recs, 1, "history survives the migration")
+	require.NoError(t, s.view("t", func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			assert.NotNil(t, tx.Bucket(b), "bucket %s", b)
+		}
+		assert.Equal(t, u64(SchemaVersion), tx.Bucket(bMeta).Get(kSchema))
+		return nil
+	}))
+	require.NoError(t, s.Close())
 }
 
 func TestOpenMissingBucketIsCorrupt(t *testing.T) {

@@ -92,6 +92,9 @@ type Host struct {
 	// Policy names a policy replacing the rack's; Override adjusts fields.
 	Policy   string     `mapstructure:"policy" json:"policy,omitempty" yaml:"policy,omitempty"`
 	Override PolicySpec `mapstructure:"override" json:"override,omitzero" yaml:"override,omitempty"`
+	// Bridges maps bridge names in a rebuilt domain's XML to this host's
+	// bridge names, for hosts whose bridges are named differently.
+	Bridges map[string]string `mapstructure:"bridges" json:"bridges,omitempty" yaml:"bridges,omitempty"`
 
 	// Effective is the resolved policy, filled by Load.
 	Effective Policy `mapstructure:"-" json:"-" yaml:"-"`
@@ -164,6 +167,14 @@ type Storage struct {
 	SharedPaths []string `mapstructure:"shared_paths" json:"shared_paths" yaml:"shared_paths"`
 	// RBDShared counts Ceph RBD network disks as shared.
 	RBDShared bool `mapstructure:"rbd_shared" json:"rbd_shared" yaml:"rbd_shared"`
+	// InventoryDir mirrors every host's saved domain XML as
+	// <dir>/<host>/<uuid>.xml, so an operator can `virsh define` by hand if
+	// the daemon is gone. Default <first shared path>/chime-fence/domains;
+	// "-" turns the mirror off.
+	InventoryDir string `mapstructure:"inventory_dir" json:"inventory_dir" yaml:"inventory_dir"`
+	// InventoryInterval is how often each healthy host's domain XML and
+	// CPU load are captured (also on every libvirt lifecycle event).
+	InventoryInterval time.Duration `mapstructure:"inventory_interval" json:"inventory_interval" yaml:"inventory_interval"`
 }
 
 // Scheduler limits where evacuated VMs may land.
@@ -172,6 +183,13 @@ type Scheduler struct {
 	MemoryOvercommit  float64 `mapstructure:"memory_overcommit" json:"memory_overcommit" yaml:"memory_overcommit"`
 	ReservedCPUs      int     `mapstructure:"reserved_cpus" json:"reserved_cpus" yaml:"reserved_cpus"`
 	ReservedMemoryMiB int     `mapstructure:"reserved_memory_mib" json:"reserved_memory_mib" yaml:"reserved_memory_mib"`
+	// RebuildsPerTarget bounds concurrent rebuilds on one target host.
+	RebuildsPerTarget int `mapstructure:"rebuilds_per_target" json:"rebuilds_per_target" yaml:"rebuilds_per_target"`
+	// StartTimeout is how long a rebuilt domain may take to be running.
+	StartTimeout time.Duration `mapstructure:"start_timeout" json:"start_timeout" yaml:"start_timeout"`
+	// GraphicsListen replaces graphics listen addresses in rebuilt domains
+	// (the old host's address is meaningless on the new one).
+	GraphicsListen string `mapstructure:"graphics_listen" json:"graphics_listen" yaml:"graphics_listen"`
 }
 
 // Alerts lists where events are sent.

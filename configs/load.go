@@ -35,6 +35,10 @@ var defaults = map[string]any{
 	"scheduler.memory_overcommit":   1.0,
 	"scheduler.reserved_cpus":       0,
 	"scheduler.reserved_memory_mib": 0,
+	"scheduler.rebuilds_per_target": 4,
+	"scheduler.start_timeout":       "30s",
+	"scheduler.graphics_listen":     "0.0.0.0",
+	"storage.inventory_interval":    "60s",
 }
 
 // Load reads, checks and resolves a configuration file. It returns *Error

@@ -58,6 +58,9 @@ func fillDefaults(c *Config, dir string) {
 			}
 		}
 	}
+	if c.Storage.InventoryDir == "" && len(c.Storage.SharedPaths) > 0 {
+		c.Storage.InventoryDir = filepath.Join(c.Storage.SharedPaths[0], "chime-fence", "domains")
+	}
 	for i := range c.Alerts.Webhooks {
 		w := &c.Alerts.Webhooks[i]
 		abs(&w.SecretFile)

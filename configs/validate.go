@@ -85,6 +85,21 @@ func validate(c *Config, root *yaml.Node, ps *problems) {
 	if s.ReservedMemoryMiB < 0 {
 		v.add("scheduler.reserved_memory_mib", "must not be negative")
 	}
+	if s.RebuildsPerTarget < 1 {
+		v.add("scheduler.rebuilds_per_target", "must be at least 1, got %d", s.RebuildsPerTarget)
+	}
+	if s.StartTimeout <= 0 {
+		v.add("scheduler.start_timeout", "must be positive")
+	}
+	if net.ParseIP(s.GraphicsListen) == nil {
+		v.add("scheduler.graphics_listen", "%q is not an IP address", s.GraphicsListen)
+	}
+	if c.Storage.InventoryInterval <= 0 {
+		v.add("storage.inventory_interval", "must be positive")
+	}
+	if d := c.Storage.InventoryDir; d != "" && d != "-" && !filepath.IsAbs(d) {
+		v.add("storage.inventory_dir", "%q must be an absolute path (or \"-\" for no mirror)", d)
+	}
 	v.webhooks(c.Alerts.Webhooks)
 }
 

@@ -88,8 +88,9 @@ type EngineConfig struct {
 	Storm   StormGuard
 	// References is how many reference addresses are configured (0: none).
 	References int
-	// Enforce is false in observe mode. Fencing is not wired yet, so both
-	// modes only record; enforce additionally warns that it cannot act.
+	// Enforce is false in observe mode. In enforce mode a host-down verdict
+	// goes to Deps.OnHostDown; in observe mode it is recorded as
+	// "would fence".
 	Enforce bool
 	// Tick is how often hosts are re-judged; default min(interval/20, 50ms).
 	Tick time.Duration
@@ -112,6 +113,18 @@ type Deps struct {
 	Log       zerolog.Logger
 	// Seed makes readiness jitter reproducible in tests; 0 picks one.
 	Seed uint64
+	// OnHostDown, in enforce mode, receives every host-down verdict. It is
+	// called with the host's lock held: it must not block or call back
+	// into the engine (recovery.Coordinator.HostDown only queues).
+	OnHostDown func(DownEvent)
+}
+
+// DownEvent is a host-down verdict handed to the fencer.
+type DownEvent struct {
+	At            time.Time
+	Host, Rack    string
+	CorrelationID string
+	Reason        string
 }
 
 // ErrUnknownHost is returned for a heartbeat from a host not in the config.
@@ -404,9 +417,15 @@ func (e *Engine) onVerdict(ctx context.Context, h *hostEntry, prev Verdict, now 
 	case AgentDown, IsolatedOrHung, Unprovable:
 		e.deps.Alerter.Alert(ctx, a)
 	case HostDown:
+		if e.cfg.Enforce && e.deps.OnHostDown != nil {
+			e.log.Warn().Str("host", h.cfg.Name).Str("correlation_id", m.Incident).Msgf("%s is down (%s): handing it to the fencer", h.cfg.Name, m.VerdictReason)
+			e.deps.OnHostDown(DownEvent{At: now, Host: h.cfg.Name, Rack: h.cfg.Rack, CorrelationID: m.Incident, Reason: m.VerdictReason})
+			e.deps.Alerter.Alert(ctx, a)
+			return
+		}
 		why := fmt.Sprintf("would fence %s because %s", h.cfg.Name, m.VerdictReason)
 		if e.cfg.Enforce {
-			why += " (mode enforce, but fencing is not implemented in this version: nothing was done)"
+			why += " (mode enforce, but no fencer is wired: nothing was done)"
 		}
 		e.log.Warn().Str("host", h.cfg.Name).Str("correlation_id", m.Incident).Msg(why)
 		ev, _ := json.Marshal(evidenceOf(m, now))

@@ -330,3 +330,41 @@ func TestEngineUnknownHost(t *testing.T) {
 	assert.True(t, errors.Is(err, ErrUnknownHost))
 	assert.Contains(t, err.Error(), `"zz"`)
 }
+
+func TestEngineEnforceHandsHostDownToTheFencer(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "s.db"), store.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	clk := &fakeClock{now: t0}
+	w := newWorld()
+	hosts := []string{"a", "b", "c"}
+	for _, h := range hosts {
+		w.ready[h] = true
+	}
+	var mu sync.Mutex
+	var got []DownEvent
+	cfg := engineConfig(hosts...)
+	cfg.Enforce = true
+	e, err := NewEngine(cfg, Deps{Clock: clk, Prober: w, Refs: w, Power: w, Readiness: w, History: st, Memos: st, Alerter: w,
+		Log: zerolog.Nop(), Seed: 1, OnHostDown: func(ev DownEvent) { mu.Lock(); got = append(got, ev); mu.Unlock() }}, nil)
+	require.NoError(t, err)
+	r := &rig{t: t, e: e, clk: clk, w: w, st: st, seq: map[string]uint64{}, hosts: hosts}
+	r.run(3*time.Second, hosts...)
+	r.w.mu.Lock()
+	r.w.power["b"] = power.Off
+	r.w.mu.Unlock()
+	r.run(6*time.Second, "a", "c")
+
+	require.Equal(t, HostDown, r.status("b").Verdict)
+	mu.Lock()
+	require.Len(t, got, 1, "one verdict, one hand-over")
+	assert.Equal(t, "b", got[0].Host)
+	assert.Equal(t, "r1", got[0].Rack)
+	assert.Equal(t, r.status("b").Incident, got[0].CorrelationID)
+	assert.Contains(t, got[0].Reason, "off")
+	mu.Unlock()
+	recs, err := st.History(store.Query{Host: "b", Kind: "would-fence"})
+	require.NoError(t, err)
+	assert.Empty(t, recs, "enforce mode hands over instead of recording what it would do")
+	assert.Equal(t, []string{"host-down"}, r.w.alertKinds("b"))
+}

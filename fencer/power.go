@@ -131,6 +131,10 @@ type OffResult struct {
 	// CommandErr is the off command's error, kept even when the read-back
 	// verified: an "already off" refusal is normal, and worth a log line.
 	CommandErr error
+	// LastReadErr is the last power reading's error, if it failed: lets a
+	// caller see that reads were refused for bad credentials and stop
+	// retrying.
+	LastReadErr error
 }
 
 // PowerOffOptions tune one power-off attempt.
@@ -164,6 +168,7 @@ func PowerOff(ctx context.Context, pc PowerController, clk Clock, opt PowerOffOp
 		now := clk.Now()
 		d := v.Observe(now, st, err)
 		res.Reads = v.Reads()
+		res.LastReadErr = err
 		res.Elapsed = now.Sub(start)
 		switch d.Outcome {
 		case Verified:

@@ -2,17 +2,24 @@
 // owns besides it: each host's admin state and where each domain should run
 // (the agents' assignments). It is what the HTTP API serves.
 //
-// Caller contract: New loads admin states and domain homes from the store;
-// the engine must already be built on the same store. Every method is safe
-// for concurrent use. Heartbeat is the hot path (every host, every
-// interval): it takes one short lock and writes to the store only when a
-// host's domains changed where they live.
+// Caller contract: New loads admin states, domain homes and evictions from
+// the store; the engine must already be built on the same store. Every
+// method is safe for concurrent use. Heartbeat is the hot path (every host,
+// every interval): it takes one short lock and writes to the store only
+// when a host's domains changed where they live.
+//
+// Evictions: Relocate moves a domain's home to another host and tells the
+// old host (in its assignment's Evicted list) to destroy and undefine its
+// copy. Until the old host's agent reports the domain gone, that host's
+// reports of the domain are ignored (they never move its home back), and
+// the eviction stays in the store across restarts.
 package daemon
 
 import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"sort"
 	"sync"
 	"time"
 
@@ -35,7 +42,15 @@ type State interface {
 	DomainHomes() (map[string]store.DomainHome, error)
 	UpdateDomainHomes(put []store.DomainHome, remove []string) error
 	History(q store.Query) ([]store.Record, error)
+	Append(recs ...store.Record) ([]store.Record, error)
+	Relocate(home store.DomainHome, from string) error
+	Evictions(host string) ([]store.Eviction, error)
+	ClearEvictions(host string, uuids ...string) error
 }
+
+// EvictedKind is the history kind of "host X destroyed and undefined its
+// copy of a domain that was rebuilt elsewhere".
+const EvictedKind = "evicted"
 
 // Engine is what Daemon needs from the detector; *detector.Engine satisfies it.
 type Engine interface {
@@ -52,11 +67,19 @@ type Daemon struct {
 	interval func() time.Duration
 	log      zerolog.Logger
 
-	mu     sync.Mutex
-	admin  map[string]node.AdminState
-	homes  map[string]store.DomainHome            // by UUID
-	byHost map[string]map[string]store.DomainHome // host → UUID → home
-	rev    map[string]uint64
+	// homesMu orders store writes of homes and evictions: heartbeats share
+	// it (their writes do not conflict), Relocate takes it alone, so a
+	// heartbeat computed before a relocation cannot write its stale home
+	// after it.
+	homesMu sync.RWMutex
+
+	mu         sync.Mutex
+	admin      map[string]node.AdminState
+	adminSince map[string]time.Time                   // when admin was set, zero if unknown
+	homes      map[string]store.DomainHome            // by UUID
+	byHost     map[string]map[string]store.DomainHome // host → UUID → home
+	evict      map[string]map[string]store.Eviction   // host → UUID → eviction
+	rev        map[string]uint64
 }
 
 // New loads the persisted state. interval returns the configured heartbeat
@@ -70,13 +93,34 @@ func New(st State, eng Engine, interval func() time.Duration, clock func() time.
 	if err != nil {
 		return nil, fmt.Errorf("daemon: load domain homes: %w", err)
 	}
+	evs, err := st.Evictions("")
+	if err != nil {
+		return nil, fmt.Errorf("daemon: load evictions: %w", err)
+	}
+	// The admin state's time is its latest "admin" history record; a
+	// pruned one leaves it zero, which only ever keeps an agent's local
+	// drain marker longer.
+	since := make(map[string]time.Time, len(admin))
+	for host := range admin {
+		recs, err := st.History(store.Query{Host: host, Kind: store.AdminKind, Limit: 1})
+		if err != nil {
+			return nil, fmt.Errorf("daemon: load admin state time of %s: %w", host, err)
+		}
+		if len(recs) == 1 {
+			since[host] = recs[0].At
+		}
+	}
 	if clock == nil {
 		clock = time.Now
 	}
 	d := &Daemon{st: st, eng: eng, clock: clock, interval: interval, log: log.With().Str("component", "daemon").Logger(),
-		admin: admin, homes: map[string]store.DomainHome{}, byHost: map[string]map[string]store.DomainHome{}, rev: map[string]uint64{}}
+		admin: admin, adminSince: since, homes: map[string]store.DomainHome{}, byHost: map[string]map[string]store.DomainHome{},
+		evict: map[string]map[string]store.Eviction{}, rev: map[string]uint64{}}
 	for _, h := range homes {
 		d.index(h)
+	}
+	for _, e := range evs {
+		d.addEviction(e)
 	}
 	return d, nil
 }
@@ -94,13 +138,18 @@ func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 	var put []store.DomainHome
 	var remove []string
 	var undo []store.DomainHome
+	var gone []store.Eviction
+	d.homesMu.RLock()
+	defer d.homesMu.RUnlock()
 	d.mu.Lock()
 	// domains is null when the agent could not list them: unknown, not
 	// "nothing runs here", which would forget every domain of the host. A
 	// heartbeat the detector did not accept (replayed, late) describes the
 	// past: a dead host's last word must not move a domain back to it.
 	if accepted && hb.Health.Libvirt.OK && hb.Domains != nil {
-		put, remove = evacuator.ObserveDomains(d.homes, d.byHost[hb.Host], hb.Host, hb.Domains, d.clock())
+		var doms []heartbeat.Domain
+		doms, gone = splitEvicted(hb.Domains, d.evict[hb.Host])
+		put, remove = evacuator.ObserveDomains(d.homes, d.byHost[hb.Host], hb.Host, doms, d.clock())
 		undo = d.applyHomes(put, remove)
 	}
 	d.mu.Unlock()
@@ -121,10 +170,185 @@ func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 			}
 		}
 	}
+	if len(gone) > 0 {
+		d.clearEvictions(hb.Host, gone)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return heartbeat.Ack{AdminState: d.admin[hb.Host], AssignmentRevision: d.revision(hb.Host),
 		HeartbeatInterval: heartbeat.Duration(d.interval())}, nil
+}
+
+// splitEvicted drops the domains host must get rid of from its report (they
+// run elsewhere now: a copy still listed here must not move its home back)
+// and returns the evictions whose domain the report no longer lists.
+func splitEvicted(doms []heartbeat.Domain, evicted map[string]store.Eviction) (kept []heartbeat.Domain, gone []store.Eviction) {
+	if len(evicted) == 0 {
+		return doms, nil
+	}
+	listed := make(map[string]bool, len(evicted))
+	kept = make([]heartbeat.Domain, 0, len(doms))
+	for _, d := range doms {
+		if _, ok := evicted[d.UUID]; ok {
+			listed[d.UUID] = true
+			continue
+		}
+		kept = append(kept, d)
+	}
+	for u, e := range evicted {
+		if !listed[u] {
+			gone = append(gone, e)
+		}
+	}
+	sort.Slice(gone, func(i, j int) bool { return gone[i].UUID < gone[j].UUID })
+	return kept, gone
+}
+
+// clearEvictions forgets evictions host's agent carried out, in the store
+// first; a failed write is retried at the next heartbeat. Called with
+// homesMu read-locked (Relocate cannot interleave).
+func (d *Daemon) clearEvictions(host string, gone []store.Eviction) {
+	uuids := make([]string, len(gone))
+	for i, e := range gone {
+		uuids[i] = e.UUID
+	}
+	if err := d.st.ClearEvictions(host, uuids...); err != nil {
+		d.log.Error().Err(err).Str("host", host).Strs("uuids", uuids).Msg("evictions carried out but not cleared: write failed; will retry on the next heartbeat")
+		return
+	}
+	d.mu.Lock()
+	for _, e := range gone {
+		delete(d.evict[host], e.UUID)
+	}
+	if len(d.evict[host]) == 0 {
+		delete(d.evict, host)
+	}
+	delete(d.rev, host)
+	d.mu.Unlock()
+	now := d.clock()
+	recs := make([]store.Record, len(gone))
+	for i, e := range gone {
+		recs[i] = store.Record{At: now, Host: host, Kind: EvictedKind, To: e.UUID,
+			Reason: fmt.Sprintf("agent destroyed and undefined domain %s (%s), rebuilt elsewhere at %s", e.Name, e.UUID, e.Since.UTC().Format(time.RFC3339))}
+		d.log.Info().Str("host", host).Str("domain", e.Name).Str("uuid", e.UUID).Msg("evicted domain is gone from the host")
+	}
+	if _, err := d.st.Append(recs...); err != nil {
+		d.log.Error().Err(err).Str("host", host).Strs("uuids", uuids).Msg("evictions cleared, history record not written")
+	}
+}
+
+func (d *Daemon) addEviction(e store.Eviction) {
+	m := d.evict[e.Host]
+	if m == nil {
+		m = map[string]store.Eviction{}
+		d.evict[e.Host] = m
+	}
+	m[e.UUID] = e
+	delete(d.rev, e.Host)
+}
+
+// Relocate records that domain uuid now lives on host to and that host
+// from must destroy and undefine its copy: persisted first (home and
+// eviction in one transaction), then applied. Both hosts' assignment
+// revisions change. Call it once the domain is defined on to: a heartbeat
+// from to that does not list the domain forgets its home again.
+func (d *Daemon) Relocate(uuid, name, from, to string, at time.Time) error {
+	var errs []error
+	if !heartbeat.ValidUUID(uuid) {
+		errs = append(errs, fmt.Errorf("domain UUID %q is not a lower-case canonical UUID", uuid))
+	}
+	for _, h := range []struct{ role, name string }{{"source", from}, {"target", to}} {
+		if _, ok := d.eng.Host(h.name); !ok {
+			errs = append(errs, fmt.Errorf("%s host %q: %w", h.role, h.name, ErrUnknownHost))
+		}
+	}
+	if from == to {
+		errs = append(errs, fmt.Errorf("source and target are both host %q", from))
+	}
+	if at.IsZero() {
+		errs = append(errs, errors.New("time is zero"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("relocate domain %s (%s) from %s to %s: %w", name, uuid, from, to, err)
+	}
+	home := store.DomainHome{UUID: uuid, Name: name, Host: to, Since: at.UTC().Round(0)}
+	d.homesMu.Lock()
+	defer d.homesMu.Unlock()
+	if err := d.st.Relocate(home, from); err != nil {
+		return fmt.Errorf("relocate domain %s (%s) from %s to %s: %w", name, uuid, from, to, err)
+	}
+	d.mu.Lock()
+	if old, ok := d.homes[uuid]; ok {
+		d.unindex(old)
+	}
+	d.index(home)
+	d.addEviction(store.Eviction{Host: from, UUID: uuid, Name: name, Since: home.Since})
+	if m := d.evict[to]; m != nil {
+		delete(m, uuid)
+		if len(m) == 0 {
+			delete(d.evict, to)
+		}
+		delete(d.rev, to)
+	}
+	d.mu.Unlock()
+	d.log.Warn().Str("host", from).Str("to", to).Str("domain", name).Str("uuid", uuid).
+		Msg("domain relocated; the old host must destroy and undefine its copy")
+	return nil
+}
+
+// Homes lists the domains whose home is host, sorted by name then UUID.
+func (d *Daemon) Homes(host string) []store.DomainHome {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]store.DomainHome, 0, len(d.byHost[host]))
+	for _, h := range d.byHost[host] {
+		out = append(out, h)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].UUID < out[j].UUID
+	})
+	return out
+}
+
+// Evictions lists host's domains that run elsewhere and that its agent
+// has not yet reported gone, sorted by name.
+func (d *Daemon) Evictions(host string) []store.Eviction {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]store.Eviction, 0, len(d.evict[host]))
+	for _, e := range d.evict[host] {
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].UUID < out[j].UUID
+	})
+	return out
+}
+
+// evictedOf is host's Evicted list, leaving out any domain whose home is
+// host (the store never has both; a UUID in both lists would make the
+// agent refuse the assignment). Called with d.mu held.
+func (d *Daemon) evictedOf(host string) []heartbeat.AssignedDomain {
+	out := make([]heartbeat.AssignedDomain, 0, len(d.evict[host]))
+	for u, e := range d.evict[host] {
+		if _, home := d.byHost[host][u]; home {
+			continue
+		}
+		out = append(out, heartbeat.AssignedDomain{UUID: u, Name: e.Name})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].UUID < out[j].UUID
+	})
+	return out
 }
 
 // applyHomes updates the cache and invalidates the revisions it touches; it
@@ -186,8 +410,14 @@ func (d *Daemon) revision(host string) uint64 {
 	}
 	h := fnv.New64a()
 	fmt.Fprintf(h, "%s\x00", d.admin[host])
+	if s := d.adminSince[host]; !s.IsZero() {
+		fmt.Fprintf(h, "since\x00%d\x00", s.UnixNano())
+	}
 	for _, a := range evacuator.HomesOf(d.byHost[host]) {
 		fmt.Fprintf(h, "%s\x00%s\x00", a.UUID, a.Name)
+	}
+	for _, a := range d.evictedOf(host) {
+		fmt.Fprintf(h, "evicted\x00%s\x00%s\x00", a.UUID, a.Name)
 	}
 	r := h.Sum64()
 	if r == 0 {
@@ -205,8 +435,8 @@ func (d *Daemon) Assignment(host string) (heartbeat.Assignment, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	doms := evacuator.HomesOf(d.byHost[host])
-	return heartbeat.Assignment{Host: host, AdminState: d.admin[host], Revision: d.revision(host),
-		HeartbeatInterval: heartbeat.Duration(d.interval()), Domains: doms}, nil
+	return heartbeat.Assignment{Host: host, AdminState: d.admin[host], AdminSince: d.adminSince[host], Revision: d.revision(host),
+		HeartbeatInterval: heartbeat.Duration(d.interval()), Domains: doms, Evicted: d.evictedOf(host)}, nil
 }
 
 // HostStatus is the detector's view of a host plus its admin state.
@@ -265,6 +495,7 @@ func (d *Daemon) SetAdminState(host string, st node.AdminState, reason string) (
 		return store.Record{}, fmt.Errorf("set admin state of %s: %w", host, err)
 	}
 	d.admin[host] = st
+	d.adminSince[host] = rec.At
 	delete(d.rev, host)
 	d.log.Warn().Str("host", host).Str("from", from.String()).Str("to", st.String()).Msg("admin state changed: " + reason)
 	return rec, nil

@@ -47,6 +47,20 @@ type Heartbeat struct {
 	SentAt  time.Time `json:"sent_at"`
 	Health  Health    `json:"health"`
 	Domains []Domain  `json:"domains"`
+	// LocalDrain is set while the host carries the agent's local drain
+	// marker (chime-agent drain, or the agent's POST /v1/drain): the agent
+	// starts no domain, whatever the assignment says. Absent otherwise and
+	// from agents that predate it.
+	LocalDrain *LocalDrain `json:"local_drain,omitempty"`
+}
+
+// LocalDrain describes a host drained by its own agent.
+type LocalDrain struct {
+	// Since is when the marker was written, by the agent's clock.
+	Since time.Time `json:"since"`
+	// By is "api" (the daemon's fencer or an operator over the agent's
+	// API) or "cli" (chime-agent drain on the host).
+	By string `json:"by"`
 }
 
 // Health is the agent's local view: each check that failed makes the host's
@@ -59,6 +73,10 @@ type Health struct {
 	// heartbeat (domains paused on EIO, failed storage writes).
 	IOErrors int    `json:"io_errors"`
 	IODetail string `json:"io_detail,omitempty"`
+	// Evictions lists evicted domains (Assignment.Evicted) the agent
+	// failed to destroy or undefine, one failed check per domain, named
+	// "<name> <uuid>". A copy that may still run is a fault.
+	Evictions []Check `json:"evictions,omitempty"`
 }
 
 // Check is one local health check.
@@ -153,6 +171,11 @@ func (h Health) Fault() string {
 	if h.IOErrors > 0 {
 		f = append(f, fmt.Sprintf("%d I/O errors", h.IOErrors)+detail(h.IODetail))
 	}
+	for _, c := range h.Evictions {
+		if !c.OK {
+			f = append(f, "evicted domain "+c.Name+" not cleaned up"+detail(c.Detail))
+		}
+	}
 	return strings.Join(f, "; ")
 }
 
@@ -211,13 +234,22 @@ type Ack struct {
 
 // Assignment is what should be true on one host.
 type Assignment struct {
-	Host              string          `json:"host"`
-	AdminState        node.AdminState `json:"admin_state"`
-	Revision          uint64          `json:"revision"`
-	HeartbeatInterval Duration        `json:"heartbeat_interval"`
+	Host       string          `json:"host"`
+	AdminState node.AdminState `json:"admin_state"`
+	// AdminSince is when AdminState was set, by the daemon's clock (zero
+	// when the daemon does not know: never set, or its record was pruned).
+	// The agent keeps its local drain marker unless the admin state was
+	// set after the drain.
+	AdminSince        time.Time `json:"admin_since,omitzero"`
+	Revision          uint64    `json:"revision"`
+	HeartbeatInterval Duration  `json:"heartbeat_interval"`
 	// Domains should run on the host. The agent restarts one whose QEMU
 	// died only when AdminState allows starting domains.
 	Domains []AssignedDomain `json:"domains"`
+	// Evicted are domains that now run elsewhere (rebuilt while this host
+	// was fenced). The agent destroys and undefines each before anything
+	// else and never starts one. A UUID is never in both lists.
+	Evicted []AssignedDomain `json:"evicted"`
 }
 
 // AssignedDomain is one domain that should run on the host.
@@ -232,15 +264,41 @@ func DecodeAssignment(r io.Reader) (Assignment, error) {
 	if err := decodeJSON(r, &a); err != nil {
 		return Assignment{}, err
 	}
-	for i, d := range a.Domains {
-		if !ValidUUID(d.UUID) {
-			return Assignment{}, fmt.Errorf("invalid assignment: domains[%d].uuid %q is not a canonical UUID", i, d.UUID)
-		}
-	}
-	if a.Host == "" {
-		return Assignment{}, errors.New("invalid assignment: host is empty")
+	if err := a.Validate(); err != nil {
+		return Assignment{}, fmt.Errorf("invalid assignment: %w", err)
 	}
 	return a, nil
+}
+
+// Validate names every field that makes the assignment unusable: an empty
+// host, a UUID that is not canonical, a domain listed twice in evicted,
+// or one that is both assigned and evicted (the agent must not guess which
+// one the daemon meant).
+func (a Assignment) Validate() error {
+	var errs []error
+	if a.Host == "" {
+		errs = append(errs, errors.New("host is empty"))
+	}
+	assigned := make(map[string]bool, len(a.Domains))
+	for i, d := range a.Domains {
+		if !ValidUUID(d.UUID) {
+			errs = append(errs, fmt.Errorf("domains[%d].uuid %q is not a canonical UUID", i, d.UUID))
+		}
+		assigned[d.UUID] = true
+	}
+	evicted := make(map[string]bool, len(a.Evicted))
+	for i, d := range a.Evicted {
+		switch {
+		case !ValidUUID(d.UUID):
+			errs = append(errs, fmt.Errorf("evicted[%d].uuid %q is not a canonical UUID", i, d.UUID))
+		case evicted[d.UUID]:
+			errs = append(errs, fmt.Errorf("evicted[%d].uuid %s is listed twice", i, d.UUID))
+		case assigned[d.UUID]:
+			errs = append(errs, fmt.Errorf("evicted[%d].uuid %s is also in domains", i, d.UUID))
+		}
+		evicted[d.UUID] = true
+	}
+	return errors.Join(errs...)
 }
 
 // Duration marshals as "1.5s" rather than nanoseconds.

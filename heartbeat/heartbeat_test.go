@@ -1,10 +1,14 @@
 package heartbeat
 
 import (
+	"bytes"
+	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestValidUUID(t *testing.T) {
@@ -36,4 +40,58 @@ func TestFault(t *testing.T) {
 	h = Health{Libvirt: Check{Detail: "dial: refused"}, Interfaces: []Check{{Name: "eth1"}, {Name: "eth0", OK: true}},
 		Storage: []Check{{Name: "/mnt/shared", Detail: "EROFS"}}, IOErrors: 2}
 	assert.Equal(t, "libvirtd unreachable (dial: refused); interface eth1 down; storage /mnt/shared not writable (EROFS); 2 I/O errors", h.Fault())
+}
+
+const (
+	uA = "6f1c2a9e-0000-4000-8000-00000000000a"
+	uB = "6f1c2a9e-0000-4000-8000-00000000000b"
+)
+
+func TestDecodeAssignmentEvicted(t *testing.T) {
+	a, err := DecodeAssignment(strings.NewReader(`{"host":"h","admin_state":"drained","admin_since":"2030-01-02T03:04:05Z",
+		"domains":[{"uuid":"` + uA + `","name":"a"}],"evicted":[{"uuid":"` + uB + `","name":"b"}],"future":1}`))
+	require.NoError(t, err)
+	assert.Equal(t, []AssignedDomain{{UUID: uB, Name: "b"}}, a.Evicted)
+	assert.Equal(t, time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC), a.AdminSince)
+
+	old, err := DecodeAssignment(strings.NewReader(`{"host":"h","admin_state":"enabled","domains":[]}`))
+	require.NoError(t, err, "an older daemon sends neither evicted nor admin_since")
+	assert.Nil(t, old.Evicted)
+	assert.True(t, old.AdminSince.IsZero())
+
+	_, err = DecodeAssignment(strings.NewReader(`{"host":"h","domains":[{"uuid":"` + uA + `"}],
+		"evicted":[{"uuid":"` + uA + `"},{"uuid":"B"},{"uuid":"` + uB + `"},{"uuid":"` + uB + `"}]}`))
+	require.Error(t, err)
+	assert.ErrorContains(t, err, "evicted[0].uuid "+uA+" is also in domains")
+	assert.ErrorContains(t, err, `evicted[1].uuid "B" is not a canonical UUID`)
+	assert.ErrorContains(t, err, "evicted[3].uuid "+uB+" is listed twice")
+	assert.NotContains(t, err.Error(), "evicted[2]")
+
+	_, err = DecodeAssignment(strings.NewReader(`{"host":"","domains":[{"uuid":"x"}]}`))
+	assert.ErrorContains(t, err, "invalid assignment: host is empty")
+	assert.ErrorContains(t, err, `domains[0].uuid "x" is not a canonical UUID`)
+}
+
+func TestAssignmentJSONFields(t *testing.T) {
+	b, err := json.Marshal(Assignment{Host: "h", Evicted: []AssignedDomain{{UUID: uB, Name: "b"}}})
+	require.NoError(t, err)
+	assert.Contains(t, string(b), `"evicted":[{"uuid":"`+uB+`","name":"b"}]`)
+	assert.NotContains(t, string(b), "admin_since", "a zero AdminSince is left out")
+}
+
+func TestFaultNamesEvictionFailures(t *testing.T) {
+	h := Health{Libvirt: Check{OK: true}, Evictions: []Check{{Name: "web " + uA, Detail: "libvirt: destroy: timeout"}}}
+	assert.Equal(t, "evicted domain web "+uA+" not cleaned up (libvirt: destroy: timeout)", h.Fault())
+}
+
+func TestHeartbeatLocalDrainRoundTrip(t *testing.T) {
+	hb := Heartbeat{Host: "h", BootID: "b", Seq: 1, LocalDrain: &LocalDrain{Since: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC), By: "cli"}}
+	b, err := json.Marshal(hb)
+	require.NoError(t, err)
+	got, err := Decode(bytes.NewReader(b))
+	require.NoError(t, err)
+	assert.Equal(t, hb.LocalDrain, got.LocalDrain)
+	b, err = json.Marshal(Heartbeat{Host: "h", BootID: "b", Seq: 1})
+	require.NoError(t, err)
+	assert.NotContains(t, string(b), "local_drain")
 }

@@ -93,7 +93,9 @@ func (d *Dispatcher) loop(ctx context.Context, s *sender) {
 			continue
 		}
 		for _, e := range entries {
-			if wait := e.NextAt.Sub(d.now()); wait > 0 && !d.sleep(ctx, wait) {
+			// Capped: NextAt came from a wall clock that may have jumped
+			// back since (e.g. across a restart).
+			if wait := min(e.NextAt.Sub(d.now()), d.boMax); wait > 0 && !d.sleep(ctx, wait) {
 				return
 			}
 			if !d.attempt(ctx, s, e) {

@@ -130,7 +130,7 @@ type harness struct {
 	reg   *prometheus.Registry
 }
 
-func openStore(t *testing.T, path string) *store.Store {
+func openStore(t testing.TB, path string) *store.Store {
 	t.Helper()
 	st, err := store.Open(path, store.Options{})
 	require.NoError(t, err)
@@ -140,7 +140,7 @@ func openStore(t *testing.T, path string) *store.Store {
 
 // newHarness builds a dispatcher over a fresh store (or the one at path,
 // when given) with a fake clock and captured logs.
-func newHarness(t *testing.T, whs []Webhook, path string) *harness {
+func newHarness(t testing.TB, whs []Webhook, path string) *harness {
 	t.Helper()
 	if path == "" {
 		path = filepath.Join(t.TempDir(), store.FileName)

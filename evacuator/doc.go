@@ -10,4 +10,23 @@
 // A VM is evacuable only when every disk is reachable from every host, no
 // device ties it to its old host, and its metadata does not opt it out: a
 // VM rebuilt on a copy of local storage would silently lose data.
+//
+// Place plans a whole failed host at once and does no I/O: the caller
+// gathers the candidates (admin enabled, monitor normal, capacity,
+// allocated vCPUs and memory, free memory, CPU load from two NodeStats),
+// and Place returns every VM exactly once, either assigned to a host with
+// up to 3 alternatives or unplaced with a reason an operator can act on.
+// Capacity includes the plan in progress, so the plan as a whole never
+// overcommits a host beyond the limits or puts two VMs of one
+// anti-affinity group together, and never names FailedHost. The plan is
+// only valid for the snapshot it was made from: after a failed start or a
+// restart, plan again from fresh candidates rather than reuse
+// Alternatives blindly. Place does not check that the source host is
+// fenced; the caller must not act on a plan until the journal says so.
+//
+// Rewrite prepares a saved domain XML for its new host: consoles listen on
+// 0.0.0.0 (or the configured address) instead of the dead host's address,
+// and mapped bridges are renamed. It keeps name, UUID, disks and metadata,
+// and fails with ErrLossyRewrite rather than define a domain that
+// libvirtxml could not carry over whole.
 package evacuator

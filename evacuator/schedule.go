@@ -152,7 +152,8 @@ func rankBefore(a, b *planHost) bool {
 	return a.name < b.name
 }
 
-// maxCapacity keeps huge overcommit ratios from overflowing.
+// maxCapacity keeps sums of sizes far from overflowing: no host or VM
+// has 2^40 vCPUs or MiB, so larger numbers are bad input.
 const maxCapacity = 1 << 40
 
 // Place plans where each of a failed host's VMs restarts. It is pure and
@@ -338,8 +339,8 @@ func newHosts(req PlaceRequest, lim planLimits, notes *[]string) ([]planHost, []
 			h.why = fmt.Sprintf("reports %d CPUs", c.CPUs)
 		case c.MemoryMiB <= 0:
 			h.why = fmt.Sprintf("reports %d MiB of memory", c.MemoryMiB)
-		case c.UsedVCPUs < 0 || c.UsedMemoryMiB < 0:
-			h.why = fmt.Sprintf("reports negative usage (%d vCPUs, %d MiB)", c.UsedVCPUs, c.UsedMemoryMiB)
+		case c.UsedVCPUs < 0 || c.UsedMemoryMiB < 0 || c.UsedVCPUs > maxCapacity || c.UsedMemoryMiB > maxCapacity:
+			h.why = fmt.Sprintf("reports impossible usage (%d vCPUs, %d MiB)", c.UsedVCPUs, c.UsedMemoryMiB)
 		default:
 			h.eligible = true
 			pool = append(pool, h)
@@ -404,9 +405,9 @@ func unplaceable(vm VM, seen map[string]bool) string {
 			return "not evacuable"
 		}
 		return "not evacuable: " + vm.Reason
-	case vm.VCPUs < 0:
+	case vm.VCPUs < 0 || vm.VCPUs > maxCapacity:
 		return fmt.Sprintf("invalid: %d vCPUs", vm.VCPUs)
-	case vm.MemoryMiB <= 0:
+	case vm.MemoryMiB <= 0 || vm.MemoryMiB > maxCapacity:
 		return fmt.Sprintf("invalid: %d MiB of memory", vm.MemoryMiB)
 	}
 	return ""

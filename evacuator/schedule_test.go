@@ -73,10 +73,13 @@ func TestPlaceFilters(t *testing.T) {
 				cand("h3", 8, 8192),
 				withCand(cand("h4", 0, 8192), func(c *Candidate) {}),
 				withCand(cand("h5", 8, 8192), func(c *Candidate) { c.Eligible = false }),
+				withCand(cand("h6", 8, 8192), func(c *Candidate) { c.UsedVCPUs = math.MaxInt }),
+				withCand(cand("h7", 8, 0), func(c *Candidate) {}),
 			},
-			failed:   "h3",
-			vms:      []VM{evm("a", 1, 512)},
-			unplaced: map[string]string{"a": "no eligible host: h1 admin disabled, h2 monitor unreachable, h3 is the failed host, h4 reports 0 CPUs, h5 not eligible"},
+			failed: "h3",
+			vms:    []VM{evm("a", 1, 512)},
+			unplaced: map[string]string{"a": "no eligible host: h1 admin disabled, h2 monitor unreachable, h3 is the failed host, h4 reports 0 CPUs, h5 not eligible" +
+				" and 2 more"},
 		},
 		{
 			name:     "no hosts at all",
@@ -189,6 +192,8 @@ func TestPlaceFilters(t *testing.T) {
 				{Name: "nameless", VCPUs: 1, MemoryMiB: 1, Evacuable: true},
 				evm("nomem", 1, 0),
 				evm("negcpu", -1, 1),
+				evm("hugecpu", math.MaxInt, 1),
+				evm("hugemem", 1, math.MaxInt64),
 				evm("dup", 1, 10),
 				evm("dup", 1, 10),
 			},
@@ -201,6 +206,8 @@ func TestPlaceFilters(t *testing.T) {
 				"":         `invalid: VM "nameless" has no UUID`,
 				"nomem":    "invalid: 0 MiB of memory",
 				"negcpu":   "invalid: -1 vCPUs",
+				"hugecpu":  "invalid: 9223372036854775807 vCPUs",
+				"hugemem":  "invalid: 9223372036854775807 MiB of memory",
 				"dup":      "duplicate: UUID dup is listed more than once; only the first is placed",
 			},
 		},
@@ -344,12 +351,14 @@ func TestPlaceHostReport(t *testing.T) {
 		withCand(cand("h1", 8, 8192), func(c *Candidate) { c.Load = 0.25; c.UsedVCPUs = 2; c.UsedMemoryMiB = 1024 }),
 		withCand(cand("h2", 8, 8192), func(c *Candidate) { c.Eligible, c.Why = false, "admin drained" }),
 		withCand(cand("h1", 64, 65536), func(c *Candidate) {}),
+		withCand(cand("h3", 8, 8192), func(c *Candidate) { c.UsedMemoryMiB = -1 }),
 	}
 	p := Place(PlaceRequest{VMs: []VM{evm("a", 4, 2048)}, Hosts: hosts, Limits: Limits{CPUOvercommit: 2}})
 	assert.Equal(t, []HostReport{
 		{Name: "h1", Eligible: true, Placed: 1, VCPUs: 6, VCPUCapacity: 16, MemoryMiB: 3072, MemoryCapacityMiB: 8192, Load: 0.25, EstimatedLoad: 0.75},
 		{Name: "h2", Why: "admin drained", VCPUCapacity: 16, MemoryCapacityMiB: 8192, Load: 0},
 		{Name: "h1", Why: "is listed more than once", VCPUCapacity: 128, MemoryCapacityMiB: 65536, Load: 0},
+		{Name: "h3", Why: "reports impossible usage (0 vCPUs, -1 MiB)", VCPUCapacity: 16, MemoryMiB: -1, MemoryCapacityMiB: 8192, Load: 0},
 	}, p.Hosts)
 	assert.Equal(t, []string{"host h1 is listed more than once; only the first counts"}, p.Notes)
 }

@@ -1,7 +1,7 @@
 // Command chime-lab runs the local lab (package e2e/lab) for `make demo`
 // and by hand, as root:
 //
-//	chime-lab up    --dir D [--name chlab] [--hosts 3] [--vms 3] [--redfish N] [--agent CMD]
+//	chime-lab up    --dir D [--name chlab] [--hosts 3] [--vms 3] [--redfish N] [--both N] [--agent CMD]
 //	chime-lab show  --dir D
 //	chime-lab down  --dir D
 //	chime-lab sweep [--name chlab]
@@ -40,7 +40,7 @@ func main() {
 }
 
 const usage = `usage:
-  chime-lab up    --dir D [--name chlab] [--hosts 3] [--vms 3] [--redfish N]
+  chime-lab up    --dir D [--name chlab] [--hosts 3] [--vms 3] [--redfish N] [--both N]
   chime-lab show  --dir D
   chime-lab env   --dir D          (shell variables describing the lab)
   chime-lab config --dir D --out FILE [--mode observe|enforce]
@@ -60,6 +60,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	hosts := fs.Int("hosts", 3, "number of hosts")
 	vms := fs.Int("vms", 3, "VMs to create, round-robin over the hosts, disks on shared storage")
 	redfish := fs.Int("redfish", 0, "give the last N hosts a Redfish BMC instead of IPMI")
+	both := fs.Int("both", 0, "give the first N hosts an IPMI and a Redfish BMC driving the same power (config: rack-both, levels ipmi then redfish)")
 	agent := fs.String("agent", "", "command started in every host at power-on (split at spaces, no quoting); "+
 		"{host}, {addr}, {ctl} and {token} are replaced by the host's name, its address, the controller's address "+
 		"and the agent token file (written before the lab starts)")
@@ -89,6 +90,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "chime-lab: --redfish %d out of range 0..%d (--hosts)\n", *redfish, *hosts)
 		return 2
 	}
+	if *both < 0 || *both+*redfish > *hosts {
+		fmt.Fprintf(stderr, "chime-lab: --both %d out of range 0..%d (--hosts minus --redfish)\n", *both, max(*hosts-*redfish, 0))
+		return 2
+	}
 	if *vms < 0 {
 		fmt.Fprintf(stderr, "chime-lab: --vms %d is negative\n", *vms)
 		return 2
@@ -104,6 +109,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			types[i] = lab.BMCIPMI
 			if i >= *hosts-*redfish {
 				types[i] = lab.BMCRedfish
+			}
+			if i < *both {
+				types[i] = lab.BMCBoth
 			}
 		}
 		cfg := lab.Config{Name: *name, Dir: filepath.Join(d, "lab"), Hosts: *hosts, BMCTypes: types}
@@ -298,7 +306,8 @@ func show(dir string, stdout, stderr io.Writer) int {
 // printEnv prints the lab's namespaces and addresses as shell variables,
 // for scripts (make demo): CTL_NETNS, SHARED_DIR, and per host HOSTn_NAME,
 // HOSTn_ADDR, HOSTn_BMC_TYPE, HOSTn_BMC_ADDR, HOSTn_BMC_PORT,
-// HOSTn_BMC_USER, HOSTn_BMC_PASSWORD_FILE.
+// HOSTn_BMC_USER, HOSTn_BMC_PASSWORD_FILE (the primary BMC), and for a
+// host with a second BMC HOSTn_BMC2_TYPE, HOSTn_BMC2_ADDR, HOSTn_BMC2_PORT.
 func printEnv(dir string, stdout, stderr io.Writer) int {
 	l, err := lab.Attach(filepath.Join(dir, "lab"))
 	if err != nil {
@@ -311,6 +320,11 @@ func printEnv(dir string, stdout, stderr io.Writer) int {
 		for _, kv := range [][2]string{{"NAME", h.Name}, {"ADDR", h.MgmtAddr}, {"BMC_TYPE", h.BMC.Type}, {"BMC_ADDR", h.BMC.Addr},
 			{"BMC_PORT", strconv.Itoa(h.BMC.Port)}, {"BMC_USER", h.BMC.User}, {"BMC_PASSWORD_FILE", h.BMC.PasswordFile}} {
 			fmt.Fprintf(stdout, "%s%s=%s\n", p, kv[0], shellQuote(kv[1]))
+		}
+		if bs := h.AllBMCs(); len(bs) > 1 {
+			for _, kv := range [][2]string{{"BMC2_TYPE", bs[1].Type}, {"BMC2_ADDR", bs[1].Addr}, {"BMC2_PORT", strconv.Itoa(bs[1].Port)}} {
+				fmt.Fprintf(stdout, "%s%s=%s\n", p, kv[0], shellQuote(kv[1]))
+			}
 		}
 	}
 	return 0

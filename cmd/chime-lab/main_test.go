@@ -21,6 +21,8 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{[]string{"down"}, "--dir is required"},
 		{[]string{"up", "--dir", "/tmp/x", "--hosts", "3", "--redfish", "4"}, "--redfish 4 out of range 0..3"},
 		{[]string{"up", "--dir", "/tmp/x", "--vms", "-1"}, "--vms -1 is negative"},
+		{[]string{"up", "--dir", "/tmp/x", "--hosts", "3", "--redfish", "1", "--both", "3"}, "--both 3 out of range 0..2"},
+		{[]string{"up", "--dir", "/tmp/x", "--both", "-1"}, "--both -1 out of range"},
 		{[]string{"up", "--dir", "/tmp/x", "extra"}, `unexpected arguments ["extra"]`},
 		{[]string{"up", "--bogus"}, "flag provided but not defined: -bogus"},
 	} {

@@ -12,10 +12,13 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// BMC types a lab host can have.
+// BMC types a lab host can have. A BMCBoth host has an IPMI BMC (its
+// primary, Host.BMC) and a Redfish BMC (Host.BMCs[1]) that drive the same
+// power supply, like a server whose BMC speaks both protocols.
 const (
 	BMCIPMI    = "ipmi"
 	BMCRedfish = "redfish"
+	BMCBoth    = "ipmi+redfish"
 )
 
 // DefaultName is the namespace/process prefix used when Config.Name is "".
@@ -39,8 +42,8 @@ type Config struct {
 	Dir string
 	// Hosts is the number of compute hosts, 1..MaxHosts.
 	Hosts int
-	// BMCTypes gives host i (0-based) a BMCIPMI or BMCRedfish BMC; hosts
-	// past the end of the slice get BMCIPMI.
+	// BMCTypes gives host i (0-based) a BMCIPMI, BMCRedfish or BMCBoth
+	// BMC; hosts past the end of the slice get BMCIPMI.
 	BMCTypes []string
 	// BMCUser and BMCPassword are the admin account of every BMC.
 	// Defaults: "admin" and a random password. The password is written to
@@ -104,8 +107,8 @@ func (c Config) withDefaults() (Config, error) {
 		errs = append(errs, fmt.Errorf("lab: BMCTypes has %d entries for %d hosts", len(c.BMCTypes), c.Hosts))
 	}
 	for i, t := range c.BMCTypes {
-		if t != BMCIPMI && t != BMCRedfish {
-			errs = append(errs, fmt.Errorf("lab: BMCTypes[%d] %q: want %q or %q", i, t, BMCIPMI, BMCRedfish))
+		if t != BMCIPMI && t != BMCRedfish && t != BMCBoth {
+			errs = append(errs, fmt.Errorf("lab: BMCTypes[%d] %q: want %q, %q or %q", i, t, BMCIPMI, BMCRedfish, BMCBoth))
 		}
 	}
 	if c.BMCUser == "" {

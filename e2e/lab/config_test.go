@@ -19,6 +19,9 @@ func TestConfigDefaults(t *testing.T) {
 	assert.Len(t, c.BMCPassword, 16, "random password")
 	assert.Equal(t, BMCRedfish, c.bmcType(0))
 	assert.Equal(t, BMCIPMI, c.bmcType(1), "hosts past BMCTypes get IPMI")
+	c3, err := Config{Dir: "/tmp/x", Hosts: 2, BMCTypes: []string{BMCBoth, BMCIPMI}}.withDefaults()
+	require.NoError(t, err, "ipmi+redfish is a host type")
+	assert.Equal(t, BMCBoth, c3.bmcType(0))
 	c2, err := Config{Dir: "/tmp/x", Hosts: 1}.withDefaults()
 	require.NoError(t, err)
 	assert.NotEqual(t, c.BMCPassword, c2.BMCPassword)
@@ -39,7 +42,7 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{Config{Dir: "/tmp/x", Hosts: 0}, "Hosts 0 out of range"},
 		{Config{Dir: "/tmp/x", Hosts: MaxHosts + 1}, "out of range"},
 		{Config{Dir: "/tmp/x", Hosts: 1, BMCTypes: []string{"ipmi", "ipmi"}}, "BMCTypes has 2 entries for 1 hosts"},
-		{Config{Dir: "/tmp/x", Hosts: 2, BMCTypes: []string{"ipmi", "amt"}}, `BMCTypes[1] "amt"`},
+		{Config{Dir: "/tmp/x", Hosts: 2, BMCTypes: []string{"ipmi", "amt"}}, `BMCTypes[1] "amt": want "ipmi", "redfish" or "ipmi+redfish"`},
 		{Config{Dir: "/tmp/x", Hosts: 1, BMCUser: "a b"}, "BMCUser"},
 	} {
 		_, err := tc.cfg.withDefaults()

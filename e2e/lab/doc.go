@@ -12,7 +12,9 @@
 //	N-ctl   the controller: eth0 10.77.0.2 (mgmt), eth1 10.78.0.2 (bmc)
 //	N-hI    host I: eth0 10.77.0.(10+I), switch port m-hostI
 //	N-bI    host I's BMC: eth0 10.78.0.(10+I), switch port b-hostI; IPMI on
-//	        UDP 623, Redfish on HTTPS 443 (self-signed, Host.BMC.CAFile)
+//	        UDP 623, Redfish on HTTPS 443 (self-signed, Host.BMC.CAFile).
+//	        A BMCBoth host has its IPMI BMC there and its Redfish BMC on a
+//	        second address of the same eth0, 10.78.0.(110+I).
 //
 // The root namespace gets no lab address and no lab route; all lab traffic
 // stays inside these namespaces (run clients with Controller.Command).
@@ -39,7 +41,9 @@
 // # Power and chassis control
 //
 // Host.ChassisControl is the one path that changes power; the BMCs call it
-// and so do PowerLoss and PowerOn:
+// and so do PowerLoss and PowerOn. Every BMC of a host (Host.BMCs: one, or
+// IPMI and Redfish for a BMCBoth host) calls the same program, so either
+// one powers the host off or on and both read the same state:
 //
 //	PROG [0x20] get power    prints power:1 or power:0
 //	PROG [0x20] set power 0  host NIC down, SIGKILL the host's PID 1 (the
@@ -57,8 +61,8 @@
 // PowerLoss/PowerOn, Hang/Unhang (nftables drop-all in the host netns plus
 // SIGSTOP of all its processes; the BMC still reports on), CutNetwork/
 // RestoreNetwork (the switch port goes down; the host and its BMC keep
-// running), BlockBMC/UnblockBMC (nftables drop on the BMC's port in its
-// netns), KillAgent. Each is one call; nftables tables only ever live in
+// running), BlockBMC/BlockBMCVia/UnblockBMC (nftables drop on every BMC's,
+// or one BMC's, address and port in the BMC netns), KillAgent. Each is one call; nftables tables only ever live in
 // lab namespaces.
 //
 // # Caller contract

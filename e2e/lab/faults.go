@@ -150,27 +150,50 @@ func (l *Lab) RestoreNetwork(ctx context.Context, h Host) error {
 	return nil
 }
 
-// BlockBMC drops all traffic to h's BMC port (nftables in the BMC's
-// namespace); the BMC process keeps running.
+// BlockBMC drops all traffic to every BMC of h (nftables in the BMC
+// namespace, matching each BMC's address and port); the BMC processes keep
+// running.
 func (l *Lab) BlockBMC(ctx context.Context, h Host) error {
-	rules := fmt.Sprintf(`table inet %s {
-	chain in {
-		type filter hook input priority -300;
-		udp dport %d drop
-		tcp dport %d drop
-	}
+	return l.blockBMCs(ctx, h, blockTable, h.AllBMCs())
 }
-`, blockTable, h.BMC.Port, h.BMC.Port)
-	if err := nftApply(ctx, h.BMC.Netns, rules); err != nil {
+
+// BlockBMCVia drops traffic to h's BMC of type typ only (BMCIPMI or
+// BMCRedfish), for hosts with more than one; UnblockBMC lifts it.
+func (l *Lab) BlockBMCVia(ctx context.Context, h Host, typ string) error {
+	b, ok := h.BMCOf(typ)
+	if !ok {
+		return fmt.Errorf("lab: %s: block BMC: no %q BMC (it has %s)", h.Name, typ, h.BMCType())
+	}
+	return l.blockBMCs(ctx, h, blockTable+"_"+typ, []BMC{b})
+}
+
+func (l *Lab) blockBMCs(ctx context.Context, h Host, table string, bs []BMC) error {
+	if len(bs) == 0 {
+		return fmt.Errorf("lab: %s: block BMC: host has no BMC", h.Name)
+	}
+	var rules strings.Builder
+	fmt.Fprintf(&rules, "table inet %s {\n\tchain in {\n\t\ttype filter hook input priority -300;\n", table)
+	for _, b := range bs {
+		fmt.Fprintf(&rules, "\t\tip daddr %s udp dport %d drop\n\t\tip daddr %s tcp dport %d drop\n", b.Addr, b.Port, b.Addr, b.Port)
+	}
+	rules.WriteString("\t}\n}\n")
+	if err := nftApply(ctx, h.BMC.Netns, rules.String()); err != nil {
 		return fmt.Errorf("lab: %s: block BMC: %w", h.Name, err)
 	}
 	return nil
 }
 
-// UnblockBMC lets traffic reach h's BMC again.
+// UnblockBMC lets traffic reach every BMC of h again (undoes BlockBMC and
+// BlockBMCVia).
 func (l *Lab) UnblockBMC(ctx context.Context, h Host) error {
-	if err := nftDelete(ctx, h.BMC.Netns, blockTable); err != nil {
-		return fmt.Errorf("lab: %s: unblock BMC: %w", h.Name, err)
+	tables := []string{blockTable}
+	for _, b := range h.AllBMCs() {
+		tables = append(tables, blockTable+"_"+b.Type)
+	}
+	for _, t := range tables {
+		if err := nftDelete(ctx, h.BMC.Netns, t); err != nil {
+			return fmt.Errorf("lab: %s: unblock BMC: %w", h.Name, err)
+		}
 	}
 	return nil
 }
@@ -228,7 +251,11 @@ func nftDelete(ctx context.Context, netns, table string) error {
 	if err != nil {
 		return err
 	}
-	if !strings.Contains(out, "inet "+table) {
+	found := false
+	for _, line := range strings.Split(out, "\n") {
+		found = found || strings.TrimSpace(line) == "table inet "+table
+	}
+	if !found {
 		return nil
 	}
 	_, err = run(ctx, "ip", "netns", "exec", netns, "nft", "delete", "table", "inet", table)

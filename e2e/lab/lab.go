@@ -30,10 +30,13 @@ var scripts = template.Must(template.New("").Funcs(template.FuncMap{"q": shq}).P
 // Lab network layout. The subnets exist only inside the lab's namespaces,
 // so labs with different names never see each other's addresses.
 const (
-	mgmtNet     = "10.77.0."
-	bmcNet      = "10.78.0."
-	ctlOctet    = 2
-	hostOctet0  = 10 // host i (1-based) is .(10+i) on both networks
+	mgmtNet    = "10.77.0."
+	bmcNet     = "10.78.0."
+	ctlOctet   = 2
+	hostOctet0 = 10 // host i (1-based) is .(10+i) on both networks
+	// A host's second BMC (BMCBoth: its Redfish one) is 10.78.0.(110+i),
+	// a second address in the same BMC namespace.
+	bmc2Octet0  = 110
 	LibvirtPort = 16509
 	IPMIPort    = 623
 	RedfishPort = 443
@@ -62,7 +65,13 @@ type Host struct {
 	// LibvirtSocket is libvirtd's unix socket, usable from the root
 	// namespace (qemu:///system?socket=...) even while the network is cut.
 	LibvirtSocket string
-	BMC           BMC
+	// BMC is the host's primary BMC: its only one, or for a BMCBoth host
+	// the IPMI one. Always BMCs[0].
+	BMC BMC
+	// BMCs lists every BMC of the host, primary first: one entry, or for
+	// a BMCBoth host IPMI then Redfish. All of them control the same power
+	// (Host.ChassisControl).
+	BMCs []BMC
 	// Dir holds the host's persistent state and logs.
 	Dir string
 	// AgentLog collects the agent's stdout and stderr across boots.
@@ -86,6 +95,36 @@ type BMC struct {
 	CAFile string
 	// SystemID is the Redfish ComputerSystem id, "" for IPMI.
 	SystemID string
+}
+
+// AllBMCs is h.BMCs, or h.BMC alone for a Host value built without BMCs.
+func (h Host) AllBMCs() []BMC {
+	if len(h.BMCs) > 0 {
+		return h.BMCs
+	}
+	if h.BMC.Type != "" {
+		return []BMC{h.BMC}
+	}
+	return nil
+}
+
+// BMCOf returns h's BMC of type typ (BMCIPMI or BMCRedfish).
+func (h Host) BMCOf(typ string) (BMC, bool) {
+	for _, b := range h.AllBMCs() {
+		if b.Type == typ {
+			return b, true
+		}
+	}
+	return BMC{}, false
+}
+
+// BMCType is h's entry in Config.BMCTypes: BMCIPMI, BMCRedfish, or
+// BMCBoth for a host with both.
+func (h Host) BMCType() string {
+	if bs := h.AllBMCs(); len(bs) > 1 {
+		return BMCBoth
+	}
+	return h.BMC.Type
 }
 
 // Controller is the namespace where the daemon under test runs, attached
@@ -213,15 +252,26 @@ func (l *Lab) start(ctx context.Context) error {
 			ChassisControl: filepath.Join(hd, "chassis-control"),
 		}}
 		h.LibvirtURI = "qemu+tcp://" + h.MgmtAddr + "/system"
-		h.BMC = BMC{Type: cfg.bmcType(i - 1), Netns: fmt.Sprintf("%s-b%d", n, i),
-			Addr: addr(bmcNet, hostOctet0+i), User: cfg.BMCUser, PasswordFile: pwFile}
-		if h.BMC.Type == BMCIPMI {
-			h.BMC.Port = IPMIPort
-		} else {
-			h.BMC.Port = RedfishPort
-			h.BMC.SystemID = name
-			h.BMC.Endpoint = fmt.Sprintf("https://%s:%d", h.BMC.Addr, h.BMC.Port)
+		types := []string{cfg.bmcType(i - 1)}
+		if types[0] == BMCBoth {
+			types = []string{BMCIPMI, BMCRedfish}
 		}
+		for k, typ := range types {
+			b := BMC{Type: typ, Netns: fmt.Sprintf("%s-b%d", n, i),
+				Addr: addr(bmcNet, hostOctet0+i), User: cfg.BMCUser, PasswordFile: pwFile}
+			if k > 0 {
+				b.Addr = addr(bmcNet, bmc2Octet0+i)
+			}
+			if typ == BMCIPMI {
+				b.Port = IPMIPort
+			} else {
+				b.Port = RedfishPort
+				b.SystemID = name
+				b.Endpoint = fmt.Sprintf("https://%s:%d", b.Addr, b.Port)
+			}
+			h.BMCs = append(h.BMCs, b)
+		}
+		h.BMC = h.BMCs[0]
 		l.hosts = append(l.hosts, h)
 	}
 	if err := l.buildNetwork(ctx); err != nil {
@@ -339,6 +389,9 @@ func (l *Lab) buildNetwork(ctx context.Context) error {
 		cmds = append(cmds, []string{"ip", "netns", "add", h.Netns}, []string{"ip", "netns", "add", h.BMC.Netns})
 		cmds = append(cmds, plug(sw, "br-mgmt", "m-"+h.Name, h.Netns, "eth0", h.MgmtAddr)...)
 		cmds = append(cmds, plug(sw, "br-bmc", "b-"+h.Name, h.BMC.Netns, "eth0", h.BMC.Addr)...)
+		for _, b := range h.BMCs[1:] {
+			cmds = append(cmds, []string{"ip", "-n", b.Netns, "addr", "add", b.Addr + "/24", "dev", "eth0"})
+		}
 	}
 	for _, c := range cmds {
 		if _, err := run(ctx, c...); err != nil {
@@ -512,40 +565,47 @@ func (l *Lab) probeLibvirt(ctx context.Context, h Host, tcp bool) error {
 	return err
 }
 
-// startBMCs starts one BMC per host in its namespace, in parallel.
+// startBMCs starts every BMC of every host in its namespace, in parallel.
+// A host's BMCs share its chassis control program, so they drive one
+// power supply.
 func (l *Lab) startBMCs(ctx context.Context, pwFile string) error {
 	var rfBin string
+	n := 0
 	for _, h := range l.hosts {
-		if h.BMC.Type == BMCRedfish {
-			var err error
-			if rfBin, err = l.redfishBinary(ctx); err != nil {
-				return err
+		for _, b := range h.BMCs {
+			n++
+			if b.Type == BMCRedfish && rfBin == "" {
+				var err error
+				if rfBin, err = l.redfishBinary(ctx); err != nil {
+					return err
+				}
 			}
-			break
 		}
 	}
-	errc := make(chan error, len(l.hosts))
+	errc := make(chan error, n)
 	for _, h := range l.hosts {
-		go func() {
-			if h.BMC.Type == BMCIPMI {
-				errc <- l.startIPMI(ctx, h)
-			} else {
-				errc <- l.startRedfish(ctx, h, rfBin, pwFile)
-			}
-		}()
+		for k, b := range h.BMCs {
+			go func() {
+				if b.Type == BMCIPMI {
+					errc <- l.startIPMI(ctx, h, b)
+				} else {
+					errc <- l.startRedfish(ctx, h, k, rfBin, pwFile)
+				}
+			}()
+		}
 	}
 	var errs []error
-	for range l.hosts {
+	for range n {
 		errs = append(errs, <-errc)
 	}
 	return errors.Join(errs...)
 }
 
-func (l *Lab) startIPMI(ctx context.Context, h *host) error {
+func (l *Lab) startIPMI(ctx context.Context, h *host, b BMC) error {
 	sim, err := ipmisim.Start(ctx, ipmisim.Config{
-		Addr: h.BMC.Addr, Port: h.BMC.Port, User: h.BMC.User, Password: l.cfg.BMCPassword,
+		Addr: b.Addr, Port: b.Port, User: b.User, Password: l.cfg.BMCPassword,
 		StateDir: filepath.Join(l.cfg.Dir, "bmc", h.Name), ChassisControl: h.ChassisControl,
-		Netns: h.BMC.Netns,
+		Netns: b.Netns,
 	})
 	if err != nil {
 		return fmt.Errorf("lab: %s: BMC: %w", h.Name, err)
@@ -600,6 +660,9 @@ func Attach(dir string) (*Lab, error) {
 	st.Controller.name = st.Name
 	l := &Lab{cfg: cfg, ctl: st.Controller, log: zerolog.Nop()}
 	for _, h := range st.Hosts {
+		if len(h.BMCs) == 0 && h.BMC.Type != "" { // state written before BMCs existed
+			h.BMCs = []BMC{h.BMC}
+		}
 		l.hosts = append(l.hosts, &host{Host: h})
 	}
 	l.attachedPIDs = st.PIDs

@@ -238,38 +238,8 @@ func TestLab(t *testing.T) {
 // testRedfishBMC drives h's Redfish BMC over HTTPS from the controller.
 func testRedfishBMC(t *testing.T, ctx context.Context, l *Lab, h Host) {
 	require.Equal(t, BMCRedfish, h.BMC.Type)
-	ca, err := os.ReadFile(h.BMC.CAFile)
-	require.NoError(t, err)
-	pool := x509.NewCertPool()
-	require.True(t, pool.AppendCertsFromPEM(ca))
-	pw, err := os.ReadFile(h.BMC.PasswordFile)
-	require.NoError(t, err)
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: pool},
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := nsenter.Do(l.Controller().Netns, func() error {
-				var err error
-				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-	}}
+	do := redfishDo(t, ctx, l, h.BMC)
 	sys := h.BMC.Endpoint + "/redfish/v1/Systems/" + h.BMC.SystemID
-	do := func(method, url, body string) (int, []byte) {
-		req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
-		require.NoError(t, err)
-		req.SetBasicAuth(h.BMC.User, strings.TrimSpace(string(pw)))
-		if body != "" {
-			req.Header.Set("Content-Type", "application/json")
-		}
-		resp, err := client.Do(req)
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, b
-	}
 	powerState := func() string {
 		code, b := do("GET", sys, "")
 		require.Equal(t, 200, code, string(b))
@@ -369,4 +339,44 @@ func TestHelperLabOwner(t *testing.T) {
 	}
 	fmt.Println("LAB READY")
 	time.Sleep(5 * time.Minute)
+}
+
+// redfishDo returns a function sending one authenticated HTTPS request to
+// Redfish BMC b from the controller namespace, trusting only b's CAFile.
+func redfishDo(t *testing.T, ctx context.Context, l *Lab, b BMC) func(method, url, body string) (int, []byte) {
+	t.Helper()
+	require.Equal(t, BMCRedfish, b.Type)
+	ca, err := os.ReadFile(b.CAFile)
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM(ca))
+	pw, err := os.ReadFile(b.PasswordFile)
+	require.NoError(t, err)
+	tr := &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool},
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := nsenter.Do(l.Controller().Netns, func() error {
+				var err error
+				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		},
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	return func(method, url, body string) (int, []byte) {
+		req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+		require.NoError(t, err)
+		req.SetBasicAuth(b.User, strings.TrimSpace(string(pw)))
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := client.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		out, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, out
+	}
 }

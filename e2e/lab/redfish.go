@@ -42,14 +42,15 @@ func (l *Lab) redfishBinary(ctx context.Context) (string, error) {
 	return bin, nil
 }
 
-// startRedfish runs chime-redfish-sim with TLS in the BMC's namespace and
-// waits for its "listening" line.
-func (l *Lab) startRedfish(ctx context.Context, h *host, bin, pwFile string) error {
+// startRedfish runs chime-redfish-sim with TLS in the namespace of h's
+// BMC number k (index into h.BMCs) and waits for its "listening" line.
+func (l *Lab) startRedfish(ctx context.Context, h *host, k int, bin, pwFile string) error {
+	b := h.BMCs[k]
 	dir := filepath.Join(l.cfg.Dir, "bmc", h.Name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("lab: %s: BMC: %w", h.Name, err)
 	}
-	cert, key, err := redfishsim.WriteSelfSignedCert(dir, h.BMC.Addr)
+	cert, key, err := redfishsim.WriteSelfSignedCert(dir, b.Addr)
 	if err != nil {
 		return fmt.Errorf("lab: %s: BMC certificate: %w", h.Name, err)
 	}
@@ -58,10 +59,10 @@ func (l *Lab) startRedfish(ctx context.Context, h *host, bin, pwFile string) err
 		return fmt.Errorf("lab: %s: BMC: %w", h.Name, err)
 	}
 	defer logf.Close()
-	cmd := exec.Command("ip", "netns", "exec", h.BMC.Netns, bin,
-		"--listen", net.JoinHostPort(h.BMC.Addr, strconv.Itoa(h.BMC.Port)),
-		"--user", h.BMC.User, "--password-file", pwFile,
-		"--chassis-control", h.ChassisControl, "--system-id", h.BMC.SystemID,
+	cmd := exec.Command("ip", "netns", "exec", b.Netns, bin,
+		"--listen", net.JoinHostPort(b.Addr, strconv.Itoa(b.Port)),
+		"--user", b.User, "--password-file", pwFile,
+		"--chassis-control", h.ChassisControl, "--system-id", b.SystemID,
 		"--tls-cert", cert, "--tls-key", key)
 	cmd.Args = append(cmd.Args, l.cfg.RedfishArgs...)
 	cmd.Env = append(os.Environ(), envLab+"="+l.cfg.Name)
@@ -76,7 +77,8 @@ func (l *Lab) startRedfish(ctx context.Context, h *host, bin, pwFile string) err
 	}
 	done := make(chan struct{})
 	l.mu.Lock()
-	h.rf, h.rfDone, h.BMC.CAFile = cmd, done, cert
+	h.rf, h.rfDone, h.BMCs[k].CAFile = cmd, done, cert
+	h.BMC = h.BMCs[0]
 	l.mu.Unlock()
 	ready := make(chan bool, 1)
 	go func() {

@@ -1,0 +1,142 @@
+package labconfig
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/chimestack/chime-fence/configs"
+	"github.com/chimestack/chime-fence/e2e/lab"
+)
+
+// fakeLab records a lab's state the way lab.Start does and attaches to it:
+// host1 IPMI, host2 Redfish, host3 both (the first n of them, n=0: all).
+// Nothing runs.
+func fakeLab(t *testing.T, n int) *lab.Lab {
+	t.Helper()
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "bmc", "password")
+	ca := filepath.Join(dir, "bmc", "cert.pem")
+	ipmi := func(addr string) lab.BMC {
+		return lab.BMC{Type: lab.BMCIPMI, Netns: "t-b", Addr: addr, Port: lab.IPMIPort, User: "admin", PasswordFile: pw}
+	}
+	rf := func(name, addr string) lab.BMC {
+		return lab.BMC{Type: lab.BMCRedfish, Netns: "t-b", Addr: addr, Port: lab.RedfishPort, User: "admin",
+			PasswordFile: pw, Endpoint: "https://" + addr + ":443", CAFile: ca, SystemID: name}
+	}
+	hosts := []lab.Host{
+		{Name: "host1", Index: 1, MgmtAddr: "10.77.0.11", BMCs: []lab.BMC{ipmi("10.78.0.11")}},
+		{Name: "host2", Index: 2, MgmtAddr: "10.77.0.12", BMCs: []lab.BMC{rf("host2", "10.78.0.12")}},
+		{Name: "host3", Index: 3, MgmtAddr: "10.77.0.13", BMCs: []lab.BMC{ipmi("10.78.0.13"), rf("host3", "10.78.0.113")}},
+	}
+	for i := range hosts {
+		hosts[i].BMC = hosts[i].BMCs[0]
+	}
+	if n > 0 {
+		hosts = hosts[:n]
+	}
+	st := map[string]any{"name": "tlab", "dir": dir, "owner_pid": 1,
+		"controller": lab.Controller{Netns: "tlab-ctl", MgmtAddr: lab.ControllerMgmtAddr, BMCAddr: "10.78.0.2"},
+		"hosts":      hosts}
+	b, err := json.Marshal(st)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "state.json"), b, 0o644))
+	l, err := lab.Attach(dir)
+	require.NoError(t, err)
+	return l
+}
+
+func TestWriteBothBMCsAndPerTypePassword(t *testing.T) {
+	l := fakeLab(t, 0)
+	wrong := filepath.Join(t.TempDir(), "wrong")
+	other := filepath.Join(t.TempDir(), "other")
+	path, err := Write(l, filepath.Join(t.TempDir(), "c.yaml"), Options{
+		BMCPasswordFiles: map[string]string{BMCKey("host3", lab.BMCIPMI): wrong},
+		PasswordFiles:    map[string]string{"host2": other},
+	})
+	require.NoError(t, err)
+	cfg, err := configs.Load(path)
+	require.NoError(t, err, "the generated config must load")
+
+	byName := map[string]*configs.Host{}
+	for i := range cfg.Hosts {
+		byName[cfg.Hosts[i].Name] = &cfg.Hosts[i]
+	}
+	require.Len(t, byName, 3)
+	pw := l.Hosts()[0].BMC.PasswordFile
+
+	h1 := byName["host1"]
+	assert.Equal(t, RackIPMI, h1.Rack)
+	require.Len(t, h1.BMCs, 1)
+	assert.Equal(t, pw, h1.BMCs[0].PasswordFile)
+
+	h2 := byName["host2"]
+	assert.Equal(t, RackRedfish, h2.Rack)
+	require.Len(t, h2.BMCs, 1)
+	assert.Equal(t, other, h2.BMCs[0].PasswordFile, "PasswordFiles overrides by host")
+
+	h3 := byName["host3"]
+	assert.Equal(t, RackBoth, h3.Rack)
+	assert.Equal(t, PolicyBoth, h3.Effective.Name)
+	require.Len(t, h3.Effective.Levels, 2)
+	assert.Equal(t, configs.LevelIPMI, h3.Effective.Levels[0].Type)
+	assert.Equal(t, configs.LevelRedfish, h3.Effective.Levels[1].Type)
+	assert.Zero(t, h3.Effective.Levels[0].Retries)
+	require.Len(t, h3.BMCs, 2)
+	ipmi, ok := h3.BMC(configs.BMCIPMI)
+	require.True(t, ok)
+	assert.Equal(t, "10.78.0.13", ipmi.Address)
+	assert.Equal(t, lab.IPMIPort, ipmi.Port)
+	assert.Equal(t, wrong, ipmi.PasswordFile, "only the IPMI BMC gets the override")
+	assert.Equal(t, []int{3}, ipmi.CipherSuites)
+	rf, ok := h3.BMC(configs.BMCRedfish)
+	require.True(t, ok)
+	assert.Equal(t, "10.78.0.113", rf.Address)
+	assert.Equal(t, lab.RedfishPort, rf.Port)
+	assert.Equal(t, pw, rf.PasswordFile, "the Redfish BMC keeps the right password")
+	assert.Equal(t, "host3", rf.SystemID)
+	assert.Equal(t, l.Hosts()[2].BMCs[1].CAFile, rf.CAFile)
+}
+
+func TestWriteRejectsUnknownOverrides(t *testing.T) {
+	l := fakeLab(t, 0)
+	for _, tc := range []struct {
+		o    Options
+		want string
+	}{
+		{Options{PasswordFiles: map[string]string{"host9": "x"}}, `PasswordFiles["host9"]: no such host`},
+		{Options{BMCPasswordFiles: map[string]string{"host1/redfish": "x"}}, `BMCPasswordFiles["host1/redfish"]: no such BMC`},
+		{Options{BMCPasswordFiles: map[string]string{"host3": "x"}}, `BMCPasswordFiles["host3"]: no such BMC`},
+	} {
+		out := filepath.Join(t.TempDir(), "c.yaml")
+		_, err := Write(l, out, tc.o)
+		require.Error(t, err, "%+v", tc.o)
+		assert.Contains(t, err.Error(), tc.want)
+		_, statErr := os.Stat(out)
+		assert.ErrorIs(t, statErr, os.ErrNotExist, "no config written on bad options")
+	}
+}
+
+func TestRackOfAttachedOldState(t *testing.T) {
+	// A Host value without BMCs (state from before BMCs existed, or built
+	// by hand) still maps by its primary BMC.
+	assert.Equal(t, RackRedfish, RackOf(lab.Host{BMC: lab.BMC{Type: lab.BMCRedfish}}))
+	assert.Equal(t, RackIPMI, RackOf(lab.Host{BMC: lab.BMC{Type: lab.BMCIPMI}}))
+	assert.Equal(t, RackBoth, RackOf(lab.Host{BMCs: []lab.BMC{{Type: lab.BMCIPMI}, {Type: lab.BMCRedfish}}}))
+}
+
+func TestWriteIPMIOnlyLabLoads(t *testing.T) {
+	// Racks nobody is in (rack-redfish, rack-both) must not make the
+	// config invalid.
+	path, err := Write(fakeLab(t, 1), filepath.Join(t.TempDir(), "c.yaml"), Options{Mode: "enforce"})
+	require.NoError(t, err)
+	cfg, err := configs.Load(path)
+	require.NoError(t, err)
+	require.Len(t, cfg.Hosts, 1)
+	assert.Equal(t, RackIPMI, cfg.Hosts[0].Rack)
+	assert.Equal(t, PolicyIPMI, cfg.Hosts[0].Effective.Name)
+}

@@ -11,6 +11,20 @@
 // device ties it to its old host, and its metadata does not opt it out: a
 // VM rebuilt on a copy of local storage would silently lose data.
 //
+// Execute runs an evacuation Task. The safety rule: no VM is rebuilt unless
+// its source host was fenced and the fence verified (power read back off,
+// or the agent reported no domain running), or an operator confirmed the
+// host down; Execute refuses a task whose Fence is empty (ErrNotFenced) and
+// does nothing. Every step of every VM is journaled before the call it
+// announces (defining, starting) and after it (defined, running); a call
+// happens only after its journal write returned nil. On restart the open
+// tasks are passed to Execute again: each VM resumes from its step after
+// asking its target what it has (running: done, never started twice;
+// defined: start; missing: define). Before every start each reachable peer
+// is asked whether it runs the UUID; if one does the VM is refused and
+// alerted. A VM whose start may have happened on a target that cannot then
+// be confirmed stopped is failed, not moved, so it cannot run twice.
+//
 // Place plans a whole failed host at once and does no I/O: the caller
 // gathers the candidates (admin enabled, monitor normal, capacity,
 // allocated vCPUs and memory, free memory, CPU load from two NodeStats),

@@ -10,6 +10,7 @@ packages=(
   iproute2 nftables iputils-ping             # namespaces, partitions, probes
   fence-agents                               # fence_ipmilan, the bench baseline
   redfishtool python3-sushy                  # real Redfish clients that check our simulator
+  libxml2-utils                              # xmllint, for virt-xml-validate of rewritten domain XML
 )
 
 missing=()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/chimestack/chime-fence/heartbeat"
 	"github.com/chimestack/chime-fence/hypervisor"
+	"github.com/chimestack/chime-fence/node"
 )
 
 // Hypervisor is the host's libvirtd as the agent uses it;
@@ -24,6 +26,16 @@ type Hypervisor interface {
 	Ping(ctx context.Context) error
 	Domains(ctx context.Context, withXML bool) ([]hypervisor.Domain, error)
 	Start(ctx context.Context, uuid string) error
+	// Destroy and Undefine get rid of evicted domains and drain the host;
+	// a domain that does not exist is hypervisor.KindNotFound.
+	Destroy(ctx context.Context, uuid string) error
+	Undefine(ctx context.Context, uuid string) error
+}
+
+// CheckHypervisor is what the health checks need from libvirtd.
+type CheckHypervisor interface {
+	Ping(ctx context.Context) error
+	Domains(ctx context.Context, withXML bool) ([]hypervisor.Domain, error)
 }
 
 // Daemon is the chime-fence daemon as the agent uses it; DaemonClient
@@ -68,12 +80,16 @@ type Config struct {
 	SysClassNet string
 	// Now is the clock for the times heartbeats carry. Default time.Now.
 	Now func() time.Time
+	// StateDir (absolute) holds the local drain marker and the last admin
+	// state fetched. "" disables local drain: Drain refuses, and no marker
+	// is ever read. chime-agent defaults it to DefaultStateDir.
+	StateDir string
 	// Checks, if set, is a separate libvirt connection for the health
 	// checks. drivers/libvirt drops a connection when a call on it times
 	// out, failing every call in flight on it: a check timing out while
 	// libvirtd is busy must not cut a start of reconcile. Default: the
 	// Hypervisor given to New.
-	Checks Hypervisor
+	Checks CheckHypervisor
 }
 
 var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`)
@@ -95,6 +111,9 @@ func (c Config) withDefaults() (Config, error) {
 		if !filepath.IsAbs(p) {
 			errs = append(errs, fmt.Errorf("storage path %q is not absolute", p))
 		}
+	}
+	if c.StateDir != "" && !filepath.IsAbs(c.StateDir) {
+		errs = append(errs, fmt.Errorf("state directory %q is not absolute", c.StateDir))
 	}
 	for _, d := range []struct {
 		name string
@@ -142,6 +161,17 @@ type Agent struct {
 	stopsMu sync.Mutex
 	stops   Stops
 
+	// gate orders marker writes against starts (drain.go).
+	gate *gate
+	// evictFaults are the evicted domains the last cleanup could not
+	// finish; reported in every heartbeat until a round succeeds.
+	evictMu     sync.Mutex
+	evictFaults []heartbeat.Check
+	// Owned by whoever calls apply (startup, then assignmentLoop).
+	adminSeen   AdminSeen
+	markerWhy   string // last reason the marker was kept, to log changes only
+	markerErrAt string
+
 	fetchNow     chan struct{}
 	reconcileNow chan struct{}
 }
@@ -163,12 +193,13 @@ func New(cfg Config, hv Hypervisor, d Daemon, log zerolog.Logger) (*Agent, error
 		log:          log.With().Str("host", cfg.Host).Logger(),
 		start:        cfg.Now(),
 		held:         newHeld(cfg.HeartbeatInterval),
+		gate:         &gate{dir: cfg.StateDir},
 		fetchNow:     make(chan struct{}, 1),
 		reconcileNow: make(chan struct{}, 1),
 	}
-	checks := cfg.Checks
-	if checks == nil {
-		checks = hv
+	var checks CheckHypervisor = hv
+	if cfg.Checks != nil {
+		checks = cfg.Checks
 	}
 	jobs := []*job{libvirtJob(checks)}
 	for _, n := range cfg.Interfaces {
@@ -192,7 +223,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		Strs("interfaces", a.cfg.Interfaces).Strs("storage", a.cfg.Storage).
 		Str("heartbeat_interval", a.cfg.HeartbeatInterval.String()).Str("reconcile_interval", a.cfg.ReconcileInterval.String()).
 		Msg("agent starting; admin state unknown until the daemon answers: no domain is started before")
-	trigger(a.fetchNow)
+	switch m, err := ReadMarker(a.cfg.StateDir); {
+	case err != nil:
+		log.Error().Err(err).Msg("drain marker unreadable: treated as drained, no domain will be started")
+	case m != nil:
+		log.Warn().Time("drained_at", m.DrainedAt).Str("by", m.By).
+			Msg("host drained locally: no domain will be started until the daemon sets enabled or disabled after the drain")
+	}
+	a.startup(ctx)
 	var wg sync.WaitGroup
 	for _, loop := range []func(context.Context){a.checkLoop, a.heartbeatLoop, a.assignmentLoop, a.reconcileLoop} {
 		wg.Add(1)
@@ -231,9 +269,53 @@ func (a *Agent) observe(doms []hypervisor.Domain) []hypervisor.Domain {
 	return out
 }
 
+// startup fetches the assignment once, before the first heartbeat, and
+// gets rid of the evicted domains it names, so the host's first report
+// already lacks them. A daemon that does not answer within the deadline
+// leaves it to assignmentLoop (with backoff); no domain starts meanwhile.
+func (a *Agent) startup(ctx context.Context) {
+	log := a.logger("agent")
+	fctx, cancel := context.WithTimeout(ctx, min(a.cfg.CallTimeout, startupFetchTimeout))
+	asg, err := a.daemon.Assignment(fctx)
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn().Err(err).Msg("assignment not fetched at start; heartbeating without it, evicted domains are cleaned up once it arrives")
+		}
+		trigger(a.fetchNow)
+		return
+	}
+	a.apply(asg)
+	if len(asg.Evicted) > 0 {
+		lctx, cancel := context.WithTimeout(ctx, a.cfg.CallTimeout)
+		doms, err := a.hv.Domains(lctx, false)
+		cancel()
+		a.setEvictFaults(a.evict(ctx, asg.Evicted, doms, err))
+	}
+}
+
+// startupFetchTimeout bounds the first fetch, which delays the first
+// heartbeat.
+const startupFetchTimeout = 10 * time.Second
+
+func (a *Agent) setEvictFaults(f []heartbeat.Check) {
+	a.evictMu.Lock()
+	defer a.evictMu.Unlock()
+	a.evictFaults = f
+}
+
+func (a *Agent) evictionFaults() []heartbeat.Check {
+	a.evictMu.Lock()
+	defer a.evictMu.Unlock()
+	return append([]heartbeat.Check(nil), a.evictFaults...)
+}
+
 func (a *Agent) checkLoop(ctx context.Context) {
 	for {
 		a.checks.round(ctx)
+		if len(a.evictionFaults()) > 0 {
+			trigger(a.reconcileNow) // retry the cleanup at the heartbeat's pace
+		}
 		if !sleep(ctx, a.held.heartbeatInterval()) {
 			return
 		}
@@ -282,10 +364,17 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 // the ack.
 func (a *Agent) beat(ctx context.Context, seq uint64, interval time.Duration) error {
 	health, doms := a.checks.snapshot()
+	health.Evictions = a.evictionFaults()
 	hb := heartbeat.Heartbeat{
 		Host: a.cfg.Host, BootID: a.cfg.BootID, Seq: seq,
 		AgentStart: a.start, AgentVersion: a.cfg.Version, SentAt: a.cfg.Now(),
 		Health: health, Domains: doms,
+	}
+	switch m, err := ReadMarker(a.cfg.StateDir); {
+	case err != nil:
+		hb.LocalDrain = &heartbeat.LocalDrain{By: "unknown (marker unreadable)"}
+	case m != nil:
+		hb.LocalDrain = &heartbeat.LocalDrain{Since: m.DrainedAt, By: m.By}
 	}
 	hctx, cancel := context.WithTimeout(ctx, interval)
 	defer cancel()
@@ -354,7 +443,15 @@ func (a *Agent) apply(asg heartbeat.Assignment) {
 		trigger(a.reconcileNow)
 	}
 	ev.Uint64("revision", asg.Revision).Str("admin_state", asg.AdminState.String()).Str("was", before).
-		Int("domains", len(asg.Domains)).Msg("assignment")
+		Int("domains", len(asg.Domains)).Int("evicted", len(asg.Evicted)).Msg("assignment")
+	// Remembered for chime-agent drain, which records it in the marker.
+	if seen := adminSeenOf(asg); a.cfg.StateDir != "" && (seen.State != a.adminSeen.State || !seen.Since.Equal(a.adminSeen.Since)) {
+		if err := writeFileSync(a.cfg.StateDir, AdminFile, seen); err != nil {
+			log.Warn().Err(err).Msg("cannot record the admin state in the state directory")
+		} else {
+			a.adminSeen = seen
+		}
+	}
 }
 
 func (a *Agent) reconcileLoop(ctx context.Context) {
@@ -371,7 +468,8 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 	}
 }
 
-// reconcile lists the local domains, plans, and starts what Plan says.
+// reconcile lists the local domains, gets rid of evicted ones, lifts the
+// local drain when the daemon says so, plans, and starts what Plan says.
 func (a *Agent) reconcile(ctx context.Context) {
 	log := a.logger("reconcile")
 	cur := a.held.current()
@@ -379,15 +477,31 @@ func (a *Agent) reconcile(ctx context.Context) {
 		log.Debug().Str("admin_state", a.held.adminState()).Msg("no current assignment: starting nothing")
 		return
 	}
-	if !cur.AdminState.MayStartDomains() {
+	a.liftMarker(cur)
+	mayStart := cur.AdminState.MayStartDomains()
+	if !mayStart && len(cur.Evicted) == 0 {
+		a.setEvictFaults(nil)
 		log.Debug().Str("admin_state", cur.AdminState.String()).Msg("host may not start domains: starting nothing")
 		return
 	}
 	lctx, cancel := context.WithTimeout(ctx, a.cfg.CallTimeout)
 	doms, err := a.hv.Domains(lctx, false)
 	cancel()
+	if len(cur.Evicted) > 0 {
+		a.setEvictFaults(a.evict(ctx, cur.Evicted, doms, err))
+	} else {
+		a.setEvictFaults(nil)
+	}
 	if err != nil {
 		log.Warn().Err(err).Msg("cannot list domains: starting nothing this round")
+		return
+	}
+	switch m, merr := ReadMarker(a.cfg.StateDir); {
+	case !mayStart:
+		log.Debug().Str("admin_state", cur.AdminState.String()).Msg("host may not start domains: starting nothing")
+		return
+	case m != nil || merr != nil:
+		log.Debug().Str("admin_state", "drained").Bool("local_drain", true).Msg("host drained locally: starting nothing")
 		return
 	}
 	started := 0
@@ -400,28 +514,110 @@ func (a *Agent) reconcile(ctx context.Context) {
 		case Hold:
 			ev.Info().Msg("domain should run but stays stopped")
 		case Start:
-			// An ack may have drained the host while we listed.
-			if now := a.held.current(); now == nil || !now.AdminState.MayStartDomains() || !hasDomain(now, act.UUID) {
-				ev.Info().Str("admin_state", a.held.adminState()).Msg("not starting: the assignment changed meanwhile")
-				continue
-			}
-			sctx, cancel := context.WithTimeout(ctx, a.cfg.CallTimeout)
-			err := a.hv.Start(sctx, act.UUID)
-			cancel()
-			switch {
-			case hypervisor.KindOf(err) == hypervisor.KindConflict:
-				ev.Error().Err(err).Msg("start refused: its disk is in use elsewhere (possible split brain)")
-			case err != nil:
-				ev.Error().Err(err).Msg("start failed")
-			default:
+			if a.start1(ctx, act.UUID, ev) {
 				started++
-				ev.Info().Msg("domain started")
 			}
 		}
 	}
-	if started > 0 {
-		a.checks.round(ctx) // the next heartbeat shows them running
+	if started > 0 || len(cur.Evicted) > 0 {
+		a.checks.round(ctx) // the next heartbeat shows what changed
 	}
+}
+
+// start1 starts one domain under the gate, after checking again that
+// nothing forbids it now: an ack may have drained the host or a new
+// assignment moved the domain while we listed, and a local drain may have
+// begun. It reports whether the domain started.
+func (a *Agent) start1(ctx context.Context, uuid string, ev zerolog.Logger) bool {
+	unlock, err := a.gate.lock()
+	if err != nil {
+		ev.Error().Err(err).Msg("not starting: cannot lock the state directory")
+		return false
+	}
+	defer unlock()
+	if m, err := ReadMarker(a.cfg.StateDir); m != nil || err != nil {
+		ev.Info().Msg("not starting: the host was drained locally meanwhile")
+		return false
+	}
+	if now := a.held.current(); now == nil || !now.AdminState.MayStartDomains() || !hasDomain(now, uuid) || isEvicted(now, uuid) {
+		ev.Info().Str("admin_state", a.held.adminState()).Msg("not starting: the assignment changed meanwhile")
+		return false
+	}
+	sctx, cancel := context.WithTimeout(ctx, a.cfg.CallTimeout)
+	err = a.hv.Start(sctx, uuid)
+	cancel()
+	switch {
+	case hypervisor.KindOf(err) == hypervisor.KindConflict:
+		ev.Error().Err(err).Msg("start refused: its disk is in use elsewhere (possible split brain)")
+	case err != nil:
+		ev.Error().Err(err).Msg("start failed")
+	default:
+		ev.Info().Msg("domain started")
+		return true
+	}
+	return false
+}
+
+// liftMarker removes the local drain marker when the daemon's assignment
+// says the host may run domains again and said so after the drain
+// (MarkerLifts). The decision is taken again under the gate: a drain may
+// have rewritten the marker meanwhile.
+func (a *Agent) liftMarker(cur *heartbeat.Assignment) {
+	if a.cfg.StateDir == "" {
+		return
+	}
+	log := a.logger("drain")
+	m, err := ReadMarker(a.cfg.StateDir)
+	if err != nil {
+		if msg := err.Error(); msg != a.markerErrAt {
+			log.Error().Err(err).Msg("drain marker unreadable: treated as drained")
+			a.markerErrAt = msg
+		}
+		return
+	}
+	a.markerErrAt = ""
+	if m == nil {
+		return
+	}
+	if ok, why := MarkerLifts(*m, *cur); !ok {
+		if why != a.markerWhy {
+			log.Info().Str("why", why).Msg("local drain kept")
+			a.markerWhy = why
+		}
+		return
+	}
+	unlock, err := a.gate.lock()
+	if err != nil {
+		log.Error().Err(err).Msg("local drain kept: cannot lock the state directory")
+		return
+	}
+	defer unlock()
+	m, err = ReadMarker(a.cfg.StateDir)
+	if err != nil || m == nil {
+		return
+	}
+	ok, why := MarkerLifts(*m, *cur)
+	if !ok {
+		return
+	}
+	if err := os.Remove(filepath.Join(a.cfg.StateDir, MarkerFile)); err != nil {
+		log.Error().Err(err).Msg("local drain should end but the marker cannot be removed")
+		return
+	}
+	if err := syncDir(a.cfg.StateDir); err != nil {
+		log.Warn().Err(err).Msg("marker removed; syncing the state directory failed")
+	}
+	a.markerWhy = ""
+	log.Warn().Str("why", why).Time("drained_at", m.DrainedAt).Msg("local drain lifted: domains may be started again")
+}
+
+func isEvicted(a *heartbeat.Assignment, uuid string) bool {
+	for _, d := range a.Evicted {
+		if d.UUID == uuid {
+			return true
+		}
+	}
+	return false
 }
 
 func hasDomain(a *heartbeat.Assignment, uuid string) bool {
@@ -439,9 +635,14 @@ type Status struct {
 	Host   string `json:"host"`
 	BootID string `json:"boot_id"`
 	// AdminState is "enabled", "disabled", "drained", or "unknown" before
-	// the daemon answered.
-	AdminState string         `json:"admin_state"`
-	Domains    []StatusDomain `json:"domains"`
+	// the daemon answered. It is "drained" while the host is drained
+	// locally, whatever the daemon says.
+	AdminState string `json:"admin_state"`
+	// LocalDrain: the host carries the local drain marker (or an
+	// unreadable one); LocalDrainSince is when it was written.
+	LocalDrain      bool           `json:"local_drain"`
+	LocalDrainSince time.Time      `json:"local_drain_since,omitzero"`
+	Domains         []StatusDomain `json:"domains"`
 }
 
 // StatusDomain is one local domain.
@@ -464,8 +665,30 @@ func (a *Agent) Status(ctx context.Context) (Status, error) {
 	}
 	a.observe(doms) // remember reasons; report libvirt's own
 	st := Status{Host: a.cfg.Host, BootID: a.cfg.BootID, AdminState: a.held.adminState(), Domains: make([]StatusDomain, 0, len(doms))}
+	if m, err := ReadMarker(a.cfg.StateDir); m != nil || err != nil {
+		st.AdminState, st.LocalDrain = node.Drained.String(), true
+		if m != nil {
+			st.LocalDrainSince = m.DrainedAt
+		}
+	}
 	for _, d := range doms {
 		st.Domains = append(st.Domains, StatusDomain{UUID: d.UUID, Name: d.Name, State: d.State, Reason: d.Reason})
 	}
 	return st, nil
+}
+
+// Drain drains the host locally (POST /v1/drain): the marker first, then
+// every active domain destroyed; see DrainLocal. The drain goes on when
+// ctx ends after the marker is written (destroys have their own
+// deadlines): a half-drained host helps nobody.
+func (a *Agent) Drain(ctx context.Context) (DrainResult, error) {
+	var admin *AdminSeen
+	if asg := a.held.last(); asg != nil {
+		s := adminSeenOf(*asg)
+		admin = &s
+	}
+	res, err := DrainLocal(context.WithoutCancel(ctx), a.hv, DrainOptions{Host: a.cfg.Host, StateDir: a.cfg.StateDir, By: "api",
+		Now: a.cfg.Now, CallTimeout: a.cfg.CallTimeout, Admin: admin, gate: a.gate}, a.logger("drain"))
+	a.checks.round(ctx) // the next heartbeat shows the domains stopped
+	return res, err
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -32,6 +33,84 @@ type fakeHV struct {
 	startErr error
 	listErr  error
 	hang     chan struct{} // non-nil: Ping blocks until closed
+	// destroyErr and undefineErr fail those calls (per UUID, "" = all).
+	destroyErr, undefineErr map[string]error
+	rec                     *recorder // optional: call order
+}
+
+// recorder keeps the order of calls across the fake hypervisor and daemon.
+type recorder struct {
+	mu  sync.Mutex
+	seq []string
+}
+
+func (r *recorder) add(s string) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.seq = append(r.seq, s)
+}
+
+func (r *recorder) calls() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.seq...)
+}
+
+func (f *fakeHV) Destroy(_ context.Context, uuid string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rec.add("destroy " + uuid)
+	if err := pick(f.destroyErr, uuid); err != nil {
+		return err
+	}
+	for i := range f.doms {
+		if f.doms[i].UUID == uuid {
+			if !f.doms[i].State.Active() {
+				return &hypervisor.Error{Kind: hypervisor.KindInvalid, Step: "destroy", Err: errors.New("domain is not running")}
+			}
+			f.doms[i].State, f.doms[i].Reason = hypervisor.StateShutoff, "destroyed"
+			return nil
+		}
+	}
+	return &hypervisor.Error{Kind: hypervisor.KindNotFound, Step: "destroy " + uuid}
+}
+
+func (f *fakeHV) Undefine(_ context.Context, uuid string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rec.add("undefine " + uuid)
+	if err := pick(f.undefineErr, uuid); err != nil {
+		return err
+	}
+	for i := range f.doms {
+		if f.doms[i].UUID == uuid {
+			f.doms = append(f.doms[:i], f.doms[i+1:]...)
+			return nil
+		}
+	}
+	return &hypervisor.Error{Kind: hypervisor.KindNotFound, Step: "undefine " + uuid}
+}
+
+func pick(m map[string]error, uuid string) error {
+	if err, ok := m[uuid]; ok {
+		return err
+	}
+	return m[""]
+}
+
+func (f *fakeHV) set(fn func(*fakeHV)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+func (f *fakeHV) domains() []hypervisor.Domain {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]hypervisor.Domain(nil), f.doms...)
 }
 
 func (f *fakeHV) Ping(context.Context) error {
@@ -96,6 +175,7 @@ type fakeDaemon struct {
 	hbs       []heartbeat.Heartbeat
 	bodies    []string
 	auth      []string
+	rec       *recorder
 }
 
 func (d *fakeDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -109,6 +189,7 @@ func (d *fakeDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		d.fetches++
+		d.rec.add("assignment")
 		_ = json.NewEncoder(w).Encode(d.asg)
 	case heartbeat.PathHeartbeat:
 		var buf bytes.Buffer
@@ -119,6 +200,7 @@ func (d *fakeDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		d.hbs = append(d.hbs, hb)
 		d.bodies = append(d.bodies, buf.String())
+		d.rec.add(fmt.Sprintf("heartbeat %d", hb.Seq))
 		if d.hbStatus != 0 {
 			w.WriteHeader(d.hbStatus)
 			return

@@ -13,8 +13,12 @@
 //     Hypervisor (drivers/libvirt.Client) and Daemon (DaemonClient). Give
 //     health checks their own libvirt connection (Config.Checks): the
 //     driver drops a connection whose call timed out.
-//   - NewHandler/Serve (server.go) is the HTTP API (GET /v1/status with a
-//     bearer token, GET /healthz).
+//   - NewHandler/Serve (server.go) is the HTTP API (GET /v1/status and
+//     POST /v1/drain with a bearer token, GET /healthz).
+//   - evict.go gets rid of evicted domains (Assignment.Evicted: rebuilt
+//     elsewhere while this host was fenced); drain.go is the local drain
+//     (marker file, DrainLocal, MarkerLifts), shared with chime-agent
+//     drain.
 //
 // # Safety rules (the caller can rely on them)
 //
@@ -30,6 +34,28 @@
 //     reason that means QEMU died or the host restarted (RestartableReason)
 //     are started. A domain assigned but not defined here is logged, never
 //     created. Domains not in the assignment are never touched.
+//   - Evicted domains: at start the assignment is fetched (one attempt,
+//     at most 10 s) BEFORE the first heartbeat, and every evicted domain
+//     defined here is destroyed (if active) and undefined before the first
+//     heartbeat and before any reconcile; later assignments' evicted
+//     domains are cleaned up at the start of the next reconcile round. A
+//     domain is never undefined unless its destroy succeeded (or it was
+//     not active); one libvirt does not list is done. An evicted domain is
+//     never started, even if the daemon also assigns it. Failures are
+//     heartbeat faults (Health.Evictions, naming domain and error, so the
+//     daemon shows the host in error) and are retried every heartbeat
+//     interval. Only a current (non-stale) assignment's list is acted on:
+//     a domain moved back here must not be destroyed from an old list.
+//   - Local drain: a drain (POST /v1/drain, chime-agent drain) writes
+//     <StateDir>/drained.json durably BEFORE it stops anything, then
+//     destroys every active domain. While the marker exists (or cannot be
+//     read) no domain is started, in this process or any later one,
+//     whatever the daemon says. It is removed only when a current
+//     assignment says enabled or disabled with AdminSince after the drain
+//     (and after the admin state the agent knew when it drained; see
+//     MarkerLifts). Starts and marker writes are serialised by a lock
+//     (a mutex plus flock on <StateDir>/.lock, shared with chime-agent
+//     drain), so a drain's listing sees every domain the agent started.
 //   - When the daemon cannot be reached after an assignment was fetched,
 //     the agent keeps acting on the last one it holds (the seed's
 //     in-memory copy).

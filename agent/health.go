@@ -179,7 +179,7 @@ func (c *checker) sent(n int) {
 }
 
 // libvirtJob pings libvirtd and lists its domains.
-func libvirtJob(hv Hypervisor) *job {
+func libvirtJob(hv CheckHypervisor) *job {
 	return &job{name: "libvirtd", kind: jobLibvirt, run: func(ctx context.Context) result {
 		if err := hv.Ping(ctx); err != nil {
 			return result{err: err}

@@ -73,6 +73,9 @@ func RestartableReason(reason string) bool { return restartReasons[reason] }
 // plans nothing. It plans nothing either when the admin state does not
 // allow starting domains (drained).
 //
+// A domain in a.Evicted is never planned, even if the daemon also lists it
+// in a.Domains (DecodeAssignment refuses that; Plan does not rely on it).
+//
 // Otherwise every assigned domain that is not active gets exactly one
 // action, in assignment order: Start when it is defined here and shut off
 // for a RestartableReason, Missing when it is not defined here, Hold
@@ -87,10 +90,13 @@ func Plan(a *heartbeat.Assignment, local []hypervisor.Domain) []Action {
 		byUUID[d.UUID] = d
 	}
 	var out []Action
-	seen := make(map[string]bool, len(a.Domains))
+	seen := make(map[string]bool, len(a.Domains)+len(a.Evicted))
+	for _, e := range a.Evicted {
+		seen[e.UUID] = true // runs elsewhere: never started here
+	}
 	for _, want := range a.Domains {
 		if seen[want.UUID] {
-			continue // listed twice by the daemon: decide once
+			continue // listed twice by the daemon (decide once), or evicted
 		}
 		seen[want.UUID] = true
 		d, ok := byUUID[want.UUID]

@@ -14,12 +14,27 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// PathStatus is the agent's status endpoint (drivers/agent calls it).
-const PathStatus = "/v1/status"
+// Paths of the agent's API (drivers/agent calls them).
+const (
+	PathStatus = "/v1/status"
+	PathDrain  = "/v1/drain"
+)
 
 // StatusSource answers status requests; *Agent implements it.
 type StatusSource interface {
 	Status(ctx context.Context) (Status, error)
+}
+
+// DrainSource drains the host; *Agent implements it.
+type DrainSource interface {
+	Drain(ctx context.Context) (DrainResult, error)
+}
+
+// DrainResponse is POST /v1/drain's body: the result, and what went
+// wrong if anything did.
+type DrainResponse struct {
+	DrainResult
+	Error string `json:"error,omitempty"`
 }
 
 // server is the agent's HTTP API. Routes are registered in NewHandler;
@@ -34,6 +49,11 @@ type server struct {
 //
 //	GET /v1/status  bearer token; 200 Status, 401 without or with a wrong
 //	                token, 503 when the domains cannot be listed
+//	POST /v1/drain  bearer token; only when src is also a DrainSource.
+//	                Writes the drain marker, destroys every active domain;
+//	                200 DrainResponse when none is left active, 500
+//	                DrainResponse with error otherwise (marker not written:
+//	                nothing was stopped; or some domain failed)
 //	GET /healthz    no token; 200 "ok" while the process serves
 func NewHandler(src StatusSource, token string, log zerolog.Logger) (http.Handler, error) {
 	if token == "" {
@@ -42,6 +62,9 @@ func NewHandler(src StatusSource, token string, log zerolog.Logger) (http.Handle
 	s := &server{src: src, token: sha256.Sum256([]byte(token)), log: log.With().Str("component", "api").Logger()}
 	mux := http.NewServeMux()
 	mux.Handle("GET "+PathStatus, s.authed(s.status))
+	if d, ok := src.(DrainSource); ok {
+		mux.Handle("POST "+PathDrain, s.authed(func(w http.ResponseWriter, r *http.Request) { s.drain(w, r, d) }))
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))
@@ -73,6 +96,17 @@ func (s *server) status(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *server) drain(w http.ResponseWriter, r *http.Request, d DrainSource) {
+	s.log.Warn().Str("remote", r.RemoteAddr).Msg("drain requested over the API")
+	res, err := d.Drain(r.Context())
+	if err != nil {
+		s.log.Error().Err(err).Str("remote", r.RemoteAddr).Msg("drain incomplete")
+		writeJSON(w, http.StatusInternalServerError, DrainResponse{DrainResult: res, Error: err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, DrainResponse{DrainResult: res})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

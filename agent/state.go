@@ -71,7 +71,21 @@ func (h *held) current() *heartbeat.Assignment {
 	}
 	a := *h.asg
 	a.Domains = append([]heartbeat.AssignedDomain(nil), h.asg.Domains...)
+	a.Evicted = append([]heartbeat.AssignedDomain(nil), h.asg.Evicted...)
 	a.AdminState = h.admin
+	return &a
+}
+
+// last is the assignment last fetched, stale or not; nil before the first.
+func (h *held) last() *heartbeat.Assignment {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.asg == nil {
+		return nil
+	}
+	a := *h.asg
+	a.Domains = append([]heartbeat.AssignedDomain(nil), h.asg.Domains...)
+	a.Evicted = append([]heartbeat.AssignedDomain(nil), h.asg.Evicted...)
 	return &a
 }
 

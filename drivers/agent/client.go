@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/chimestack/chime-fence/hypervisor"
@@ -28,6 +29,9 @@ type Client struct {
 	cfg  Config
 	base *url.URL
 	http *http.Client
+	// drain has no client-wide timeout: a drain destroys every domain and
+	// takes as long as the caller's deadline allows.
+	drain *http.Client
 }
 
 // DomainStatus is one domain as the agent reports it.
@@ -39,10 +43,39 @@ type DomainStatus struct {
 
 // Status is the agent's view of its host.
 type Status struct {
-	Host       string         `json:"host"`
-	BootID     string         `json:"boot_id"`
-	AdminState string         `json:"admin_state"`
-	Domains    []DomainStatus `json:"domains"`
+	Host   string `json:"host"`
+	BootID string `json:"boot_id"`
+	// AdminState is "drained" while LocalDrain is set, whatever the
+	// daemon says.
+	AdminState string `json:"admin_state"`
+	// LocalDrain: the host carries the agent's local drain marker and
+	// starts no domain.
+	LocalDrain      bool           `json:"local_drain"`
+	LocalDrainSince time.Time      `json:"local_drain_since,omitzero"`
+	Domains         []DomainStatus `json:"domains"`
+}
+
+// DrainedDomain is one domain's part in a drain.
+type DrainedDomain struct {
+	UUID   string                 `json:"uuid"`
+	Name   string                 `json:"name"`
+	Before hypervisor.DomainState `json:"before"`
+	// Action is "destroyed", "failed" or "not running".
+	Action string `json:"action"`
+	Error  string `json:"error,omitempty"`
+}
+
+// DrainResult is the agent's answer to a drain.
+type DrainResult struct {
+	Host      string          `json:"host"`
+	Marker    string          `json:"marker"`
+	DrainedAt time.Time       `json:"drained_at"`
+	Domains   []DrainedDomain `json:"domains"`
+	// Running counts domains still active after the drain; -1 when the
+	// agent could not list them.
+	Running int `json:"running"`
+	// Error is the agent's account of what failed, "" on success.
+	Error string `json:"error,omitempty"`
 }
 
 // Running counts domains that may hold their disks.
@@ -65,7 +98,68 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 5 * time.Second
 	}
-	return &Client{cfg: cfg, base: u, http: &http.Client{Timeout: cfg.Timeout}}, nil
+	return &Client{cfg: cfg, base: u, http: &http.Client{Timeout: cfg.Timeout}, drain: &http.Client{}}, nil
+}
+
+// DefaultDrainTimeout bounds a Drain whose context has no deadline.
+const DefaultDrainTimeout = 2 * time.Minute
+
+// Drain asks the agent to drain its host: it writes its local drain marker
+// (so it starts no domain until the daemon enables the host after the
+// drain), then destroys every active domain. A nil error means the agent
+// listed no active domain afterwards. An error with a non-zero result is a
+// partial drain (KindRefused): the marker holds, some domain is still
+// active or could not be checked; the caller verifies with Status and may
+// drain again. Drains are idempotent.
+func (c *Client) Drain(ctx context.Context) (DrainResult, error) {
+	const step = "agent: drain"
+	var res DrainResult
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultDrainTimeout)
+		defer cancel()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base.JoinPath("/v1/drain").String(), nil)
+	if err != nil {
+		return res, c.fail(power.KindConfig, step, err)
+	}
+	if c.cfg.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
+	}
+	resp, err := c.drain.Do(req)
+	if err != nil {
+		kind := power.KindUnreachable
+		var ne net.Error
+		if ctx.Err() != nil || (errors.As(err, &ne) && ne.Timeout()) {
+			kind = power.KindTimeout
+		}
+		return res, c.fail(kind, step, redact(err))
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	switch resp.StatusCode {
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return res, c.fail(power.KindAuth, step, fmt.Errorf("HTTP %d: token rejected", resp.StatusCode))
+	case http.StatusNotFound, http.StatusMethodNotAllowed:
+		return res, c.fail(power.KindConfig, step, fmt.Errorf("HTTP %d: this agent has no drain endpoint (too old?)", resp.StatusCode))
+	case http.StatusOK, http.StatusInternalServerError:
+	default:
+		return res, c.fail(power.KindProtocol, step, fmt.Errorf("HTTP %d", resp.StatusCode))
+	}
+	if err := json.Unmarshal(body, &res); err != nil {
+		return res, c.fail(power.KindProtocol, step, fmt.Errorf("HTTP %d, malformed drain result: %w", resp.StatusCode, err))
+	}
+	if res.Host != "" && res.Host != c.cfg.Host {
+		return res, c.fail(power.KindConfig, step, fmt.Errorf("agent at %s says it runs on host %q", c.cfg.URL, res.Host))
+	}
+	if resp.StatusCode != http.StatusOK {
+		msg := res.Error
+		if msg == "" {
+			msg = "no detail"
+		}
+		return res, c.fail(power.KindRefused, step, fmt.Errorf("HTTP %d: %s", resp.StatusCode, strings.ReplaceAll(msg, c.cfg.Token, "[token]")))
+	}
+	return res, nil
 }
 
 // Status asks the agent for its host's state.

@@ -98,3 +98,85 @@ func TestNewRejectsBadURL(t *testing.T) {
 	_, err := New(Config{Host: "n1", URL: "ftp://x"})
 	assert.ErrorContains(t, err, `"ftp://x" is not an http(s) URL`)
 }
+
+func TestDrain(t *testing.T) {
+	var calls int
+	url := server(t, func(w http.ResponseWriter, r *http.Request) {
+		calls++
+		if r.Header.Get("Authorization") != "Bearer "+token {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		assert.Equal(t, http.MethodPost, r.Method)
+		assert.Equal(t, "/v1/drain", r.URL.Path)
+		_, _ = w.Write([]byte(`{"host":"n1","marker":"/s/drained.json","drained_at":"2030-01-02T03:04:05Z","running":0,
+			"domains":[{"uuid":"u1","name":"vm1","before":"running","action":"destroyed"},{"uuid":"u2","name":"vm2","before":"shutoff","action":"not running"}]}`))
+	})
+	c, err := New(Config{Host: "n1", URL: url, Token: token, Timeout: time.Nanosecond})
+	require.NoError(t, err)
+	res, err := c.Drain(context.Background())
+	require.NoError(t, err, "the status timeout does not apply to a drain")
+	assert.Equal(t, 0, res.Running)
+	assert.Equal(t, "/s/drained.json", res.Marker)
+	assert.Equal(t, time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC), res.DrainedAt)
+	assert.Equal(t, []DrainedDomain{
+		{UUID: "u1", Name: "vm1", Before: hypervisor.StateRunning, Action: "destroyed"},
+		{UUID: "u2", Name: "vm2", Before: hypervisor.StateShutoff, Action: "not running"},
+	}, res.Domains)
+
+	bad, _ := New(Config{Host: "n1", URL: url, Token: "wrong-token"})
+	_, err = bad.Drain(context.Background())
+	assert.ErrorIs(t, err, power.ErrAuth)
+	assert.NotContains(t, err.Error(), "wrong-token")
+	assert.Equal(t, 2, calls)
+}
+
+func TestDrainErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		h       http.HandlerFunc
+		want    error
+		msg     string
+		running int
+	}{
+		{"partial", func(w http.ResponseWriter, _ *http.Request) {
+			w.WriteHeader(http.StatusInternalServerError)
+			_, _ = w.Write([]byte(`{"host":"n1","running":1,"domains":[{"uuid":"u1","name":"vm1","before":"running","action":"failed","error":"boom"}],
+				"error":"drain: vm1 (u1): boom; 1 domains still active after the drain; token ` + token + `"}`))
+		}, power.ErrRefused, "HTTP 500: drain: vm1 (u1): boom; 1 domains still active", 1},
+		{"old agent", func(w http.ResponseWriter, _ *http.Request) { http.NotFound(w, nil) }, power.ErrConfig, "no drain endpoint", 0},
+		{"malformed", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"host":`)) }, power.ErrProtocol, "malformed drain result", 0},
+		{"teapot", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusTeapot) }, power.ErrProtocol, "HTTP 418", 0},
+		{"other host", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"host":"n2"}`)) }, power.ErrConfig, `says it runs on host "n2"`, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := New(Config{Host: "n1", URL: server(t, tc.h), Token: token})
+			require.NoError(t, err)
+			res, err := c.Drain(context.Background())
+			require.ErrorIs(t, err, tc.want)
+			assert.Contains(t, err.Error(), tc.msg)
+			assert.Contains(t, err.Error(), "host n1")
+			assert.NotContains(t, err.Error(), token)
+			assert.Equal(t, tc.running, res.Running)
+		})
+	}
+}
+
+func TestDrainHonoursTheCallersDeadline(t *testing.T) {
+	release := make(chan struct{})
+	url := server(t, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	defer close(release)
+	c, err := New(Config{Host: "n1", URL: url, Token: token})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = c.Drain(ctx)
+	require.ErrorIs(t, err, power.ErrTimeout)
+	assert.Less(t, time.Since(start), 100*time.Millisecond+5*time.Second, "returns at the deadline, not later")
+}

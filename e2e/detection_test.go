@@ -67,23 +67,38 @@ type detectionLab struct {
 	agent  string
 	daemon *exec.Cmd
 	dlog   string
-	tokens string // directory of the agent and API tokens
+	tokens string   // directory of the agent and API tokens
+	env    []string // extra daemon environment
 }
 
 func startDetectionLab(t *testing.T, ctx context.Context, name string, hosts int) *detectionLab {
+	return startDetectionLabWith(t, ctx, lab.Config{Name: name, Hosts: hosts}, nil, nil)
+}
+
+// startDetectionLabWith is startDetectionLab with lab and daemon config
+// adjustments (agents, tokens and the detection block are always set).
+// options, if set, gives the daemon config options once the lab runs; env
+// is added to the daemon's environment.
+func startDetectionLabWith(t *testing.T, ctx context.Context, lc lab.Config, options func(*lab.Lab) labconfig.Options, env []string) *detectionLab {
 	needLab(t)
 	bins := t.TempDir()
 	fence := buildGo(t, bins, "cmd/chime-fence")
 	agentBin := buildGo(t, bins, "cmd/chime-agent")
-	d := &detectionLab{t: t, bin: fence, agent: agentBin}
+	d := &detectionLab{t: t, bin: fence, agent: agentBin, env: env}
 	d.tokens = t.TempDir()
 	tokenFile, _ := labconfig.TokenFiles(d.tokens)
 	require.NoError(t, labconfig.WriteTokens(d.tokens))
-	d.l = startLab(t, ctx, lab.Config{Name: name, Hosts: hosts, AgentCommand: func(h lab.Host) []string {
+	lc.AgentCommand = func(h lab.Host) []string {
 		argv := agentArgv(agentBin, tokenFile, "$CHIME_LAB_CONTROLLER_ADDR", h)
 		return []string{"sh", "-c", "exec " + strings.Join(argv, " ")}
-	}})
-	cfg, err := labconfig.Write(d.l, filepath.Join(d.l.Dir(), "chime-fence.yaml"), labconfig.Options{Tokens: true, TokenDir: d.tokens, Detection: detectionBlock})
+	}
+	d.l = startLab(t, ctx, lc)
+	var opts labconfig.Options
+	if options != nil {
+		opts = options(d.l)
+	}
+	opts.Tokens, opts.TokenDir, opts.Detection = true, d.tokens, detectionBlock
+	cfg, err := labconfig.Write(d.l, filepath.Join(d.l.Dir(), "chime-fence.yaml"), opts)
 	require.NoError(t, err)
 	d.cfg = cfg
 	_, apiTok := labconfig.TokenFiles(d.tokens)
@@ -106,6 +121,7 @@ func (d *detectionLab) startDaemon(ctx context.Context) {
 	f, err := os.OpenFile(d.dlog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	require.NoError(t, err)
 	cmd := d.l.Controller().Command(ctx, d.bin, "daemon", "-c", d.cfg)
+	cmd.Env = append(cmd.Environ(), d.env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	require.NoError(t, cmd.Start())
 	f.Close()

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -16,11 +18,15 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
+	"github.com/chimestack/chime-fence/alert"
 	"github.com/chimestack/chime-fence/api"
 	"github.com/chimestack/chime-fence/configs"
 	"github.com/chimestack/chime-fence/daemon"
 	"github.com/chimestack/chime-fence/detector"
 	"github.com/chimestack/chime-fence/drivers/probe"
+	"github.com/chimestack/chime-fence/evacuator"
+	"github.com/chimestack/chime-fence/node"
+	"github.com/chimestack/chime-fence/recovery"
 	"github.com/chimestack/chime-fence/store"
 )
 
@@ -28,11 +34,13 @@ func newDaemonCmd() *cobra.Command {
 	var file, level string
 	c := &cobra.Command{
 		Use:   "daemon",
-		Short: "Run the daemon: heartbeat intake, detection, verdicts, history, API",
+		Short: "Run the daemon: detection, verdicts, fencing, evacuation, alerts, API",
 		Long: `daemon watches every configured host: it takes agents' heartbeats, probes
 hosts whose heartbeats stop, reads their BMCs, and records a verdict for each
-with its evidence. Fencing and evacuation are not part of this version: in
-both modes a host-down verdict is logged and recorded as "would fence".
+with its evidence. In mode enforce a host-down verdict is fenced (each level
+verified by reading the power state back), the host is marked drained, and
+its VMs are rebuilt on healthy hosts from their saved domain XML. In mode
+observe it is only recorded as "would fence".
 
 SIGHUP reloads the configuration (a bad one is refused and the old one kept);
 SIGTERM or SIGINT stops it cleanly.`,
@@ -101,11 +109,23 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 		return failureErr(err)
 	}
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	hooks, err := alertHooks(cfg)
+	if err != nil {
+		return usageErr(err)
+	}
+	alerts, err := alert.New(alert.Config{Webhooks: hooks, Outbox: st, Cluster: cfg.Cluster.Name, Log: log, Registerer: reg})
+	if err != nil {
+		return failureErr(err)
+	}
 	drv := newHostDrivers(probe.New(probe.Options{Log: log}), log)
 	drv.configure(cfg)
+	var coord *recovery.Coordinator // set before the engine runs
 	eng, err := detector.NewEngine(engineConfig(cfg), detector.Deps{
 		Prober: drv, Refs: drv, Power: drv, Readiness: drv,
-		History: st, Memos: st, Alerter: logAlerter{log.With().Str("component", "alert").Logger()}, Log: log,
+		History: st, Memos: st, Alerter: detectorAlerts{cluster: cfg.Cluster.Name, send: alerts.Send, log: log.With().Str("component", "alert").Logger()}, Log: log,
+		OnHostDown: func(ev detector.DownEvent) { coord.HostDown(ev) },
 	}, memos)
 	if err != nil {
 		return usageErr(err)
@@ -114,8 +134,21 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 	if err != nil {
 		return failureErr(err)
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	hv := newHypervisors(log)
+	hv.configure(cfg)
+	defer hv.close()
+	capture, err := evacuator.NewCapture(captureConfig(cfg), evacuator.CaptureDeps{Store: st, Hypervisor: hv.get,
+		Healthy: func(h string) bool { s, ok := eng.Host(h); return ok && s.Monitor == node.Normal }, Log: log})
+	if err != nil {
+		return failureErr(err)
+	}
+	if err := capture.SetHosts(cfg.HostNames()); err != nil {
+		return usageErr(err)
+	}
+	coord, err = newCoordinator(cfg, hv, st, d, capture, alerts, log)
+	if err != nil {
+		return failureErr(err)
+	}
 	srv, err := api.New(d, api.Tokens{Agent: agentTok, API: apiTok}, reg, log)
 	if err != nil {
 		return failureErr(err)
@@ -127,13 +160,19 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	engDone := make(chan struct{})
+	var workers sync.WaitGroup
+	for _, run := range []func(context.Context) error{alerts.Run, capture.Run, coord.Run} {
+		workers.Add(1)
+		go func() { defer workers.Done(); _ = run(ctx) }()
+	}
+	defer workers.Wait()
 	go func() { defer close(engDone); _ = eng.Run(ctx) }()
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- hs.Serve(ln) }()
 
 	dlog := log.With().Str("component", "daemon").Logger()
-	if cfg.Mode == configs.ModeEnforce {
-		dlog.Warn().Msg("mode enforce: fencing and evacuation are not implemented in this version; verdicts are recorded as in observe mode")
+	if cfg.Mode != configs.ModeEnforce {
+		dlog.Warn().Msg("mode observe: host-down verdicts are recorded as \"would fence\"; nothing is fenced or moved")
 	}
 	dlog.Info().Str("listen", ln.Addr().String()).Int("hosts", len(cfg.Hosts)).Str("mode", string(cfg.Mode)).
 		Str("state", st.Path()).Msg("daemon started")
@@ -143,9 +182,23 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 			next, err := cs.Reload()
 			if err != nil {
 				dlog.Error().Err(err).Msg("config reload refused; keeping the running configuration")
+				_ = alerts.Send(alert.Event{Type: alert.ConfigReloadFailed, Severity: "warning", At: time.Now(), Cluster: cfg.Cluster.Name,
+					Summary: "config reload refused; the running configuration is kept: " + err.Error()})
 				continue
 			}
+			if nh, err := alertHooks(next); err != nil {
+				dlog.Error().Err(err).Msg("config reload: webhook secrets unreadable; keeping the running configuration")
+				continue
+			} else {
+				if err := alerts.Reconfigure(nh); err != nil {
+					dlog.Error().Err(err).Msg("config reload: webhooks refused")
+				}
+			}
 			drv.configure(next)
+			hv.configure(next)
+			if err := capture.SetHosts(next.HostNames()); err != nil {
+				dlog.Error().Err(err).Msg("config reload: inventory capture refused the host list")
+			}
 			if err := eng.Reconfigure(engineConfig(next)); err != nil {
 				dlog.Error().Err(err).Msg("config reload: detector refused the new thresholds")
 				continue
@@ -191,9 +244,28 @@ func engineConfig(cfg *configs.Config) detector.EngineConfig {
 	return ec
 }
 
-// logAlerter is the alert sink until webhooks exist: a warning in the log.
-type logAlerter struct{ log zerolog.Logger }
+// detectorAlerts turns the detector's alerts into webhook events.
+type detectorAlerts struct {
+	cluster string
+	send    func(alert.Event) error
+	log     zerolog.Logger
+}
 
-func (a logAlerter) Alert(_ context.Context, al detector.Alert) {
+func (a detectorAlerts) Alert(_ context.Context, al detector.Alert) {
+	ev := alert.Event{At: al.At, Cluster: a.cluster, Host: al.Host, CorrelationID: al.CorrelationID, Summary: al.Summary,
+		Type: alert.HostVerdict, Severity: "warning", Details: map[string]any{"verdict": al.Kind}}
+	switch {
+	case al.Kind == "host-down":
+		ev.Type, ev.Severity = alert.HostUnreachable, "critical"
+	case al.Kind == "storm" && strings.HasSuffix(strings.SplitN(al.Summary, ":", 2)[0], "→ paused"):
+		ev.Type, ev.Severity = alert.StormEngaged, "critical"
+	case al.Kind == "storm":
+		ev.Type, ev.Severity = alert.StormCleared, "info"
+	case al.Kind == "readiness":
+		ev.Type = alert.FenceReadiness
+	}
 	a.log.Warn().Str("host", al.Host).Str("kind", al.Kind).Str("correlation_id", al.CorrelationID).Msg(al.Summary)
+	if err := a.send(ev); err != nil {
+		a.log.Error().Err(err).Msg("alert not queued")
+	}
 }

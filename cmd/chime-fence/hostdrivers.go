@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -32,9 +33,11 @@ type hostDrivers struct {
 }
 
 type hostDriver struct {
-	host     *configs.Host
-	power    fencer.PowerController
-	powerErr error
+	host *configs.Host
+	// power lists the BMCs the detector may read, fence levels' BMCs first;
+	// powerErr says why one could not be built.
+	power    []fencer.PowerController
+	powerErr []error
 	targets  []probe.Target
 }
 
@@ -54,10 +57,9 @@ func (d *hostDrivers) configure(cfg *configs.Config) {
 	for i := range cfg.Hosts {
 		h := &cfg.Hosts[i]
 		hd := &hostDriver{host: h, targets: probeTargets(h)}
-		if b, ok := readBMC(h); ok {
-			hd.power, hd.powerErr = powerController(h, b, d.log)
-		} else {
-			hd.powerErr = &power.Error{Kind: power.KindConfig, Host: h.Name, Step: "read power", Err: fmt.Errorf("no BMC configured")}
+		for _, b := range readBMCs(h) {
+			pc, err := powerController(h, b, d.log)
+			hd.power, hd.powerErr = append(hd.power, pc), append(hd.powerErr, err)
 		}
 		hosts[h.Name] = hd
 	}
@@ -74,20 +76,24 @@ func (d *hostDrivers) configure(cfg *configs.Config) {
 	d.mu.Unlock()
 }
 
-// readBMC picks the BMC whose power state the detector reads: the one of
-// the first BMC fence level, else any.
-func readBMC(h *configs.Host) (configs.BMC, bool) {
+// readBMCs orders the BMCs whose power state the detector reads: those of
+// the fence levels in level order, then any other.
+func readBMCs(h *configs.Host) []configs.BMC {
+	var out []configs.BMC
+	seen := map[configs.BMCType]bool{}
 	for _, l := range h.Effective.Levels {
-		if t := l.Type.BMCType(); t != "" {
+		if t := l.Type.BMCType(); t != "" && !seen[t] {
 			if b, ok := h.BMC(t); ok {
-				return b, true
+				out, seen[t] = append(out, b), true
 			}
 		}
 	}
-	if len(h.BMCs) > 0 {
-		return h.BMCs[0], true
+	for _, b := range h.BMCs {
+		if !seen[b.Type] {
+			out, seen[b.Type] = append(out, b), true
+		}
 	}
-	return configs.BMC{}, false
+	return out
 }
 
 // probeTargets: the agent's and libvirtd's TCP ports and ICMP to the
@@ -157,15 +163,33 @@ func summarize(r probe.Result) (answered, conclusive bool, detail string) {
 	return answered, conclusive, strings.Join(parts, "; ")
 }
 
+// ReadPower asks the host's BMCs in order and returns the first reading;
+// when none answers, the errors of all of them. A host whose IPMI password
+// is wrong but whose Redfish BMC answers is still judged on evidence.
 func (d *hostDrivers) ReadPower(ctx context.Context, host string) (power.State, error) {
 	hd, _ := d.get(host)
 	if hd == nil {
 		return power.Unknown, &power.Error{Kind: power.KindConfig, Host: host, Step: "read power", Err: fmt.Errorf("host not configured")}
 	}
-	if hd.powerErr != nil {
-		return power.Unknown, hd.powerErr
+	if len(hd.power) == 0 {
+		return power.Unknown, &power.Error{Kind: power.KindConfig, Host: host, Step: "read power", Err: fmt.Errorf("no BMC configured")}
 	}
-	return hd.power.PowerStatus(ctx)
+	var errs []error
+	for i, pc := range hd.power {
+		if hd.powerErr[i] != nil {
+			errs = append(errs, hd.powerErr[i])
+			continue
+		}
+		st, err := pc.PowerStatus(ctx)
+		if err == nil {
+			return st, nil
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) == 1 {
+		return power.Unknown, errs[0]
+	}
+	return power.Unknown, errors.Join(errs...)
 }
 
 func (d *hostDrivers) CheckReadiness(ctx context.Context, host string) detector.Readiness {

@@ -1,0 +1,290 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/chimestack/chime-fence/alert"
+	"github.com/chimestack/chime-fence/configs"
+	"github.com/chimestack/chime-fence/daemon"
+	"github.com/chimestack/chime-fence/drivers/agent"
+	"github.com/chimestack/chime-fence/drivers/libvirt"
+	"github.com/chimestack/chime-fence/evacuator"
+	"github.com/chimestack/chime-fence/fencer"
+	"github.com/chimestack/chime-fence/node"
+	"github.com/chimestack/chime-fence/recovery"
+	"github.com/chimestack/chime-fence/store"
+)
+
+// hypervisors keeps one libvirt client per host for the inventory capture
+// and the rebuilds; configure replaces them on a reload.
+type hypervisors struct {
+	log zerolog.Logger
+
+	mu      sync.Mutex
+	cfg     *configs.Config
+	clients map[string]*libvirt.Client
+}
+
+func newHypervisors(log zerolog.Logger) *hypervisors {
+	return &hypervisors{log: log, clients: map[string]*libvirt.Client{}}
+}
+
+func (h *hypervisors) configure(cfg *configs.Config) {
+	h.mu.Lock()
+	old := h.clients
+	h.cfg, h.clients = cfg, map[string]*libvirt.Client{}
+	h.mu.Unlock()
+	for _, c := range old {
+		_ = c.Close()
+	}
+}
+
+// get builds the host's client on first use.
+func (h *hypervisors) get(host string) (evacuator.Hypervisor, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if c, ok := h.clients[host]; ok {
+		return c, nil
+	}
+	hc, ok := h.cfg.Host(host)
+	if !ok {
+		return nil, fmt.Errorf("host %q is not configured", host)
+	}
+	c, err := libvirtClient(hc, h.log)
+	if err != nil {
+		return nil, err
+	}
+	h.clients[host] = c
+	return c, nil
+}
+
+func (h *hypervisors) close() { h.configure(h.cfg) }
+
+func (h *hypervisors) config() *configs.Config {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.cfg
+}
+
+// fenceSetup maps a host's effective policy onto the fencer's plan,
+// building fresh BMC drivers (and reading their passwords) now, so a
+// reloaded config or a rotated password applies to the next fence.
+func fenceSetup(cfg *configs.Config, host string, log zerolog.Logger) (recovery.FenceSetup, error) {
+	h, ok := cfg.Host(host)
+	if !ok {
+		return recovery.FenceSetup{}, fmt.Errorf("host %q is not configured", host)
+	}
+	pol := h.Effective
+	p := fencer.Plan{Host: h.Name, Rack: h.Rack, Action: fencer.ActionOff}
+	if pol.Action == configs.ActionReboot {
+		p.Action = fencer.ActionReboot
+	}
+	for _, l := range pol.Levels {
+		lp := fencer.LevelPlan{Name: string(l.Type), Timeout: l.Timeout, Retries: l.Retries, Settle: l.SettleDelay}
+		if l.Type == configs.LevelAgentDrain {
+			c, err := agentClient(cfg, h)
+			if err != nil {
+				lp.SetupErr = err
+			} else {
+				lp.Drainer = agentDrainer{c}
+			}
+		} else {
+			b, _ := h.BMC(l.Type.BMCType()) // presence checked by configs
+			pc, err := powerController(h, b, log)
+			if err != nil {
+				lp.SetupErr = err
+			} else {
+				lp.Power = pc
+			}
+		}
+		p.Levels = append(p.Levels, lp)
+	}
+	return recovery.FenceSetup{Plan: p, Evacuate: pol.Evacuate, Limits: fencer.Limits{
+		MaxConcurrent: pol.MaxConcurrentFences, MaxConcurrentPerRack: pol.MaxConcurrentFencesPerRack, MinInterval: pol.MinFenceInterval}}, nil
+}
+
+// candidates describes every host but the failed one for the scheduler:
+// eligibility from the admin and monitor states, capacity and load from
+// the inventory capture's last samples.
+func candidates(st daemon.Status, failed string, load func(host string) (evacuator.HostLoad, bool)) []evacuator.Candidate {
+	out := make([]evacuator.Candidate, 0, len(st.Hosts))
+	for _, h := range st.Hosts {
+		c := evacuator.Candidate{Name: h.Name, Rack: h.Rack, Eligible: true, FreeMemoryMiB: -1, Load: -1}
+		switch {
+		case h.Name == failed:
+			c.Eligible, c.Why = false, "is the failed host"
+		case h.Admin != node.Enabled:
+			c.Eligible, c.Why = false, "admin "+h.Admin.String()
+		case h.Monitor != node.Normal:
+			c.Eligible, c.Why = false, "monitor "+h.Monitor.String()
+		}
+		if l, ok := load(h.Name); ok {
+			c.CPUs, c.MemoryMiB, c.FreeMemoryMiB, c.Load = l.CPUs, l.MemoryMiB, l.FreeMemoryMiB, l.Load
+			c.UsedVCPUs, c.UsedMemoryMiB = l.UsedVCPUs, l.UsedMemoryMiB
+		} else if c.Eligible {
+			c.Eligible, c.Why = false, "capacity unknown: no libvirt sample yet"
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+func schedulerLimits(cfg *configs.Config) evacuator.Limits {
+	s := cfg.Scheduler
+	return evacuator.Limits{CPUOvercommit: s.CPUOvercommit, MemoryOvercommit: s.MemoryOvercommit,
+		ReservedCPUs: s.ReservedCPUs, ReservedMemoryMiB: int64(s.ReservedMemoryMiB)}
+}
+
+func storageRules(cfg *configs.Config) evacuator.StorageRules {
+	return evacuator.StorageRules{SharedPaths: cfg.Storage.SharedPaths, RBDShared: cfg.Storage.RBDShared}
+}
+
+// rewriteFor adapts a saved domain to its target host.
+func rewriteFor(cfg func() *configs.Config) func(xml, target string) (string, error) {
+	return func(xml, target string) (string, error) {
+		c := cfg()
+		r := evacuator.RewriteRules{GraphicsListen: c.Scheduler.GraphicsListen}
+		if h, ok := c.Host(target); ok {
+			r.BridgeMap = h.Bridges
+		}
+		return evacuator.Rewrite(xml, r)
+	}
+}
+
+// realClock is the evacuator's wall clock.
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+func (realClock) Sleep(ctx context.Context, d time.Duration) error {
+	return fencer.RealClock{}.Sleep(ctx, d)
+}
+
+// agentDrainer is the agent-drain fence level's view of an agent.
+type agentDrainer struct{ c *agent.Client }
+
+func (a agentDrainer) Drain(ctx context.Context) error {
+	_, err := a.c.Drain(ctx)
+	return err
+}
+
+func (a agentDrainer) Running(ctx context.Context) (int, error) {
+	st, err := a.c.Status(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return st.Running(), nil
+}
+
+// alertHooks reads every webhook's secret now, so a missing secret file
+// fails the start (or the reload) instead of the first alert.
+func alertHooks(cfg *configs.Config) ([]alert.Webhook, error) {
+	out := make([]alert.Webhook, 0, len(cfg.Alerts.Webhooks))
+	for _, w := range cfg.Alerts.Webhooks {
+		h := alert.Webhook{Name: w.Name, URL: w.URL, Events: w.Events, Timeout: w.Timeout, Retries: w.Retries, Format: w.Format}
+		if w.SecretFile != "" {
+			s, err := configs.Secret{What: "webhook " + w.Name + " secret", File: w.SecretFile}.Read()
+			if err != nil {
+				return nil, err
+			}
+			h.Secret = []byte(s)
+		}
+		out = append(out, h)
+	}
+	return out, nil
+}
+
+func captureConfig(cfg *configs.Config) evacuator.CaptureConfig {
+	dir := cfg.Storage.InventoryDir
+	if dir == "-" {
+		dir = ""
+	}
+	return evacuator.CaptureConfig{Interval: cfg.Storage.InventoryInterval, MirrorDir: dir, Storage: storageRules(cfg)}
+}
+
+// crashAfterJournalWrite is for the lab's crash test only: the daemon
+// SIGKILLs itself after the evacuation journal's Nth write, so the test
+// proves a restart resumes from every step.
+const crashEnv = "CHIME_FENCE_TEST_CRASH_AFTER_JOURNAL_WRITE"
+
+func crashHook(log zerolog.Logger) func(n int) {
+	v := os.Getenv(crashEnv)
+	if v == "" {
+		return nil
+	}
+	at, err := strconv.Atoi(v)
+	if err != nil || at < 1 {
+		log.Error().Str(crashEnv, v).Msg("ignored: not a positive integer")
+		return nil
+	}
+	log.Warn().Int("write", at).Msgf("%s is set: this daemon will kill itself after that evacuation journal write", crashEnv)
+	return func(n int) {
+		if n == at {
+			log.Warn().Int("write", n).Msg("crash test: SIGKILL now")
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
+	}
+}
+
+func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *daemon.Daemon, capture *evacuator.Capture,
+	alerts *alert.Dispatcher, log zerolog.Logger) (*recovery.Coordinator, error) {
+	send := func(ev alert.Event) {
+		if err := alerts.Send(ev); err != nil {
+			log.Error().Err(err).Str("type", ev.Type).Msg("alert not queued")
+		}
+	}
+	evac := &recovery.Evacuation{D: recovery.EvacuationDeps{
+		Homes: d.Homes,
+		Saved: st.Inventory,
+		Candidates: func(failed string) []evacuator.Candidate {
+			return candidates(d.Status(), failed, capture.HostLoad)
+		},
+		Storage: storageRules(cfg),
+		Limits:  schedulerLimits(cfg),
+		Tasks:   evacuator.StoreJournal{S: st},
+		Exec: evacuator.ExecDeps{
+			Hypervisor:    hv.get,
+			// Every host that can answer: an unreachable one (the fenced
+			// host among them) would only hold each start up until the
+			// call timeout, and is skipped by the guard anyway.
+			Peers: func() []string {
+				var out []string
+				for _, h := range d.Status().Hosts {
+					if h.Monitor != node.Unreachable {
+						out = append(out, h.Name)
+					}
+				}
+				return out
+			},
+			Rewrite:       rewriteFor(hv.config),
+			Clock:         realClock{},
+			PerTarget:     cfg.Scheduler.RebuildsPerTarget,
+			VerifyTimeout: cfg.Scheduler.StartTimeout,
+			OnVMRunning: func(t evacuator.Task, vm evacuator.VMTask) error {
+				return d.Relocate(vm.UUID, vm.Name, t.Host, vm.Target, time.Now())
+			},
+			Alert: func(kind, summary string) {
+				send(alert.Event{Type: kind, Severity: "critical", At: time.Now(), Cluster: cfg.Cluster.Name, Summary: summary})
+			},
+			AfterSave: crashHook(log),
+			Log:       log,
+		},
+		Now: time.Now,
+		Log: log,
+	}}
+	return recovery.New(recovery.Config{Cluster: cfg.Cluster.Name}, recovery.Deps{
+		Cluster: d, Journal: st,
+		Setup: func(host string) (recovery.FenceSetup, error) { return fenceSetup(hv.config(), host, log) },
+		Fence: func(ctx context.Context, p fencer.Plan) fencer.Result {
+			return fencer.Run(ctx, p, fencer.RealClock{}, log.With().Str("component", "fencer").Logger())
+		},
+		Evacuator: evac, Alert: send, Now: time.Now, Log: log,
+	})
+}

@@ -1,0 +1,470 @@
+package recovery
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/chimestack/chime-fence/alert"
+	"github.com/chimestack/chime-fence/daemon"
+	"github.com/chimestack/chime-fence/detector"
+	"github.com/chimestack/chime-fence/fencer"
+	"github.com/chimestack/chime-fence/node"
+	"github.com/chimestack/chime-fence/store"
+)
+
+// Cluster is what the coordinator reads and changes about hosts;
+// *daemon.Daemon satisfies it.
+type Cluster interface {
+	Host(name string) (daemon.HostStatus, error)
+	Status() daemon.Status
+	SetAdminState(host string, st node.AdminState, reason string) (store.Record, error)
+}
+
+// Journal is the durable state the coordinator needs; *store.Store
+// satisfies it.
+type Journal interface {
+	PutFence(r store.FenceRecord) error
+	Fences() (map[string]store.FenceRecord, error)
+	Append(recs ...store.Record) ([]store.Record, error)
+}
+
+// FenceSetup is one host's fence, built from its effective policy when the
+// fence is about to run (so a reloaded config applies).
+type FenceSetup struct {
+	Plan     fencer.Plan
+	Limits   fencer.Limits
+	Evacuate bool
+}
+
+// Evacuator rebuilds a fenced host's VMs. Evacuate blocks until the task
+// ends and is idempotent for one taskID (it resumes a journaled task).
+type Evacuator interface {
+	Evacuate(ctx context.Context, req EvacuationRequest) (EvacuationReport, error)
+}
+
+// EvacuationRequest names the host, its incident and its proof of death.
+type EvacuationRequest struct {
+	TaskID        string
+	Host          string
+	CorrelationID string
+	Fence         string // how the host was proven down, for the task
+}
+
+// EvacuationReport sums a finished evacuation up for alerts and history.
+type EvacuationReport struct {
+	TaskID   string      `json:"task_id"`
+	State    string      `json:"state"` // done, partial, failed
+	Running  []VMOutcome `json:"running"`
+	Failed   []VMOutcome `json:"failed,omitempty"`
+	Unplaced []VMOutcome `json:"unplaced,omitempty"`
+	Elapsed  string      `json:"elapsed"`
+}
+
+// VMOutcome is one VM's result.
+type VMOutcome struct {
+	UUID   string `json:"uuid"`
+	Name   string `json:"name"`
+	Host   string `json:"host,omitempty"` // where it runs now
+	Reason string `json:"reason,omitempty"`
+}
+
+// Deps are the coordinator's collaborators. All are required but Log.
+type Deps struct {
+	Cluster   Cluster
+	Journal   Journal
+	Setup     func(host string) (FenceSetup, error)
+	Fence     func(ctx context.Context, p fencer.Plan) fencer.Result
+	Evacuator Evacuator
+	Alert     func(ev alert.Event)
+	Now       func() time.Time
+	Log       zerolog.Logger
+}
+
+// Config tunes the coordinator.
+type Config struct {
+	// Cluster names the cluster in alerts.
+	Cluster string
+	// Retry is how often deferred hosts are looked at again (default 1s).
+	Retry time.Duration
+}
+
+// Coordinator runs the fence → drain → evacuate pipeline, one incident per
+// host at a time.
+type Coordinator struct {
+	cfg  Config
+	deps Deps
+	log  zerolog.Logger
+
+	wake chan struct{}
+
+	mu       sync.Mutex
+	gate     *fencer.Gate
+	pending  map[string]pendingHost // queued by HostDown, not yet admitted
+	busy     map[string]bool        // a goroutine owns this host
+	deferred map[string]string      // last deferral reason logged, per host
+	wg       sync.WaitGroup
+}
+
+type pendingHost struct {
+	ev      detector.DownEvent
+	retryAt time.Time
+}
+
+// New checks deps; no I/O.
+func New(cfg Config, deps Deps) (*Coordinator, error) {
+	switch {
+	case deps.Cluster == nil, deps.Journal == nil, deps.Setup == nil, deps.Fence == nil,
+		deps.Evacuator == nil, deps.Alert == nil, deps.Now == nil:
+		return nil, errors.New("recovery: every dependency but Log is required")
+	}
+	if cfg.Retry <= 0 {
+		cfg.Retry = time.Second
+	}
+	return &Coordinator{
+		cfg: cfg, deps: deps, log: deps.Log.With().Str("component", "recovery").Logger(),
+		wake: make(chan struct{}, 1), gate: fencer.NewGate(),
+		pending: map[string]pendingHost{}, busy: map[string]bool{}, deferred: map[string]string{},
+	}, nil
+}
+
+// HostDown queues a host the detector judged down. It never blocks.
+func (c *Coordinator) HostDown(ev detector.DownEvent) {
+	c.mu.Lock()
+	c.pending[ev.Host] = pendingHost{ev: ev}
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run works the queue until ctx ends, then waits for fences and
+// evacuations in flight to return (they obey ctx).
+func (c *Coordinator) Run(ctx context.Context) error {
+	c.resume(ctx)
+	t := time.NewTicker(c.cfg.Retry)
+	defer t.Stop()
+	for {
+		c.dispatch(ctx)
+		select {
+		case <-ctx.Done():
+			c.wg.Wait()
+			return nil
+		case <-c.wake:
+		case <-t.C:
+		}
+	}
+}
+
+// Wait blocks until every incident in flight has returned (tests).
+func (c *Coordinator) Wait() { c.wg.Wait() }
+
+// dispatch starts the pending hosts that may start now.
+func (c *Coordinator) dispatch(ctx context.Context) {
+	now := c.deps.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	hosts := make([]string, 0, len(c.pending))
+	for h := range c.pending {
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts)
+	for _, h := range hosts {
+		p := c.pending[h]
+		if c.busy[h] || now.Before(p.retryAt) {
+			continue
+		}
+		delete(c.pending, h)
+		c.busy[h] = true
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			retry, reason := c.incident(ctx, p.ev)
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			delete(c.busy, h)
+			if !retry.IsZero() && ctx.Err() == nil {
+				if _, newer := c.pending[h]; !newer {
+					c.pending[h] = pendingHost{ev: p.ev, retryAt: retry}
+				}
+				if c.deferred[h] != reason {
+					c.deferred[h] = reason
+					c.log.Warn().Str("host", h).Str("correlation_id", p.ev.CorrelationID).Time("retry_at", retry).
+						Msgf("fence of %s deferred: %s", h, reason)
+				}
+			} else {
+				delete(c.deferred, h)
+			}
+		}()
+	}
+}
+
+// incident handles one host-down verdict. A non-zero retry means "not
+// now, ask again at retry" (the admission gate said so).
+func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retry time.Time, reason string) {
+	host := ev.Host
+	log := c.log.With().Str("host", host).Str("correlation_id", ev.CorrelationID).Logger()
+	st, err := c.deps.Cluster.Host(host)
+	if err != nil {
+		log.Error().Err(err).Msg("host-down for a host the daemon no longer knows; nothing done")
+		return time.Time{}, ""
+	}
+	fences, err := c.deps.Journal.Fences()
+	if err != nil {
+		log.Error().Err(err).Msg("cannot read the fence journal; not fencing blind")
+		return c.deps.Now().Add(c.cfg.Retry), "fence journal unreadable: " + err.Error()
+	}
+	if prev, ok := fences[host]; ok && prev.Proven() && provenSinceHeartbeat(prev, st) {
+		// Already fenced for this silence (a repeated verdict or a daemon
+		// restart): finish the evacuation, never fence twice.
+		c.evacuate(ctx, prev, log)
+		return time.Time{}, ""
+	}
+	if why := c.stillDown(host); why != "" {
+		c.record(store.Record{At: c.deps.Now(), Host: host, Kind: "fence-skipped", To: "skipped", CorrelationID: ev.CorrelationID,
+			Reason: "host-down verdict no longer holds at fence time: " + why})
+		log.Warn().Msgf("not fencing %s: %s", host, why)
+		return time.Time{}, ""
+	}
+	setup, err := c.deps.Setup(host)
+	if err != nil {
+		c.failed(ctx, store.FenceRecord{Host: host, CorrelationID: ev.CorrelationID, Started: c.deps.Now()}, "fence setup: "+err.Error(), nil, log)
+		return time.Time{}, ""
+	}
+	now := c.deps.Now()
+	c.mu.Lock()
+	adm := c.gate.Admit(fencer.Request{Host: host, Rack: st.Rack, Limits: setup.Limits}, now)
+	c.mu.Unlock()
+	if !adm.OK {
+		return adm.RetryAt, adm.Reason
+	}
+	defer func() {
+		c.mu.Lock()
+		c.gate.Done(host, c.deps.Now())
+		c.mu.Unlock()
+	}()
+
+	rec := store.FenceRecord{Host: host, CorrelationID: ev.CorrelationID, State: store.FenceInFlight,
+		Action: setup.Plan.Action.String(), Started: now}
+	if err := c.deps.Journal.PutFence(rec); err != nil {
+		// No journal, no fence: a crash now would leave nobody knowing a
+		// power-off was in flight.
+		log.Error().Err(err).Msg("cannot journal the fence intent; not fencing")
+		return c.deps.Now().Add(c.cfg.Retry), "fence journal write failed: " + err.Error()
+	}
+	levels := make([]string, len(setup.Plan.Levels))
+	for i, l := range setup.Plan.Levels {
+		levels[i] = l.Name
+	}
+	c.record(store.Record{At: now, Host: host, Kind: "fence", From: "unreachable", To: "fencing", CorrelationID: ev.CorrelationID,
+		Reason: fmt.Sprintf("fencing %s (action %s, levels %v) because %s", host, rec.Action, levels, ev.Reason)})
+	c.alert(alert.Event{Type: alert.FenceStarted, Severity: "warning", At: now, Host: host, CorrelationID: ev.CorrelationID,
+		Summary: fmt.Sprintf("fencing %s: %s", host, ev.Reason), Details: map[string]any{"levels": levels, "action": rec.Action}})
+	log.Warn().Strs("levels", levels).Msgf("fencing %s because %s", host, ev.Reason)
+
+	setup.Plan.Host, setup.Plan.Rack = host, st.Rack
+	res := c.deps.Fence(ctx, setup.Plan)
+	attempts, _ := json.Marshal(res.Attempts)
+	rec.Attempts = attempts
+	rec.Finished = c.deps.Now()
+	if !res.Verified {
+		c.failed(ctx, rec, res.Reason, res.Attempts, log)
+		return time.Time{}, ""
+	}
+	rec.State, rec.Level = store.FenceVerified, res.Level
+	if res.PowerOnErr != "" {
+		rec.Reason = "powered back on failed: " + res.PowerOnErr
+	}
+	if err := c.deps.Journal.PutFence(rec); err != nil {
+		// The host is off, but without the record no rebuild may rely on
+		// it: alert and stop here; the next verdict retries the journal.
+		log.Error().Err(err).Msg("fence verified but not journaled; evacuation withheld")
+		c.alert(alert.Event{Type: alert.FenceFailed, Severity: "critical", At: rec.Finished, Host: host, CorrelationID: ev.CorrelationID,
+			Summary: fmt.Sprintf("%s is off (verified by %s) but the journal write failed, so nothing is evacuated: %v", host, res.Level, err)})
+		return time.Time{}, ""
+	}
+	took := rec.Finished.Sub(rec.Started).Round(time.Millisecond)
+	summary := fmt.Sprintf("%s fenced: %s verified power off in %s", host, res.Level, took)
+	if setup.Plan.Action == fencer.ActionReboot {
+		summary += "; powered back on (stays drained)"
+		if res.PowerOnErr != "" {
+			summary = fmt.Sprintf("%s fenced: %s verified power off in %s; power on failed: %s", host, res.Level, took, res.PowerOnErr)
+		}
+	}
+	c.record(store.Record{At: rec.Finished, Host: host, Kind: "fence", From: "fencing", To: "verified", CorrelationID: ev.CorrelationID,
+		Reason: summary, Evidence: attempts})
+	if _, err := c.deps.Cluster.SetAdminState(host, node.Drained, "fenced by chime-fence ("+ev.CorrelationID+"): "+summary); err != nil {
+		log.Error().Err(err).Msg("fence verified but the host could not be marked drained")
+	}
+	c.alert(alert.Event{Type: alert.FenceSucceeded, Severity: "warning", At: rec.Finished, Host: host, CorrelationID: ev.CorrelationID,
+		Summary: summary, Details: map[string]any{"level": res.Level, "elapsed": took.String(), "attempts": res.Attempts}})
+	log.Warn().Str("level", res.Level).Dur("elapsed", took).Msg(summary)
+	if setup.Evacuate {
+		c.evacuate(ctx, rec, log)
+	} else {
+		log.Warn().Msgf("policy says evacuate: false; %s's VMs wait for an operator", host)
+	}
+	return time.Time{}, ""
+}
+
+// provenSinceHeartbeat: the proof is about the current silence, not an
+// earlier one the host has since recovered from.
+func provenSinceHeartbeat(r store.FenceRecord, st daemon.HostStatus) bool {
+	return st.LastHeartbeat.IsZero() || st.LastHeartbeat.Before(r.Started)
+}
+
+// stillDown re-reads the verdict and the storm guard just before acting.
+func (c *Coordinator) stillDown(host string) string {
+	st, err := c.deps.Cluster.Host(host)
+	if err != nil {
+		return err.Error()
+	}
+	if st.Verdict != detector.HostDown {
+		return "verdict is now " + st.Verdict.String() + " (" + st.VerdictReason + ")"
+	}
+	if storm := c.deps.Cluster.Status().Storm; storm.Paused {
+		return "storm guard paused: " + storm.Reason
+	}
+	return ""
+}
+
+func (c *Coordinator) failed(_ context.Context, rec store.FenceRecord, reason string, attempts []fencer.Attempt, log zerolog.Logger) {
+	rec.State, rec.Reason = store.FenceFailed, reason
+	if rec.Finished.IsZero() {
+		rec.Finished = c.deps.Now()
+	}
+	if err := c.deps.Journal.PutFence(rec); err != nil {
+		log.Error().Err(err).Msg("cannot journal the failed fence")
+	}
+	summary := fmt.Sprintf("fence of %s FAILED, nothing evacuated, host stays unreachable (an operator may confirm-down): %s", rec.Host, reason)
+	c.record(store.Record{At: rec.Finished, Host: rec.Host, Kind: "fence", From: "fencing", To: "failed", CorrelationID: rec.CorrelationID,
+		Reason: summary, Evidence: rec.Attempts})
+	c.alert(alert.Event{Type: alert.FenceFailed, Severity: "critical", At: rec.Finished, Host: rec.Host, CorrelationID: rec.CorrelationID,
+		Summary: summary, Details: map[string]any{"reason": reason, "attempts": attempts}})
+	log.Error().Msg(summary)
+}
+
+// TaskID is the evacuation task of one fence incident.
+func TaskID(r store.FenceRecord) string {
+	return "evac-" + r.Host + "-" + r.CorrelationID
+}
+
+func fenceProof(r store.FenceRecord) string {
+	if r.State == store.FenceConfirmed {
+		return fmt.Sprintf("confirmed down by an operator at %s: %s", r.Finished.Format(time.RFC3339), r.Reason)
+	}
+	return fmt.Sprintf("%s verified power off at %s", r.Level, r.Finished.Format(time.RFC3339Nano))
+}
+
+// evacuate runs (or resumes) the evacuation of a proven fence.
+func (c *Coordinator) evacuate(ctx context.Context, rec store.FenceRecord, log zerolog.Logger) {
+	if !rec.Proven() {
+		log.Error().Msg("refusing to evacuate without a proven fence") // unreachable by construction
+		return
+	}
+	id := TaskID(rec)
+	start := c.deps.Now()
+	c.alert(alert.Event{Type: alert.EvacuationStarted, Severity: "warning", At: start, Host: rec.Host, CorrelationID: rec.CorrelationID,
+		Summary: fmt.Sprintf("evacuating %s (task %s)", rec.Host, id)})
+	rep, err := c.deps.Evacuator.Evacuate(ctx, EvacuationRequest{TaskID: id, Host: rec.Host, CorrelationID: rec.CorrelationID, Fence: fenceProof(rec)})
+	now := c.deps.Now()
+	if err != nil {
+		summary := fmt.Sprintf("evacuation of %s did not run: %v", rec.Host, err)
+		c.record(store.Record{At: now, Host: rec.Host, Kind: "evacuation", To: "error", CorrelationID: rec.CorrelationID, Reason: summary})
+		c.alert(alert.Event{Type: alert.EvacuationPartial, Severity: "critical", At: now, Host: rec.Host, CorrelationID: rec.CorrelationID, Summary: summary})
+		log.Error().Err(err).Msg("evacuation did not run")
+		return
+	}
+	if rec.Evacuation != id {
+		rec.Evacuation = id
+		if err := c.deps.Journal.PutFence(rec); err != nil {
+			log.Error().Err(err).Msg("cannot note the evacuation on the fence record")
+		}
+	}
+	ev, _ := json.Marshal(rep)
+	summary := fmt.Sprintf("evacuation of %s %s: %d running elsewhere, %d failed, %d not moved", rec.Host, rep.State,
+		len(rep.Running), len(rep.Failed), len(rep.Unplaced))
+	for _, u := range rep.Unplaced {
+		summary += fmt.Sprintf("; %s: %s", u.Name, u.Reason)
+	}
+	for _, f := range rep.Failed {
+		summary += fmt.Sprintf("; %s FAILED: %s", f.Name, f.Reason)
+	}
+	c.record(store.Record{At: now, Host: rec.Host, Kind: "evacuation", To: rep.State, CorrelationID: rec.CorrelationID, Reason: summary, Evidence: ev})
+	typ, sev := alert.EvacuationFinished, "info"
+	if rep.State != "done" || len(rep.Unplaced) > 0 {
+		typ, sev = alert.EvacuationPartial, "critical"
+	}
+	c.alert(alert.Event{Type: typ, Severity: sev, At: now, Host: rec.Host, CorrelationID: rec.CorrelationID, Summary: summary,
+		Details: map[string]any{"report": rep}})
+	log.Warn().RawJSON("report", ev).Msg(summary)
+}
+
+// resume finishes what a previous daemon left: proven fences whose
+// evacuation may not have ended. Evacuate is idempotent per task, so a
+// finished one only reports again.
+func (c *Coordinator) resume(ctx context.Context) {
+	fences, err := c.deps.Journal.Fences()
+	if err != nil {
+		c.log.Error().Err(err).Msg("cannot read the fence journal at start; nothing resumed")
+		return
+	}
+	hosts := make([]string, 0, len(fences))
+	for h := range fences {
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts)
+	for _, h := range hosts {
+		rec := fences[h]
+		log := c.log.With().Str("host", h).Str("correlation_id", rec.CorrelationID).Logger()
+		switch {
+		case rec.State == store.FenceInFlight:
+			log.Warn().Msgf("a fence of %s was in flight when the daemon stopped; its power state is unknown until the detector decides again", h)
+			continue
+		case !rec.Proven():
+			continue
+		}
+		st, err := c.deps.Cluster.Host(h)
+		if err != nil || !provenSinceHeartbeat(rec, st) {
+			continue
+		}
+		setup, err := c.deps.Setup(h)
+		if err != nil || !setup.Evacuate {
+			continue
+		}
+		c.mu.Lock()
+		if c.busy[h] {
+			c.mu.Unlock()
+			continue
+		}
+		c.busy[h] = true
+		c.wg.Add(1)
+		c.mu.Unlock()
+		go func() {
+			defer c.wg.Done()
+			log.Warn().Msgf("resuming the evacuation of %s after a restart", h)
+			c.evacuate(ctx, rec, log)
+			c.mu.Lock()
+			delete(c.busy, h)
+			c.mu.Unlock()
+		}()
+	}
+}
+
+func (c *Coordinator) record(r store.Record) {
+	if _, err := c.deps.Journal.Append(r); err != nil {
+		c.log.Error().Err(err).Str("host", r.Host).Str("kind", r.Kind).Msg("cannot record history")
+	}
+}
+
+func (c *Coordinator) alert(ev alert.Event) {
+	ev.Cluster = c.cfg.Cluster
+	c.deps.Alert(ev)
+}

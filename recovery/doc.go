@@ -1,0 +1,27 @@
+// Package recovery closes the loop from a host-down verdict to the host's
+// VMs running elsewhere: it re-checks the verdict and the storm guard,
+// admits the fence under the policy's limits, journals the intent, runs the
+// fence levels (fencer.Run), journals the outcome, marks the host drained,
+// plans the evacuation (evacuator.Place over the saved domain XML) and runs
+// it (evacuator.Execute), alerting at each step.
+//
+// Caller contract:
+//
+//   - HostDown never blocks and may be called with the detector's locks
+//     held: it only queues the host. Run does the work; nothing happens
+//     before Run is called.
+//   - A fence starts only when, at that moment, the detector still says
+//     host-down for the host and the storm guard is not paused. The fence
+//     record (store.FenceInFlight) is durable before any BMC is touched.
+//   - A rebuild starts only after the journal holds a proven fence
+//     (verified by read-back, or confirmed by an operator) that is newer
+//     than the host's last heartbeat. A host that heartbeats after its
+//     fence is a new incident: it is never evacuated on the old proof.
+//   - The evacuation task's id is derived from the fence's incident, so a
+//     restarted daemon resumes the same task instead of planning a second
+//     one (Resume at start, and again whenever the verdict repeats).
+//   - Failures (no level verified, nothing placeable, a VM that cannot
+//     start) are alerted with every reason and leave the host unreachable
+//     and drained or as it was; nothing is retried behind the operator's
+//     back except what the fencer's levels retry themselves.
+package recovery

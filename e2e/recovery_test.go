@@ -201,7 +201,7 @@ func TestRecoveryPowerLoss(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond) // two load samples of every target
 
 	// Done when 3 (first, so the storm guard sees one silent host at a time): a network cut with the BMC on moves nothing.
-		before := d.l.QEMUPIDs(h2)
+	before := d.l.QEMUPIDs(h2)
 	require.NoError(t, d.l.CutNetwork(ctx, h2))
 	d.waitHost(h2.Name, "isolated-or-hung", 10*time.Second, func(s daemon.HostStatus) bool { return s.Verdict == detector.IsolatedOrHung })
 	time.Sleep(2 * time.Second)

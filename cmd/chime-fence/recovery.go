@@ -250,7 +250,7 @@ func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *da
 		Limits:  schedulerLimits(cfg),
 		Tasks:   evacuator.StoreJournal{S: st},
 		Exec: evacuator.ExecDeps{
-			Hypervisor:    hv.get,
+			Hypervisor: hv.get,
 			// Every host that can answer: an unreachable one (the fenced
 			// host among them) would only hold each start up until the
 			// call timeout, and is skipped by the guard anyway.

@@ -95,7 +95,9 @@ type ExecDeps struct {
 	Alert func(kind, summary string)
 	// AfterSave, if set, is called after each successful journal write
 	// with the number of writes so far in this Execute call, before the
-	// step that write allows (a test hook: the lab kills the daemon here).
+	// steps that write allows (a test hook: the lab kills the daemon here).
+	// Steps of VMs rebuilt in parallel may share a write, so the number of
+	// writes of an evacuation varies from run to run.
 	AfterSave func(n int)
 	Log       zerolog.Logger
 }
@@ -164,8 +166,10 @@ func Execute(ctx context.Context, t *Task, d ExecDeps) error {
 	defer cancel()
 	e := &executor{
 		d: d, t: t, host: t.Host, cancel: cancel,
-		log: d.Log.With().Str("component", "evacuator").Str("task", t.ID).Str("fenced_host", t.Host).Logger(),
+		log:         d.Log.With().Str("component", "evacuator").Str("task", t.ID).Str("fenced_host", t.Host).Logger(),
+		lastWritten: t.Clone(),
 	}
+	e.written = sync.NewCond(&e.mu)
 	// A new task is journaled before anything else; one read back from the
 	// journal is already there (and a write that records no progress could
 	// stall a daemon that keeps dying after one write).
@@ -236,10 +240,17 @@ type executor struct {
 	host   string // the fenced host; t.Host may only be read under mu
 	cancel context.CancelFunc
 
-	mu         sync.Mutex
-	t          *Task
-	saves      int
-	journalErr error
+	mu sync.Mutex
+	t  *Task
+	// Journal writes (see save): version counts changes to t, durable is
+	// the last version written, lastWritten that version's copy.
+	written     *sync.Cond
+	writing     bool
+	version     uint64
+	durable     uint64
+	lastWritten Task
+	saves       int
+	journalErr  error
 }
 
 // run schedules one attempt per VM at a time, highest priority first, at
@@ -394,7 +405,7 @@ func (e *executor) inspect(ctx context.Context, target, uuid string, patient boo
 			dom, err = hv.Domain(c, uuid)
 			cancel()
 		} else {
-			err = fmt.Errorf("connect: %w", err)
+			hv, err = nil, fmt.Errorf("connect: %w", err)
 		}
 		if err == nil || errors.Is(err, hypervisor.ErrNotFound) || !patient ||
 			ctx.Err() != nil || !e.d.Clock.Now().Before(deadline) {
@@ -685,31 +696,51 @@ func (e *executor) saveVM(i int, fn func(*VMTask)) error {
 	})
 }
 
-// save changes the task and journals it; writes are serialised so the
-// journal never goes back. When a write fails the change is undone, the
-// error sticks and the run is cancelled: nothing that write was meant to
-// allow happens.
+// save changes the task and returns once a journal write holding the
+// change returned nil. Writes are serialised (the journal never goes back)
+// and coalesced: changes made while a write is under way go into the next
+// one, so parallel rebuilds share writes. When a write fails the task goes
+// back to the last written state, the error sticks and the run is
+// cancelled: nothing a lost change was meant to allow happens.
 func (e *executor) save(fn func(*Task)) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.journalErr != nil {
 		return e.journalErr
 	}
-	before := e.t.Clone()
 	fn(e.t)
 	e.t.Updated = e.d.Clock.Now()
-	if err := e.d.Journal.SaveTask(e.t.Clone()); err != nil {
-		*e.t = before
-		e.journalErr = fmt.Errorf("evacuator: task %q: journal write failed (the task stays open and resumes from its last write): %w", e.t.ID, err)
-		e.cancel()
+	e.version++
+	mine := e.version
+	for e.durable < mine && e.journalErr == nil {
+		if e.writing {
+			e.written.Wait()
+			continue
+		}
+		e.writing = true
+		snap, v := e.t.Clone(), e.version
+		e.mu.Unlock()
+		err := e.d.Journal.SaveTask(snap)
+		e.mu.Lock()
+		e.writing = false
+		if err != nil {
+			*e.t = e.lastWritten.Clone()
+			e.journalErr = fmt.Errorf("evacuator: task %q: journal write failed (the task stays open and resumes from its last write): %w", e.t.ID, err)
+			e.cancel()
+		} else {
+			e.durable, e.lastWritten = v, snap
+			e.saves++
+			if e.d.AfterSave != nil {
+				e.d.AfterSave(e.saves)
+			}
+			if e.d.OnProgress != nil {
+				e.d.OnProgress(snap.Clone())
+			}
+		}
+		e.written.Broadcast()
+	}
+	if e.durable < mine {
 		return e.journalErr
-	}
-	e.saves++
-	if e.d.AfterSave != nil {
-		e.d.AfterSave(e.saves)
-	}
-	if e.d.OnProgress != nil {
-		e.d.OnProgress(e.t.Clone())
 	}
 	return nil
 }

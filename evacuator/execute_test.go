@@ -167,7 +167,8 @@ func TestExecuteHappyPath(t *testing.T) {
 
 	// OnProgress and AfterSave follow every write, in order.
 	writes := r.j.count()
-	assert.Equal(t, 1+3*4+1, writes, "start, 4 steps per VM, finish")
+	assert.LessOrEqual(t, writes, 1+3*4+1, "start, 4 steps per VM, finish, or fewer when parallel steps share a write")
+	assert.GreaterOrEqual(t, writes, 1+4+1, "one VM's steps never share a write")
 	require.Len(t, r.progress, writes)
 	assert.Equal(t, TaskRunning, r.progress[0].State)
 	assert.Equal(t, TaskDone, r.progress[writes-1].State)
@@ -479,6 +480,31 @@ func TestExecuteUnreachableTargetBeforeStartMovesOn(t *testing.T) {
 	assert.Equal(t, tx0, r.clock.Now(), "nothing was started on a, so no waiting for it")
 }
 
+func TestExecuteRewriteAndDefineMistakesMoveOn(t *testing.T) {
+	r := newRig("a", "b", "c")
+	d := r.deps()
+	d.Rewrite = func(xml, target string) (string, error) {
+		switch target {
+		case "a":
+			return "", errors.New("no bridge mapping for br-ext on a")
+		case "b":
+			return strings.Replace(xml, u1, u2, 1), nil // a rewrite that lost the UUID
+		}
+		return xml, nil
+	}
+	task := newTask(vmTask(u1, "a", 0, "b", "c"))
+	require.NoError(t, Execute(context.Background(), task, d))
+	vm := task.VMs[0]
+	assert.Equal(t, StepRunning, vm.Step)
+	assert.Equal(t, "c", vm.Target)
+	require.Len(t, vm.Tried, 2)
+	assert.Equal(t, TriedTarget{Host: "a", Error: "rewrite XML: no bridge mapping for br-ext on a"}, vm.Tried[0])
+	assert.Equal(t, TriedTarget{Host: "b", Error: "define: libvirt defined UUID " + u2 + ", want " + u1 + " (the rewrite must keep the UUID)"}, vm.Tried[1])
+	assert.Zero(t, r.c.count("a define"), "nothing defined when the rewrite fails")
+	assert.Empty(t, r.c.host("b").doms, "the wrongly defined domain was removed")
+	assert.Equal(t, []string{"c"}, r.c.activeOn(u1))
+}
+
 func TestExecuteCancelledLeavesTaskOpen(t *testing.T) {
 	r := newRig("a")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -566,10 +592,10 @@ func TestExecuteResumesAfterCrashAtEveryWrite(t *testing.T) {
 	d.PerTarget = 2
 	require.NoError(t, Execute(context.Background(), task, d))
 	check(t, r, *task)
-	total := r.j.count()
-	require.Equal(t, 1+5*4+3+2+1, total, "start, 4 per VM, u3's 3 on b, cleanup and move to c, finish")
+	most := 1 + 5*4 + 3 + 2 + 1 // start, 4 per VM, u3's 3 on b, cleanup and move to c, finish
+	require.LessOrEqual(t, r.j.count(), most, "parallel steps may share a write")
 
-	for n := 1; n < total; n++ {
+	for n := 1; n < most; n++ {
 		t.Run(fmt.Sprintf("crash after write %d", n), func(t *testing.T) {
 			st, err := store.Open(filepath.Join(t.TempDir(), store.FileName), store.Options{})
 			require.NoError(t, err)
@@ -581,7 +607,11 @@ func TestExecuteResumesAfterCrashAtEveryWrite(t *testing.T) {
 			d := r.deps()
 			d.PerTarget = 2
 			err = Execute(context.Background(), task, d)
-			require.Error(t, err)
+			if err == nil {
+				// This run shared enough writes to finish within n.
+				check(t, r, *task)
+				return
+			}
 			assert.Contains(t, err.Error(), "journal stopped after")
 
 			open, err := sj.OpenTasks()
@@ -681,4 +711,38 @@ func TestStoreJournal(t *testing.T) {
 	err = j.SaveTask(*bad)
 	require.ErrorIs(t, err, store.ErrInvalid)
 	assert.Contains(t, err.Error(), `save evacuation task "evac-dead-1"`)
+}
+
+// BenchmarkExecuteStoreJournal rebuilds 100 VMs on 5 fake targets with the
+// bbolt journal: the cost is the journal's durable writes (4 per VM), each
+// the whole task with every VM's XML (about 5 KiB each, as libvirt's are).
+func BenchmarkExecuteStoreJournal(b *testing.B) {
+	pad := "<description>" + strings.Repeat("x", 5000) + "</description>"
+	for b.Loop() {
+		b.StopTimer()
+		st, err := store.Open(filepath.Join(b.TempDir(), store.FileName), store.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		r := newRig("t0", "t1", "t2", "t3", "t4")
+		var vms []VMTask
+		for i := range 100 {
+			vm := vmTask(fmt.Sprintf("00000000-0000-4000-8000-%012d", i), fmt.Sprintf("t%d", i%5), i%3)
+			vm.XML = strings.Replace(vm.XML, "<devices>", pad+"<devices>", 1)
+			vms = append(vms, vm)
+		}
+		task := newTask(vms...)
+		d := r.deps()
+		d.Journal = StoreJournal{S: st}
+		b.StartTimer()
+		if err := Execute(context.Background(), task, d); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if task.State != TaskDone {
+			b.Fatalf("state %s", task.State)
+		}
+		_ = st.Close()
+		b.StartTimer()
+	}
 }

@@ -243,7 +243,11 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 	adm := c.gate.Admit(fencer.Request{Host: host, Rack: st.Rack, Limits: setup.Limits}, now)
 	c.mu.Unlock()
 	if !adm.OK {
-		return adm.RetryAt, adm.Reason
+		retry := adm.RetryAt
+		if retry.IsZero() { // a concurrency limit: look again soon
+			retry = now.Add(c.cfg.Retry)
+		}
+		return retry, adm.Reason
 	}
 	defer func() {
 		c.mu.Lock()

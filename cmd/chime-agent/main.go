@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -85,7 +86,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 type flags struct {
 	host, daemon, tokenFile, bootIDFile, listen string
-	libvirt, libvirtURI, logLevel               string
+	libvirt, libvirtURI, logLevel, stateDir     string
 	interfaces, storage                         []string
 	heartbeat, reconcile                        time.Duration
 	version                                     bool
@@ -101,7 +102,11 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 to the chime-fence daemon, reports local health (libvirtd, interfaces, storage),
 and restarts domains the daemon assigns to this host when their QEMU died or the
 host restarted — never while the host is drained, and never before the daemon
-has told it the host's admin state.`,
+has told it the host's admin state. Domains the daemon rebuilt elsewhere while
+this host was fenced are destroyed and undefined before the first heartbeat.
+
+chime-agent drain stops every domain and keeps this host drained locally, even
+when the daemon cannot be reached (see chime-agent drain --help).`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -115,6 +120,7 @@ has told it the host's admin state.`,
 	}
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
+	cmd.AddCommand(newDrain(stdout, stderr, dialLibvirt))
 	fs := cmd.Flags()
 	fs.StringVar(&f.host, "host", hostname, "this host's name as the daemon's configuration knows it")
 	fs.StringVar(&f.daemon, "daemon", "", "the daemon's address, e.g. http://10.0.0.2:7480 (required)")
@@ -127,6 +133,7 @@ has told it the host's admin state.`,
 	fs.StringArrayVar(&f.storage, "storage", nil, "directory that must be writable, e.g. shared VM storage (repeatable)")
 	fs.DurationVar(&f.heartbeat, "heartbeat-interval", 5*time.Second, "heartbeat interval until the daemon names its own")
 	fs.DurationVar(&f.reconcile, "reconcile-interval", 60*time.Second, "how often domains that should run are checked")
+	fs.StringVar(&f.stateDir, "state-dir", agent.DefaultStateDir, "directory of the local drain marker (persistent, per host)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	return cmd
@@ -144,6 +151,9 @@ func serve(ctx context.Context, f flags, stderr io.Writer) error {
 	level, err := zerolog.ParseLevel(f.logLevel)
 	if err != nil || f.logLevel == "" {
 		problems = append(problems, fmt.Errorf("--log-level %q: want debug, info, warn or error", f.logLevel))
+	}
+	if !filepath.IsAbs(f.stateDir) {
+		problems = append(problems, fmt.Errorf("--state-dir %q: want an absolute path", f.stateDir))
 	}
 	if len(problems) > 0 {
 		return usageErr(errors.Join(problems...))
@@ -181,7 +191,7 @@ func serve(ctx context.Context, f flags, stderr io.Writer) error {
 		Host: f.host, BootID: bootID, Version: versionString(),
 		Interfaces: f.interfaces, Storage: f.storage,
 		HeartbeatInterval: f.heartbeat, ReconcileInterval: f.reconcile,
-		Checks: lvChecks,
+		StateDir: f.stateDir, Checks: lvChecks,
 	}, lv, dc, log)
 	if err != nil {
 		return usageErr(err)

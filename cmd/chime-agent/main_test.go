@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/chimestack/chime-fence/agent"
 	agentclient "github.com/chimestack/chime-fence/drivers/agent"
 	"github.com/chimestack/chime-fence/heartbeat"
 	"github.com/chimestack/chime-fence/node"
@@ -90,6 +91,7 @@ func TestUsageErrors(t *testing.T) {
 		{"bad libvirt address", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--boot-id-file", boot, "--libvirt", "unix:"}, []string{"--libvirt", "empty socket path"}},
 		{"bad storage", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--boot-id-file", boot, "--storage", "relative/dir"}, []string{`storage path "relative/dir" is not absolute`}},
 		{"bad log level", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--log-level", "loud"}, []string{`--log-level "loud"`}},
+		{"relative state dir", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--state-dir", "var/lib"}, []string{`--state-dir "var/lib": want an absolute path`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, out, errOut := runCLI(t, tc.args...)
@@ -152,12 +154,13 @@ func TestRunsAndStopsCleanly(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var stderr lockedBuf
+	stateDir := t.TempDir()
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"--host", "n1", "--daemon", daemon.URL, "--token-file", tokenFile(t, 0o600),
 			"--boot-id-file", bootIDFile(t, "boot-abc\n"), "--listen", listen,
 			"--libvirt", "unix:" + filepath.Join(t.TempDir(), "no-libvirt-sock"),
-			"--heartbeat-interval", "50ms", "--storage", t.TempDir()}, &lockedBuf{}, &stderr)
+			"--heartbeat-interval", "50ms", "--storage", t.TempDir(), "--state-dir", stateDir}, &lockedBuf{}, &stderr)
 	}()
 
 	require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(hbs) >= 3 }, 10*time.Second, 10*time.Millisecond)
@@ -186,6 +189,9 @@ func TestRunsAndStopsCleanly(t *testing.T) {
 	logs := stderr.String()
 	assert.Contains(t, logs, `"component":"heartbeat"`)
 	assert.Contains(t, logs, `"message":"agent stopped"`)
+	seen, err := os.ReadFile(filepath.Join(stateDir, agent.AdminFile))
+	require.NoError(t, err, "the admin state fetched is kept in --state-dir")
+	assert.Contains(t, string(seen), `"state": "disabled"`)
 	assert.NotContains(t, logs, token)
 }
 

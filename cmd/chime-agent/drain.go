@@ -26,7 +26,9 @@ type drainHV interface {
 // dialFunc builds the libvirt client; tests pass a fake.
 type dialFunc func(cfg libvirt.Config, log zerolog.Logger) (drainHV, error)
 
-func dialLibvirt(cfg libvirt.Config, log zerolog.Logger) (drainHV, error) { return libvirt.New(cfg, log) }
+func dialLibvirt(cfg libvirt.Config, log zerolog.Logger) (drainHV, error) {
+	return libvirt.New(cfg, log)
+}
 
 type drainFlags struct {
 	host, stateDir, libvirt, libvirtURI, output, logLevel string

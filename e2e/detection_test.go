@@ -53,7 +53,8 @@ func buildGo(t *testing.T, dir, pkg string) string {
 func agentArgv(bin, tokenFile, ctlAddr string, h lab.Host) []string {
 	return []string{bin, "--host", h.Name, "--daemon", "http://" + ctlAddr + ":7480", "--token-file", tokenFile,
 		"--listen", h.MgmtAddr + ":7481", "--libvirt", h.MgmtAddr + ":16509",
-		"--heartbeat-interval", detInterval.String(), "--reconcile-interval", "300ms"}
+		"--heartbeat-interval", detInterval.String(), "--reconcile-interval", "300ms",
+		"--state-dir", filepath.Join(h.Dir, "agent-state")} // per host: the lab's hosts share /var/lib
 }
 
 // detectionLab is a lab with chime-agents on every host and the daemon in

@@ -23,7 +23,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-AGENT="$BIN/chime-agent --host {host} --daemon http://{ctl}:7480 --token-file {token} --listen {addr}:7481 --libvirt {addr}:16509 --heartbeat-interval 200ms --reconcile-interval 5s"
+AGENT="$BIN/chime-agent --host {host} --daemon http://{ctl}:7480 --token-file {token} --listen {addr}:7481 --libvirt {addr}:16509 --heartbeat-interval 200ms --reconcile-interval 5s --state-dir $DIR/agent-{host}"
 
 step "1. lab up: 3 hosts (host3 has a Redfish BMC), 3 VMs on shared storage, a chime-agent in each host"
 "$BIN/chime-lab" down --dir "$DIR" >/dev/null 2>&1 || true

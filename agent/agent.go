@@ -364,7 +364,11 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 // the ack.
 func (a *Agent) beat(ctx context.Context, seq uint64, interval time.Duration) error {
 	health, doms := a.checks.snapshot()
-	health.Evictions = a.evictionFaults()
+	var evicted []heartbeat.AssignedDomain
+	if asg := a.held.last(); asg != nil {
+		evicted = asg.Evicted
+	}
+	health.Evictions = evictionHealth(a.evictionFaults(), evicted, doms)
 	hb := heartbeat.Heartbeat{
 		Host: a.cfg.Host, BootID: a.cfg.BootID, Seq: seq,
 		AgentStart: a.start, AgentVersion: a.cfg.Version, SentAt: a.cfg.Now(),

@@ -44,7 +44,12 @@
 //     never started, even if the daemon also assigns it. Failures are
 //     heartbeat faults (Health.Evictions, naming domain and error, so the
 //     daemon shows the host in error) and are retried every heartbeat
-//     interval. Only a current (non-stale) assignment's list is acted on:
+//     interval. A heartbeat whose listing shows an evicted domain always
+//     carries a fault for it, so the host never reports ready with one:
+//     at a power-on libvirtd often is not up yet when the agent starts
+//     (measured in the lab: the first cleanup fails "no such file" on the
+//     socket about two runs in three); the copy then goes within a
+//     heartbeat interval of libvirtd answering. Only a current (non-stale) assignment's list is acted on:
 //     a domain moved back here must not be destroyed from an old list.
 //   - Local drain: a drain (POST /v1/drain, chime-agent drain) writes
 //     <StateDir>/drained.json durably BEFORE it stops anything, then

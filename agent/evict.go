@@ -36,7 +36,8 @@ func (a *Agent) evict(ctx context.Context, evicted []heartbeat.AssignedDomain, l
 	for _, e := range evicted {
 		d, ok := byUUID[e.UUID]
 		if !ok {
-			continue // not defined here: done
+			log.Debug().Str("uuid", e.UUID).Str("domain", e.Name).Int("listed", len(local)).Msg("evicted domain not defined here")
+			continue
 		}
 		ev := log.With().Str("uuid", e.UUID).Str("domain", d.Name).Str("state", d.State.String()).Logger()
 		if down != nil {
@@ -84,4 +85,31 @@ func (a *Agent) call(ctx context.Context, fn func(context.Context) error) error 
 	cctx, cancel := context.WithTimeout(ctx, a.cfg.CallTimeout)
 	defer cancel()
 	return fn(cctx)
+}
+
+// evictionHealth is what a heartbeat reports about evicted domains: the
+// last cleanup's failures, plus every evicted domain the heartbeat's own
+// listing still shows (its cleanup has not run since, or has not finished).
+// So no heartbeat that lists an evicted domain is fault-free, and the
+// daemon never sees the host ready while a stale copy is defined.
+func evictionHealth(failed []heartbeat.Check, evicted []heartbeat.AssignedDomain, doms []heartbeat.Domain) []heartbeat.Check {
+	out := append([]heartbeat.Check(nil), failed...)
+	if len(evicted) == 0 || len(doms) == 0 {
+		return out
+	}
+	named := make(map[string]bool, len(out))
+	for _, c := range out {
+		named[c.Name] = true
+	}
+	listed := make(map[string]bool, len(doms))
+	for _, d := range doms {
+		listed[d.UUID] = true
+	}
+	for _, e := range evicted {
+		if n := e.Name + " " + e.UUID; listed[e.UUID] && !named[n] {
+			out = append(out, heartbeat.Check{Name: n, Detail: "still defined here; cleanup pending"})
+			named[n] = true
+		}
+	}
+	return out
 }

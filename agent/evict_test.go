@@ -143,3 +143,34 @@ func TestPlanNeverStartsEvicted(t *testing.T) {
 	require.Len(t, acts, 1)
 	assert.Equal(t, Action{Kind: Start, UUID: u1, Name: "vm-1", Reason: "shut off (crashed): QEMU died or the host restarted"}, acts[0])
 }
+
+func TestEvictionHealth(t *testing.T) {
+	evicted := []heartbeat.AssignedDomain{{UUID: u1, Name: "vm-1"}, {UUID: u2, Name: "vm-2"}}
+	failed := []heartbeat.Check{{Name: "vm-1 " + u1, Detail: "destroy: timeout"}}
+	listed := []heartbeat.Domain{{UUID: u1, Name: "vm-1"}, {UUID: u2, Name: "vm-2"}, {UUID: u3, Name: "vm-3"}}
+
+	assert.Equal(t, []heartbeat.Check{
+		{Name: "vm-1 " + u1, Detail: "destroy: timeout"},
+		{Name: "vm-2 " + u2, Detail: "still defined here; cleanup pending"},
+	}, evictionHealth(failed, evicted, listed), "a listed evicted domain is a fault even before its cleanup ran; one per domain")
+	assert.Empty(t, evictionHealth(nil, evicted, []heartbeat.Domain{{UUID: u3}}), "gone: no fault")
+	assert.Equal(t, failed, evictionHealth(failed, evicted, nil), "listing unknown: the cleanup's own failures")
+	assert.Empty(t, evictionHealth(nil, nil, listed), "nothing evicted")
+}
+
+// TestEvictedListedByChecksIsAFault: the reconcile connection cannot list
+// (the cleanup fails) while the health check's connection lists the stale
+// copy: the heartbeat lists it with exactly one fault naming it.
+func TestEvictedListedByChecksIsAFault(t *testing.T) {
+	checks := &fakeHV{doms: []hypervisor.Domain{runningVM(u2)}}
+	hv := &fakeHV{listErr: errors.New("libvirt: list: timeout")}
+	d := &fakeDaemon{asg: evicting(heartbeat.Assignment{Host: "n1", AdminState: node.Drained, Revision: 1}, u2)}
+	newRig(t, hv, d, func(c *Config) { c.Checks = checks })
+	require.Eventually(t, func() bool { return len(d.heartbeats()) >= 2 }, wait, 5*time.Millisecond)
+	for _, hb := range d.heartbeats() {
+		assert.Equal(t, []string{u2}, uuids(hb.Domains))
+		require.Len(t, hb.Health.Evictions, 1, "seq %d", hb.Seq)
+		assert.Equal(t, "vm-2 "+u2, hb.Health.Evictions[0].Name)
+		assert.Contains(t, hb.Health.Fault(), "evicted domain vm-2 "+u2+" not cleaned up")
+	}
+}

@@ -3,12 +3,14 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,6 +29,11 @@ import (
 )
 
 const agtToken = "e2e-agent-token-7f3a9c"
+
+// agtStateDir is the agent's --state-dir inside a lab host: under
+// /var/lib/libvirt, which the lab keeps per host and across power cycles
+// (the machine's own /var/lib is shared by every lab host).
+const agtStateDir = "/var/lib/libvirt/chime-agent"
 
 // agtDaemon is a stand-in for the daemon's agent-facing API, served in the
 // lab's controller namespace: it records heartbeats and serves an
@@ -73,6 +80,14 @@ func (d *agtDaemon) assign(s node.AdminState, rev uint64, doms ...heartbeat.Assi
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.asg.AdminState, d.asg.Revision, d.asg.Domains = s, rev, doms
+}
+
+// set replaces the whole assignment but its host.
+func (d *agtDaemon) set(a heartbeat.Assignment) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	a.Host = d.asg.Host
+	d.asg = a
 }
 
 func (d *agtDaemon) heartbeats() []heartbeat.Heartbeat {
@@ -155,7 +170,8 @@ func TestAgentOnLab(t *testing.T) {
 		// The controller's address comes from the lab, as on a real host
 		// it comes from the unit file.
 		return []string{"sh", "-c", `exec "$0" --host "$1" --daemon "http://$CHIME_LAB_CONTROLLER_ADDR:7480" --token-file "$2" ` +
-			`--interface eth0 --storage "$3" --heartbeat-interval "$4" --reconcile-interval "$5" --log-level debug`,
+			`--interface eth0 --storage "$3" --heartbeat-interval "$4" --reconcile-interval "$5" --log-level debug `+
+			`--state-dir `+agtStateDir,
 			bin, h.Name, tokFile, shared, hbInterval.String(), reconcileInterval.String()}
 	}})
 	h := l.Hosts()[0]
@@ -372,4 +388,221 @@ func agtDiagnose(t *testing.T, l *lab.Lab, h lab.Host, d *agtDaemon) {
 	t.Logf("libvirtd.log (last 8 KiB):\n%s", tail8k(b))
 	b, _ = os.ReadFile(h.AgentLog)
 	t.Logf("agent log (last 8 KiB):\n%s", tail8k(b))
+}
+
+// TestAgentEvictionAndDrainOnLab: the real chime-agent in a lab host with
+// real VMs, against a fake daemon.
+//
+//  1. A domain relocated away while the host runs (the assignment evicts
+//     it): its QEMU is destroyed and it is undefined; the other stays.
+//  2. The host is power-cycled with a stale copy defined; the daemon's
+//     assignment evicts it: the new agent undefines it, no heartbeat of
+//     the new boot ever lists it, and the drained host starts nothing.
+//  3. chime-agent drain with the management network cut: the dry run
+//     stops nothing; --confirm destroys the running VM and writes the
+//     marker; after a power cycle with the network back the agent starts
+//     nothing although the daemon still says enabled (set before the
+//     drain); the daemon enabling the host after the drain lifts it.
+func TestAgentEvictionAndDrainOnLab(t *testing.T) {
+	needLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	bin := buildChimeAgent(t)
+	tokFile := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(tokFile, []byte(agtToken+"\n"), 0o600))
+	const hbInterval, reconcileInterval = 200 * time.Millisecond, time.Second
+	l := startLab(t, ctx, lab.Config{Name: "chevd", Hosts: 1, AgentCommand: func(h lab.Host) []string {
+		return []string{"sh", "-c", `exec "$0" --host "$1" --daemon "http://$CHIME_LAB_CONTROLLER_ADDR:7480" --token-file "$2" ` +
+			`--heartbeat-interval "$3" --reconcile-interval "$4" --state-dir "$5" --log-level debug`,
+			bin, h.Name, tokFile, hbInterval.String(), reconcileInterval.String(), agtStateDir}
+	}})
+	h := l.Hosts()[0]
+	ctl := l.Controller()
+	marker := filepath.Join(h.Dir, "lib", "chime-agent", "drained.json") // agtStateDir seen from outside
+
+	d := &agtDaemon{asg: heartbeat.Assignment{Host: h.Name, AdminState: node.Enabled, Revision: 1}}
+	var ln net.Listener
+	require.NoError(t, nsenter.Do(ctl.Netns, func() (err error) { ln, err = net.Listen("tcp", ctl.MgmtAddr+":7480"); return err }))
+	srv := &http.Server{Handler: d, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	t.Cleanup(func() {
+		if t.Failed() {
+			agtDiagnose(t, l, h, d)
+		}
+	})
+	within := func(what string, timeout time.Duration, cond func() bool) {
+		t.Helper()
+		require.Eventually(t, cond, timeout, 50*time.Millisecond, what)
+	}
+	// defined and state may run inside Eventually: no require there.
+	defined := func(name string) bool {
+		out, err := l.Virsh(ctx, h, "list", "--all", "--name")
+		return err == nil && slices.Contains(strings.Fields(out), name)
+	}
+	state := func(name string) string {
+		st, err := l.DomainState(ctx, h, name)
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		return st
+	}
+
+	evVM, err := l.CreateVM(ctx, h, lab.VMSpec{Name: "ev1", Shared: true})
+	require.NoError(t, err)
+	_, err = l.CreateVM(ctx, h, lab.VMSpec{Name: "stay1", Shared: true})
+	require.NoError(t, err)
+	uuidOf := func(name string) string {
+		out, err := l.Virsh(ctx, h, "domuuid", name)
+		require.NoError(t, err)
+		return strings.TrimSpace(out)
+	}
+	ev := heartbeat.AssignedDomain{UUID: uuidOf("ev1"), Name: "ev1"}
+	stay := heartbeat.AssignedDomain{UUID: uuidOf("stay1"), Name: "stay1"}
+	d.set(heartbeat.Assignment{AdminState: node.Enabled, Revision: 2, Domains: []heartbeat.AssignedDomain{ev, stay}})
+	within("heartbeats list both VMs running", 30*time.Second, func() bool {
+		a, okA := agtDomain(d.last(), ev.UUID)
+		b, okB := agtDomain(d.last(), stay.UUID)
+		return okA && okB && a.State == hypervisor.StateRunning && b.State == hypervisor.StateRunning
+	})
+	require.Len(t, l.QEMUPIDs(h), 2)
+
+	// 1. ev1 relocated away while the host runs.
+	d.set(heartbeat.Assignment{AdminState: node.Enabled, Revision: 3, Domains: []heartbeat.AssignedDomain{stay}, Evicted: []heartbeat.AssignedDomain{ev}})
+	within("ev1 destroyed and undefined", 20*time.Second, func() bool {
+		return !defined("ev1") && len(l.QEMUPIDs(h)) == 1
+	})
+	within("heartbeats no longer list ev1", 10*time.Second, func() bool {
+		_, listed := agtDomain(d.last(), ev.UUID)
+		return !listed && d.last().Health.Libvirt.OK
+	})
+	assert.Equal(t, "running", state("stay1"))
+	assert.Empty(t, d.last().Health.Fault())
+	logText, err := os.ReadFile(h.AgentLog)
+	require.NoError(t, err)
+	assert.Contains(t, string(logText), `"message":"evicted domain destroyed: it runs on another host now"`)
+	assert.Contains(t, string(logText), `"message":"evicted domain undefined"`)
+
+	// 2. A stale copy defined again; the host is fenced (power loss) and
+	// comes back drained with ev1 evicted.
+	d.set(heartbeat.Assignment{AdminState: node.Drained, Revision: 4, Domains: []heartbeat.AssignedDomain{stay}})
+	within("the agent fetches revision 4", 10*time.Second, func() bool { return d.hasFetched(4, 1) })
+	// The same domain (same UUID) as the copy rebuilt elsewhere.
+	evVM.XMLFile = filepath.Join(t.TempDir(), "ev1.xml")
+	require.NoError(t, os.WriteFile(evVM.XMLFile, []byte(strings.Replace(evVM.XML, "</name>", "</name>\n  <uuid>"+ev.UUID+"</uuid>", 1)), 0o644))
+	require.NoError(t, l.DefineVM(ctx, h, evVM))
+	require.Equal(t, ev.UUID, uuidOf("ev1"))
+	require.NoError(t, l.StartVM(ctx, h, "ev1"))
+	require.NoError(t, l.PowerLoss(ctx, h))
+	d.set(heartbeat.Assignment{AdminState: node.Drained, Revision: 5, Domains: []heartbeat.AssignedDomain{stay}, Evicted: []heartbeat.AssignedDomain{ev}})
+	boot1 := d.last().BootID
+	require.NoError(t, l.PowerOn(ctx, h))
+	boot2, err := l.BootID(h)
+	require.NoError(t, err)
+	require.NotEqual(t, boot1, boot2)
+	within("heartbeats of the new boot with libvirtd up", 30*time.Second, func() bool {
+		hb := d.last()
+		return hb.BootID == boot2 && hb.Health.Libvirt.OK && hb.Domains != nil
+	})
+	within("ev1 undefined on the returning host", 10*time.Second, func() bool { return !defined("ev1") })
+	for _, hb := range d.heartbeats() {
+		if hb.BootID != boot2 {
+			continue
+		}
+		// libvirtd starts with the agent at boot: the agent's first cleanup
+		// may find it not up yet, and the health check's connection may
+		// list ev1 before the next cleanup. Such a heartbeat is never
+		// fault-free, so the daemon never sees the host ready with it.
+		if _, listed := agtDomain(hb, ev.UUID); listed {
+			assert.Contains(t, hb.Health.Fault(), "evicted domain ev1 "+ev.UUID+" not cleaned up", "heartbeat seq %d lists ev1", hb.Seq)
+		}
+	}
+	first := firstOfBoot(d.heartbeats(), boot2)
+	t.Logf("first heartbeat of the new boot: seq %d, libvirt ok %v, evictions %v", first.Seq, first.Health.Libvirt.OK, first.Health.Evictions)
+	within("a fault-free heartbeat without ev1", 10*time.Second, func() bool {
+		hb := d.last()
+		_, listed := agtDomain(hb, ev.UUID)
+		return hb.Health.Libvirt.OK && hb.Domains != nil && !listed && hb.Health.Fault() == ""
+	})
+	assert.Equal(t, "shut off", state("stay1"), "drained: the non-evicted domain stays defined and stopped")
+	assert.Empty(t, l.QEMUPIDs(h))
+	logText, err = os.ReadFile(h.AgentLog)
+	require.NoError(t, err)
+	boot := string(logText)[strings.LastIndex(string(logText), `"message":"agent starting`):]
+	undefined, delivered := strings.Index(boot, `"uuid":"`+ev.UUID+`"`), strings.Index(boot, `"message":"first heartbeat delivered"`)
+	require.GreaterOrEqual(t, undefined, 0, "the new agent logged the cleanup of ev1")
+	if first.Health.Libvirt.OK {
+		assert.Less(t, undefined, delivered, "libvirtd was up at the agent's start: ev1 was undefined before the first heartbeat")
+	}
+
+	// 3. Enabled again (and ev1 no longer evicted: the daemon saw it gone).
+	beforeDrain := time.Now()
+	d.set(heartbeat.Assignment{AdminState: node.Enabled, AdminSince: beforeDrain, Revision: 6, Domains: []heartbeat.AssignedDomain{stay}})
+	within("stay1 started (shut off unknown after the power cycle)", 30*time.Second, func() bool {
+		return state("stay1") == "running" && len(l.QEMUPIDs(h)) == 1
+	})
+	require.NoError(t, l.CutNetwork(ctx, h))
+	drainCLI := func(args ...string) (string, error) {
+		cmd, err := l.HostCommand(ctx, h, bin, append([]string{"drain", "--state-dir", agtStateDir, "--host", h.Name}, args...)...)
+		require.NoError(t, err)
+		out, err := cmd.Output()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Logf("chime-agent drain %v stderr: %s", args, ee.Stderr)
+		}
+		return string(out), err
+	}
+	out, err := drainCLI()
+	require.NoError(t, err, out)
+	t.Logf("dry run:\n%s", out)
+	assert.Regexp(t, `would destroy\s+stay1\s+`+stay.UUID, out)
+	assert.Equal(t, "running", state("stay1"), "a dry run stops nothing")
+	_, err = os.Stat(marker)
+	assert.ErrorIs(t, err, os.ErrNotExist)
+
+	out, err = drainCLI("--confirm")
+	require.NoError(t, err, out)
+	t.Logf("drain:\n%s", out)
+	assert.Regexp(t, `destroyed\s+stay1\s+`+stay.UUID, out)
+	assert.Contains(t, out, "0 domains active after the drain")
+	assert.Empty(t, l.QEMUPIDs(h), "no QEMU left on the drained host")
+	_, err = os.Stat(marker)
+	require.NoError(t, err, "the marker is on the host's disk")
+
+	// Network back, power cycle: stay1 reads shut off (unknown), which the
+	// agent would restart, and the daemon still says enabled.
+	require.NoError(t, l.RestoreNetwork(ctx, h))
+	require.NoError(t, l.PowerLoss(ctx, h))
+	require.NoError(t, l.PowerOn(ctx, h))
+	boot3, err := l.BootID(h)
+	require.NoError(t, err)
+	within("heartbeats of the third boot report the local drain", 30*time.Second, func() bool {
+		hb := d.last()
+		return hb.BootID == boot3 && hb.Health.Libvirt.OK && hb.LocalDrain != nil
+	})
+	assert.Equal(t, "cli", d.last().LocalDrain.By)
+	within("the new agent fetched revision 6", 10*time.Second, func() bool { return d.hasFetched(6, 2) })
+	from := len(d.heartbeats())
+	time.Sleep(3*reconcileInterval + hbInterval) // three reconcile rounds
+	for _, hb := range d.heartbeats()[from:] {
+		dom, ok := agtDomain(hb, stay.UUID)
+		require.True(t, ok, "seq %d lists stay1", hb.Seq)
+		assert.Equal(t, hypervisor.StateShutoff, dom.State, "seq %d: a locally drained host started stay1", hb.Seq)
+	}
+	assert.Empty(t, l.QEMUPIDs(h))
+	st := agtStatus(t, ctx, ctl.Netns, h.MgmtAddr, agtToken)
+	assert.True(t, st.LocalDrain)
+	assert.Equal(t, "drained", st.AdminState)
+
+	// The operator enables the host after the drain: the marker goes, the
+	// VM comes back.
+	d.set(heartbeat.Assignment{AdminState: node.Enabled, AdminSince: time.Now(), Revision: 7, Domains: []heartbeat.AssignedDomain{stay}})
+	within("stay1 started once the daemon enabled the host after the drain", 30*time.Second, func() bool {
+		return state("stay1") == "running" && len(l.QEMUPIDs(h)) == 1
+	})
+	_, err = os.Stat(marker)
+	assert.ErrorIs(t, err, os.ErrNotExist, "marker lifted")
+	d.mu.Lock()
+	assert.Zero(t, d.refused, "every heartbeat was well-formed and authenticated")
+	d.mu.Unlock()
 }

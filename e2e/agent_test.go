@@ -170,8 +170,8 @@ func TestAgentOnLab(t *testing.T) {
 		// The controller's address comes from the lab, as on a real host
 		// it comes from the unit file.
 		return []string{"sh", "-c", `exec "$0" --host "$1" --daemon "http://$CHIME_LAB_CONTROLLER_ADDR:7480" --token-file "$2" ` +
-			`--interface eth0 --storage "$3" --heartbeat-interval "$4" --reconcile-interval "$5" --log-level debug `+
-			`--state-dir `+agtStateDir,
+			`--interface eth0 --storage "$3" --heartbeat-interval "$4" --reconcile-interval "$5" --log-level debug ` +
+			`--state-dir ` + agtStateDir,
 			bin, h.Name, tokFile, shared, hbInterval.String(), reconcileInterval.String()}
 	}})
 	h := l.Hosts()[0]

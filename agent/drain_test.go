@@ -163,7 +163,7 @@ func TestDrainMarkerOutlivesTheAgent(t *testing.T) {
 	assert.Zero(t, st.Running())
 	require.Eventually(t, func() bool {
 		hbs := d.heartbeats()
-		return hbs[len(hbs)-1].LocalDrain != nil
+		return len(hbs) > 0 && hbs[len(hbs)-1].LocalDrain != nil
 	}, wait, 5*time.Millisecond, "heartbeats tell the daemon")
 	assert.Equal(t, &heartbeat.LocalDrain{Since: rigNow, By: "api"}, d.heartbeats()[len(d.heartbeats())-1].LocalDrain)
 	m, err := ReadMarker(dir)

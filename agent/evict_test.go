@@ -98,6 +98,9 @@ func TestEvictionFailureIsAHealthFault(t *testing.T) {
 	hv.set(func(f *fakeHV) { f.destroyErr = nil })
 	require.Eventually(t, func() bool {
 		hbs := d.heartbeats()
+		if len(hbs) == 0 {
+			return false
+		}
 		last := hbs[len(hbs)-1]
 		return len(last.Health.Evictions) == 0 && last.Domains != nil && len(last.Domains) == 0
 	}, wait, 5*time.Millisecond, "cleaned up: fault gone, domains gone")

@@ -16,10 +16,14 @@
 package daemon
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -300,17 +304,7 @@ func (d *Daemon) Relocate(uuid, name, from, to string, at time.Time) error {
 func (d *Daemon) Homes(host string) []store.DomainHome {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]store.DomainHome, 0, len(d.byHost[host]))
-	for _, h := range d.byHost[host] {
-		out = append(out, h)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Name != out[j].Name {
-			return out[i].Name < out[j].Name
-		}
-		return out[i].UUID < out[j].UUID
-	})
-	return out
+	return byNameThenUUID(d.byHost[host], func(h store.DomainHome) (string, string) { return h.Name, h.UUID })
 }
 
 // Evictions lists host's domains that run elsewhere and that its agent
@@ -318,15 +312,16 @@ func (d *Daemon) Homes(host string) []store.DomainHome {
 func (d *Daemon) Evictions(host string) []store.Eviction {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]store.Eviction, 0, len(d.evict[host]))
-	for _, e := range d.evict[host] {
-		out = append(out, e)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Name != out[j].Name {
-			return out[i].Name < out[j].Name
-		}
-		return out[i].UUID < out[j].UUID
+	return byNameThenUUID(d.evict[host], func(e store.Eviction) (string, string) { return e.Name, e.UUID })
+}
+
+// byNameThenUUID lists m's values sorted by domain name, then UUID.
+func byNameThenUUID[T any](m map[string]T, key func(T) (name, uuid string)) []T {
+	out := slices.Collect(maps.Values(m))
+	slices.SortFunc(out, func(a, b T) int {
+		an, au := key(a)
+		bn, bu := key(b)
+		return cmp.Or(strings.Compare(an, bn), strings.Compare(au, bu))
 	})
 	return out
 }

@@ -68,7 +68,7 @@ type Readiness struct {
 type Alert struct {
 	At            time.Time `json:"at"`
 	Host          string    `json:"host,omitempty"`
-	Kind          string    `json:"kind"` // verdict name, "storm", "readiness", "would-fence"
+	Kind          string    `json:"kind"` // verdict name, AlertStormPaused, AlertStormCleared, "readiness", "would-fence"
 	Summary       string    `json:"summary"`
 	CorrelationID string    `json:"correlation_id,omitempty"`
 }
@@ -118,6 +118,12 @@ type Deps struct {
 	// into the engine (recovery.Coordinator.HostDown only queues).
 	OnHostDown func(DownEvent)
 }
+
+// Alert kinds of the storm guard.
+const (
+	AlertStormPaused  = "storm-paused"
+	AlertStormCleared = "storm-cleared"
+)
 
 // DownEvent is a host-down verdict handed to the fencer.
 type DownEvent struct {

@@ -162,7 +162,11 @@ func (e *Engine) updateStorm(ctx context.Context, sh []StormHost, cfg EngineConf
 		e.log.Error().Str("correlation_id", id).Msg("storm guard: pausing every decision: " + next.Reason)
 	}
 	e.record([]store.Record{rec})
-	e.deps.Alerter.Alert(ctx, Alert{At: now, Kind: "storm", Summary: rec.From + " → " + rec.To + ": " + rec.Reason, CorrelationID: id})
+	kind := AlertStormPaused
+	if !next.Paused {
+		kind = AlertStormCleared
+	}
+	e.deps.Alerter.Alert(ctx, Alert{At: now, Kind: kind, Summary: rec.From + " → " + rec.To + ": " + rec.Reason, CorrelationID: id})
 	return next.Paused
 }
 

@@ -280,6 +280,7 @@ func TestEngineStormGuard(t *testing.T) {
 	require.Len(t, recs, 2)
 	assert.Equal(t, "running", recs[1].To)
 	assert.Equal(t, recs[0].CorrelationID, recs[1].CorrelationID)
+	assert.Equal(t, []string{AlertStormPaused, AlertStormCleared}, r.w.alertKinds(""), "alert kinds say which way the guard went")
 }
 
 func TestEngineReferencesPause(t *testing.T) {

@@ -223,7 +223,12 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 	}
 	if prev, ok := fences[host]; ok && prev.Proven() && provenSinceHeartbeat(prev, st) {
 		// Already fenced for this silence (a repeated verdict or a daemon
-		// restart): finish the evacuation, never fence twice.
+		// restart): finish the evacuation if the policy wants one, never
+		// fence twice.
+		if setup, err := c.deps.Setup(host); err != nil || !setup.Evacuate {
+			log.Warn().Msgf("%s is already fenced; its policy does not evacuate (or cannot be read): nothing more to do", host)
+			return time.Time{}, ""
+		}
 		c.evacuate(ctx, prev, log)
 		return time.Time{}, ""
 	}
@@ -235,7 +240,7 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 	}
 	setup, err := c.deps.Setup(host)
 	if err != nil {
-		c.failed(ctx, store.FenceRecord{Host: host, CorrelationID: ev.CorrelationID, Started: c.deps.Now()}, "fence setup: "+err.Error(), nil, log)
+		c.failed(store.FenceRecord{Host: host, CorrelationID: ev.CorrelationID, Started: c.deps.Now()}, "fence setup: "+err.Error(), nil, log)
 		return time.Time{}, ""
 	}
 	now := c.deps.Now()
@@ -279,7 +284,7 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 	rec.Attempts = attempts
 	rec.Finished = c.deps.Now()
 	if !res.Verified {
-		c.failed(ctx, rec, res.Reason, res.Attempts, log)
+		c.failed(rec, res.Reason, res.Attempts, log)
 		return time.Time{}, ""
 	}
 	rec.State, rec.Level = store.FenceVerified, res.Level
@@ -339,7 +344,7 @@ func (c *Coordinator) stillDown(host string) string {
 	return ""
 }
 
-func (c *Coordinator) failed(_ context.Context, rec store.FenceRecord, reason string, attempts []fencer.Attempt, log zerolog.Logger) {
+func (c *Coordinator) failed(rec store.FenceRecord, reason string, attempts []fencer.Attempt, log zerolog.Logger) {
 	rec.State, rec.Reason = store.FenceFailed, reason
 	if rec.Finished.IsZero() {
 		rec.Finished = c.deps.Now()

@@ -74,6 +74,7 @@ type rig struct {
 	fences []string
 	alerts []string
 	verify bool
+	manual bool // policy evacuate: false
 	now    time.Time
 }
 
@@ -91,7 +92,10 @@ func newRig(t *testing.T, verify bool) *rig {
 		Cluster: r.cl, Journal: st, Evacuator: r.ev, Log: zerolog.Nop(),
 		Now: func() time.Time { r.mu.Lock(); defer r.mu.Unlock(); return r.now },
 		Setup: func(host string) (FenceSetup, error) {
-			return FenceSetup{Plan: fencer.Plan{Levels: []fencer.LevelPlan{{Name: "ipmi", Timeout: time.Second}}}, Evacuate: true,
+			r.mu.Lock()
+			manual := r.manual
+			r.mu.Unlock()
+			return FenceSetup{Plan: fencer.Plan{Levels: []fencer.LevelPlan{{Name: "ipmi", Timeout: time.Second}}}, Evacuate: !manual,
 				Limits: fencer.Limits{MaxConcurrent: 2, MaxConcurrentPerRack: 1, MinInterval: 0}}, nil
 		},
 		Fence: func(_ context.Context, p fencer.Plan) fencer.Result {
@@ -222,4 +226,15 @@ func TestHostDownRunsThroughRun(t *testing.T) {
 	f, err := r.st.Fences()
 	require.NoError(t, err)
 	assert.Equal(t, store.FenceVerified, f["b"].State)
+}
+
+func TestManualPolicyNeverEvacuatesEvenOnARepeatedVerdict(t *testing.T) {
+	r := newRig(t, true)
+	r.manual = true
+	r.incident(t, "a")
+	r.incident(t, "a")
+	assert.Equal(t, []string{"a"}, r.fences)
+	assert.Empty(t, r.ev.reqs, "evacuate: false means an operator decides, whatever the verdict does")
+	h, _ := r.cl.Host("a")
+	assert.Equal(t, node.Drained, h.Admin)
 }

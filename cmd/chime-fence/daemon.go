@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -257,9 +256,9 @@ func (a detectorAlerts) Alert(_ context.Context, al detector.Alert) {
 	switch {
 	case al.Kind == "host-down":
 		ev.Type, ev.Severity = alert.HostUnreachable, "critical"
-	case al.Kind == "storm" && strings.HasSuffix(strings.SplitN(al.Summary, ":", 2)[0], "→ paused"):
+	case al.Kind == detector.AlertStormPaused:
 		ev.Type, ev.Severity = alert.StormEngaged, "critical"
-	case al.Kind == "storm":
+	case al.Kind == detector.AlertStormCleared:
 		ev.Type, ev.Severity = alert.StormCleared, "info"
 	case al.Kind == "readiness":
 		ev.Type = alert.FenceReadiness

@@ -159,14 +159,6 @@ func rewriteFor(cfg func() *configs.Config) func(xml, target string) (string, er
 	}
 }
 
-// realClock is the evacuator's wall clock.
-type realClock struct{}
-
-func (realClock) Now() time.Time { return time.Now() }
-func (realClock) Sleep(ctx context.Context, d time.Duration) error {
-	return fencer.RealClock{}.Sleep(ctx, d)
-}
-
 // agentDrainer is the agent-drain fence level's view of an agent.
 type agentDrainer struct{ c *agent.Client }
 
@@ -264,7 +256,7 @@ func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *da
 				return out
 			},
 			Rewrite:       rewriteFor(hv.config),
-			Clock:         realClock{},
+			Clock:         evacuator.RealClock{},
 			PerTarget:     cfg.Scheduler.RebuildsPerTarget,
 			VerifyTimeout: cfg.Scheduler.StartTimeout,
 			OnVMRunning: func(t evacuator.Task, vm evacuator.VMTask) error {

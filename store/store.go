@@ -20,7 +20,7 @@ const FileName = "chime-fence.db"
 
 // SchemaVersion is the layout this build writes. Open refuses a file with a
 // higher version and migrates a lower one.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 const (
 	// DefaultMaxRecords bounds the history when Options.MaxRecords is 0.
@@ -64,9 +64,12 @@ var (
 	bInventory = []byte("inventory") // saved domain XML per host (evacuator/)
 	bEvictions = []byte("evictions") // domains a returning host must destroy
 	bFences    = []byte("fences")    // fence operations in flight and done (fencer/)
+	// Schema 3: operator operations.
+	bOpTasks = []byte("op-tasks") // operation tasks (operations/)
 
 	v1Buckets  = [][]byte{bMeta, bHistory, bIdxHost, bIdxKind, bIdxCorr, bAdmin, bHomes, bMemos}
-	allBuckets = append(append([][]byte{}, v1Buckets...), bOutbox, bTasks, bInventory, bEvictions, bFences)
+	v2Buckets  = append(append([][]byte{}, v1Buckets...), bOutbox, bTasks, bInventory, bEvictions, bFences)
+	allBuckets = append(append([][]byte{}, v2Buckets...), bOpTasks)
 
 	kSchema = []byte("schema")
 	kCount  = []byte("history-count")
@@ -250,8 +253,11 @@ func schemaState(tx *bolt.Tx) (fresh bool, version uint64, err error) {
 		return false, v, fmt.Errorf("%w: schema version 0", ErrCorrupt)
 	}
 	want := allBuckets
-	if v == 1 {
+	switch v {
+	case 1:
 		want = v1Buckets
+	case 2:
+		want = v2Buckets
 	}
 	for _, name := range want {
 		if tx.Bucket(name) == nil {

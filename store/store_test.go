@@ -195,7 +195,7 @@ func TestOpenNewerSchemaRefused(t *testing.T) {
 	_, err := Open(path, Options{})
 	require.ErrorIs(t, err, ErrSchema)
 	assert.Contains(t, err.Error(), path)
-	assert.Contains(t, err.Error(), "schema version 3, this build reads up to 2")
+	assert.Contains(t, err.Error(), fmt.Sprintf("schema version %d, this build reads up to %d", SchemaVersion+1, SchemaVersion))
 }
 
 func TestOpenMigratesSchema1(t *testing.T) {
@@ -225,6 +225,53 @@ func TestOpenMigratesSchema1(t *testing.T) {
 		return nil
 	}))
 	require.NoError(t, s.Close())
+}
+
+func TestOpenMigratesSchema2(t *testing.T) {
+	s, path := openTemp(t, Options{})
+	_, err := s.Append(rec("a", "monitor", t0))
+	require.NoError(t, err)
+	require.NoError(t, s.PutFence(FenceRecord{Host: "a", State: FenceVerified, Started: t0}))
+	require.NoError(t, s.Close())
+	// Make it a schema-2 file: no operation tasks.
+	rawUpdate(t, path, func(tx *bolt.Tx) error {
+		for _, b := range allBuckets[len(v2Buckets):] {
+			if err := tx.DeleteBucket(b); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bMeta).Put(kSchema, u64(2))
+	})
+	// A schema-2 file without its schema-3 bucket is valid as it is...
+	ro, err := openBolt(path, time.Second, true)
+	require.NoError(t, err)
+	require.NoError(t, ro.View(func(tx *bolt.Tx) error {
+		_, v, err := schemaState(tx)
+		assert.Equal(t, uint64(2), v)
+		return err
+	}))
+	require.NoError(t, ro.Close())
+	// ...and Open migrates it, keeping what it held.
+	s, err = Open(path, Options{})
+	require.NoError(t, err)
+	recs, err := s.History(Query{})
+	require.NoError(t, err)
+	assert.Len(t, recs, 1, "history survives the migration")
+	fences, err := s.Fences()
+	require.NoError(t, err)
+	assert.Equal(t, FenceVerified, fences["a"].State, "fence journal survives the migration")
+	require.NoError(t, s.PutOpTask(OpTaskRecord{ID: "op-1", Host: "a", Running: true, Created: t0, Updated: t0, Body: json.RawMessage(`{"id":"op-1"}`)}))
+	require.NoError(t, s.view("t", func(tx *bolt.Tx) error {
+		assert.NotNil(t, tx.Bucket(bOpTasks))
+		assert.Equal(t, u64(3), tx.Bucket(bMeta).Get(kSchema))
+		return nil
+	}))
+	require.NoError(t, s.Close())
+	// A schema-3 file missing the bucket is damaged, not old.
+	rawUpdate(t, path, func(tx *bolt.Tx) error { return tx.DeleteBucket(bOpTasks) })
+	_, err = Open(path, Options{})
+	require.ErrorIs(t, err, ErrCorrupt)
+	assert.Contains(t, err.Error(), "bucket op-tasks is missing")
 }
 
 func TestOpenMissingBucketIsCorrupt(t *testing.T) {

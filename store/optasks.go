@@ -1,0 +1,160 @@
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// OpTaskRecord is one operator operation's task (package operations owns
+// its shape and imports store, so the body is opaque JSON next to the few
+// fields the store filters and sorts on).
+type OpTaskRecord struct {
+	ID   string `json:"id"`
+	Host string `json:"host"`
+	// Running is true until the task has finished; a restarted daemon
+	// finds the tasks it was running with OpenOpTasks.
+	Running bool            `json:"running"`
+	Created time.Time       `json:"created"`
+	Updated time.Time       `json:"updated"`
+	Body    json.RawMessage `json:"body"`
+}
+
+// PutOpTask writes r, replacing any task with the same ID, in one durable
+// transaction. It refuses an empty or NUL-bearing ID or host, a zero
+// Created or Updated, and a body that is not a JSON object. A task keeps
+// the host it was created for: a put naming another host for an existing
+// ID is refused.
+func (s *Store) PutOpTask(r OpTaskRecord) error {
+	const step = "put operation task"
+	if err := checkOpTask(r); err != nil {
+		return s.wrap(step, err)
+	}
+	r.Created = r.Created.UTC().Round(0)
+	r.Updated = r.Updated.UTC().Round(0)
+	var body bytes.Buffer
+	if err := json.Compact(&body, r.Body); err != nil {
+		return s.wrap(step, fmt.Errorf("%w: operation task %q: body: %v", ErrInvalid, r.ID, err))
+	}
+	r.Body = body.Bytes()
+	v, err := json.Marshal(r)
+	if err != nil {
+		return s.wrap(step, fmt.Errorf("encode operation task %q: %w", r.ID, err))
+	}
+	return s.write(step, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bOpTasks)
+		if old := b.Get([]byte(r.ID)); old != nil {
+			prev, err := decodeOpTask([]byte(r.ID), old)
+			if err != nil {
+				return err
+			}
+			if prev.Host != r.Host {
+				return fmt.Errorf("%w: operation task %q is for host %q, not %q", ErrInvalid, r.ID, prev.Host, r.Host)
+			}
+		}
+		if err := b.Put([]byte(r.ID), v); err != nil {
+			return fmt.Errorf("put operation task %q: %w", r.ID, err)
+		}
+		return nil
+	})
+}
+
+// OpTasks returns the operation tasks of host (every host's when host is
+// ""), oldest Created first, ties by ID.
+func (s *Store) OpTasks(host string) ([]OpTaskRecord, error) {
+	return s.opTasks("read operation tasks", func(r OpTaskRecord) bool { return host == "" || r.Host == host })
+}
+
+// OpenOpTasks returns the tasks still marked running, oldest first.
+func (s *Store) OpenOpTasks() ([]OpTaskRecord, error) {
+	return s.opTasks("read running operation tasks", func(r OpTaskRecord) bool { return r.Running })
+}
+
+func (s *Store) opTasks(step string, keep func(OpTaskRecord) bool) ([]OpTaskRecord, error) {
+	var out []OpTaskRecord
+	err := s.view(step, func(tx *bolt.Tx) error {
+		return tx.Bucket(bOpTasks).ForEach(func(k, v []byte) error {
+			r, err := decodeOpTask(k, v)
+			if err != nil {
+				return err
+			}
+			if keep(r) {
+				out = append(out, r)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if !out[i].Created.Equal(out[j].Created) {
+			return out[i].Created.Before(out[j].Created)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+// OpTaskByID returns the operation task with this ID; ok is false when
+// there is none.
+func (s *Store) OpTaskByID(id string) (r OpTaskRecord, ok bool, err error) {
+	const step = "read operation task"
+	if id == "" {
+		return OpTaskRecord{}, false, s.wrap(step, fmt.Errorf("%w: operation task ID is empty", ErrInvalid))
+	}
+	if err := checkIndexable("operation task ID", id); err != nil {
+		return OpTaskRecord{}, false, s.wrap(step, err)
+	}
+	err = s.view(step, func(tx *bolt.Tx) error {
+		v := tx.Bucket(bOpTasks).Get([]byte(id))
+		if v == nil {
+			return nil
+		}
+		ok = true
+		r, err = decodeOpTask([]byte(id), v)
+		return err
+	})
+	if err != nil {
+		return OpTaskRecord{}, false, err
+	}
+	return r, ok, nil
+}
+
+func checkOpTask(r OpTaskRecord) error {
+	if r.ID == "" {
+		return fmt.Errorf("%w: operation task ID is empty", ErrInvalid)
+	}
+	if err := checkIndexable("operation task ID", r.ID); err != nil {
+		return err
+	}
+	if err := checkHost(r.Host); err != nil {
+		return fmt.Errorf("operation task %q: %w", r.ID, err)
+	}
+	if r.Created.IsZero() || r.Updated.IsZero() {
+		return fmt.Errorf("%w: operation task %q: Created or Updated is zero", ErrInvalid, r.ID)
+	}
+	body := bytes.TrimSpace(r.Body)
+	if len(body) == 0 || body[0] != '{' || !json.Valid(body) {
+		return fmt.Errorf("%w: operation task %q: body is not a JSON object", ErrInvalid, r.ID)
+	}
+	return nil
+}
+
+func decodeOpTask(k, v []byte) (OpTaskRecord, error) {
+	var r OpTaskRecord
+	if err := json.Unmarshal(v, &r); err != nil {
+		return OpTaskRecord{}, fmt.Errorf("%w: operation task %q does not decode: %v", ErrCorrupt, k, err)
+	}
+	if r.ID != string(k) {
+		return OpTaskRecord{}, fmt.Errorf("%w: operation task under key %q says it is %q", ErrCorrupt, k, r.ID)
+	}
+	if len(r.Body) == 0 || !json.Valid(r.Body) {
+		return OpTaskRecord{}, fmt.Errorf("%w: operation task %q has no JSON body", ErrCorrupt, k)
+	}
+	return r, nil
+}

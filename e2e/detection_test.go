@@ -121,13 +121,19 @@ func (d *detectionLab) startDaemon(ctx context.Context) {
 	d.dlog = filepath.Join(d.l.Dir(), "daemon.log")
 	f, err := os.OpenFile(d.dlog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	require.NoError(t, err)
-	cmd := d.l.Controller().Command(ctx, d.bin, "daemon", "-c", d.cfg)
+	cmd := d.l.Controller().Command(ctx, d.bin, "daemon", "-c", d.cfg, "--log-level", "debug")
 	cmd.Env = append(cmd.Environ(), d.env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	require.NoError(t, cmd.Start())
 	f.Close()
 	d.daemon = cmd
-	t.Cleanup(func() { d.stopDaemon() })
+	t.Cleanup(func() {
+		d.stopDaemon()
+		// For timing work: CHIME_E2E_DAEMON_LOG=FILE keeps the daemon's log.
+		if keep := os.Getenv("CHIME_E2E_DAEMON_LOG"); keep != "" {
+			_ = os.WriteFile(keep, []byte(d.log()), 0o600)
+		}
+	})
 	require.Eventually(t, func() bool { _, err := d.client.Status(context.Background()); return err == nil },
 		10*time.Second, 50*time.Millisecond, "daemon API did not come up; log:\n%s", d.log())
 }

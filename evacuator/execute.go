@@ -358,8 +358,10 @@ func (e *executor) attempt(ctx context.Context, i int) outcome {
 			return outAbort
 		}
 		c, cancel := e.call(ctx)
+		began := e.d.Clock.Now()
 		got, err := hv.Define(c, xml)
 		cancel()
+		log.Debug().Err(err).Dur("took", e.d.Clock.Now().Sub(began)).Msg("define")
 		if err == nil && got != vm.UUID {
 			e.cleanup(ctx, hv, got, log)
 			err = fmt.Errorf("libvirt defined UUID %s, want %s (the rewrite must keep the UUID)", got, vm.UUID)
@@ -372,7 +374,10 @@ func (e *executor) attempt(ctx context.Context, i int) outcome {
 		}
 	}
 
-	if holders := e.guard(ctx, vm.UUID, target, log); len(holders) > 0 {
+	began := e.d.Clock.Now()
+	holders := e.guard(ctx, vm.UUID, target, log)
+	log.Debug().Strs("holders", holders).Dur("took", e.d.Clock.Now().Sub(began)).Msg("split-brain guard asked every peer")
+	if len(holders) > 0 {
 		return e.refuse(ctx, i, hv, "split-brain guard: a domain with this UUID is active on "+strings.Join(holders, ", "), log)
 	}
 	if ctx.Err() != nil {
@@ -382,8 +387,10 @@ func (e *executor) attempt(ctx context.Context, i int) outcome {
 		return outAbort
 	}
 	c, cancel := e.call(ctx)
+	began = e.d.Clock.Now()
 	err = hv.Start(c, vm.UUID)
 	cancel()
+	log.Debug().Err(err).Dur("took", e.d.Clock.Now().Sub(began)).Msg("start")
 	switch {
 	case hypervisor.KindOf(err) == hypervisor.KindConflict:
 		return e.refuse(ctx, i, hv, fmt.Sprintf("start refused by libvirt (disks held by another process?): %v", err), log)

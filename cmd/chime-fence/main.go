@@ -31,7 +31,12 @@ func (e *exitError) Unwrap() error { return e.err }
 func usageErr(err error) error   { return &exitError{code: exitUsage, err: err} }
 func failureErr(err error) error { return &exitError{code: exitFailure, err: err} }
 
-func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+func main() {
+	// Millisecond timestamps: the recovery timeline is read from the log.
+	// Set once here, before any goroutine, as zerolog's format is global.
+	zerolog.TimeFieldFormat = "2006-01-02T15:04:05.000Z07:00"
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
 
 // run executes one command line and returns its exit code.
 func run(args []string, stdout, stderr io.Writer) int {

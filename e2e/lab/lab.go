@@ -295,7 +295,7 @@ func (l *Lab) start(ctx context.Context) error {
 	}
 	errc := make(chan error, len(l.hosts))
 	for _, h := range l.hosts {
-		go func() { errc <- l.WaitReady(ctx, h.Host) }()
+		go func() { errc <- l.warm(ctx, h.Host) }()
 	}
 	var errs []error
 	for range l.hosts {
@@ -528,6 +528,23 @@ func (l *Lab) startSupervisor(h *host) error {
 // namespace and on its unix socket, or ctx ends.
 func (l *Lab) WaitReady(ctx context.Context, h Host) error {
 	return l.waitLibvirt(ctx, h, true)
+}
+
+// warm waits until h is ready, then has its libvirtd probe QEMU's
+// capabilities: a fresh libvirtd does that on its first define (about a
+// second), which a cluster's hosts did long ago and a lab's would
+// otherwise do in the middle of the first evacuation onto them. The cache
+// lives in the host's directory, so a power cycle keeps it.
+func (l *Lab) warm(ctx context.Context, h Host) error {
+	if err := l.WaitReady(ctx, h); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if _, err := l.Virsh(cctx, h, "domcapabilities"); err != nil {
+		return fmt.Errorf("lab: %s: probe QEMU capabilities: %w", h.Name, err)
+	}
+	return nil
 }
 
 // WaitBooted waits until h's libvirtd answers on its unix socket, or ctx

@@ -65,6 +65,9 @@ type EvacuationReport struct {
 	Failed   []VMOutcome `json:"failed,omitempty"`
 	Unplaced []VMOutcome `json:"unplaced,omitempty"`
 	Elapsed  string      `json:"elapsed"`
+	// Replayed: the task had finished before this call (a repeated verdict
+	// or a restart), so this report is not a new result.
+	Replayed bool `json:"-"`
 }
 
 // VMOutcome is one VM's result.
@@ -85,6 +88,8 @@ type Deps struct {
 	Alert     func(ev alert.Event)
 	Now       func() time.Time
 	Log       zerolog.Logger
+	// Metrics, if set, counts fences and evacuations.
+	Metrics *Metrics
 }
 
 // Config tunes the coordinator.
@@ -279,7 +284,9 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 	log.Warn().Strs("levels", levels).Msgf("fencing %s because %s", host, ev.Reason)
 
 	setup.Plan.Host, setup.Plan.Rack = host, st.Rack
+	c.deps.Metrics.fenceStarted()
 	res := c.deps.Fence(ctx, setup.Plan)
+	c.deps.Metrics.fenceEnded(res, c.deps.Now().Sub(now))
 	attempts, _ := json.Marshal(res.Attempts)
 	rec.Attempts = attempts
 	rec.Finished = c.deps.Now()
@@ -385,6 +392,7 @@ func (c *Coordinator) evacuate(ctx context.Context, rec store.FenceRecord, log z
 	rep, err := c.deps.Evacuator.Evacuate(ctx, EvacuationRequest{TaskID: id, Host: rec.Host, CorrelationID: rec.CorrelationID, Fence: fenceProof(rec)})
 	now := c.deps.Now()
 	if err != nil {
+		c.deps.Metrics.evacuationEnded(EvacuationReport{}, "error", now.Sub(start))
 		summary := fmt.Sprintf("evacuation of %s did not run: %v", rec.Host, err)
 		c.record(store.Record{At: now, Host: rec.Host, Kind: "evacuation", To: "error", CorrelationID: rec.CorrelationID, Reason: summary})
 		c.alert(alert.Event{Type: alert.EvacuationPartial, Severity: "critical", At: now, Host: rec.Host, CorrelationID: rec.CorrelationID, Summary: summary})
@@ -396,6 +404,9 @@ func (c *Coordinator) evacuate(ctx context.Context, rec store.FenceRecord, log z
 		if err := c.deps.Journal.PutFence(rec); err != nil {
 			log.Error().Err(err).Msg("cannot note the evacuation on the fence record")
 		}
+	}
+	if !rep.Replayed {
+		c.deps.Metrics.evacuationEnded(rep, rep.State, now.Sub(start))
 	}
 	ev, _ := json.Marshal(rep)
 	summary := fmt.Sprintf("evacuation of %s %s: %d running elsewhere, %d failed, %d not moved", rec.Host, rep.State,

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -61,8 +64,13 @@ type fakeEvac struct {
 func (e *fakeEvac) Evacuate(_ context.Context, req EvacuationRequest) (EvacuationReport, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	replayed := false
+	for _, r := range e.reqs {
+		replayed = replayed || r.TaskID == req.TaskID
+	}
 	e.reqs = append(e.reqs, req)
-	return EvacuationReport{TaskID: req.TaskID, State: "done", Running: []VMOutcome{{Name: "vm1", Host: "b"}}}, nil
+	return EvacuationReport{TaskID: req.TaskID, State: "done", Running: []VMOutcome{{Name: "vm1", Host: "b"}},
+		Replayed: replayed}, nil
 }
 
 type rig struct {
@@ -76,6 +84,7 @@ type rig struct {
 	verify bool
 	manual bool // policy evacuate: false
 	now    time.Time
+	reg    *prometheus.Registry
 }
 
 func newRig(t *testing.T, verify bool) *rig {
@@ -83,13 +92,16 @@ func newRig(t *testing.T, verify bool) *rig {
 	st, err := store.Open(filepath.Join(t.TempDir(), "s.db"), store.Options{})
 	require.NoError(t, err)
 	t.Cleanup(func() { st.Close() })
-	r := &rig{st: st, ev: &fakeEvac{}, verify: verify, now: t0, cl: &fakeCluster{hosts: map[string]daemon.HostStatus{}}}
+	r := &rig{st: st, ev: &fakeEvac{}, verify: verify, now: t0, cl: &fakeCluster{hosts: map[string]daemon.HostStatus{}},
+		reg: prometheus.NewRegistry()}
+	m, err := NewMetrics(r.reg)
+	require.NoError(t, err)
 	for _, h := range []string{"a", "b", "c"} {
 		r.cl.hosts[h] = daemon.HostStatus{HostStatus: detector.HostStatus{Name: h, Rack: "r1", Verdict: detector.HostDown,
 			Monitor: node.Unreachable, LastHeartbeat: t0.Add(-10 * time.Second)}}
 	}
 	r.c, err = New(Config{Cluster: "test"}, Deps{
-		Cluster: r.cl, Journal: st, Evacuator: r.ev, Log: zerolog.Nop(),
+		Cluster: r.cl, Journal: st, Evacuator: r.ev, Log: zerolog.Nop(), Metrics: m,
 		Now: func() time.Time { r.mu.Lock(); defer r.mu.Unlock(); return r.now },
 		Setup: func(host string) (FenceSetup, error) {
 			r.mu.Lock()
@@ -102,10 +114,13 @@ func newRig(t *testing.T, verify bool) *rig {
 			r.mu.Lock()
 			defer r.mu.Unlock()
 			r.fences = append(r.fences, p.Host)
+			r.now = r.now.Add(40 * time.Millisecond)
 			if r.verify {
-				return fencer.Result{Host: p.Host, Verified: true, Level: "ipmi"}
+				return fencer.Result{Host: p.Host, Verified: true, Level: "ipmi",
+					Attempts: []fencer.Attempt{{Level: "ipmi", Try: 1, Elapsed: 30 * time.Millisecond, Verified: true, Reads: 1}}}
 			}
-			return fencer.Result{Host: p.Host, Reason: "ipmi: 1 attempts, last: authentication refused by BMC"}
+			return fencer.Result{Host: p.Host, Reason: "ipmi: 1 attempts, last: authentication refused by BMC",
+				Attempts: []fencer.Attempt{{Level: "ipmi", Try: 1, Elapsed: 10 * time.Millisecond, Err: "authentication refused by BMC"}}}
 		},
 		Alert: func(ev alert.Event) { r.mu.Lock(); r.alerts = append(r.alerts, ev.Host+":"+ev.Type); r.mu.Unlock() },
 	})
@@ -237,4 +252,54 @@ func TestManualPolicyNeverEvacuatesEvenOnARepeatedVerdict(t *testing.T) {
 	assert.Empty(t, r.ev.reqs, "evacuate: false means an operator decides, whatever the verdict does")
 	h, _ := r.cl.Host("a")
 	assert.Equal(t, node.Drained, h.Admin)
+}
+
+func TestMetricsCountFencesLevelsAndEvacuationsOnce(t *testing.T) {
+	r := newRig(t, true)
+	r.incident(t, "a")
+	r.incident(t, "a") // repeated verdict: the finished evacuation only reports again
+	r.mu.Lock()
+	r.verify = false
+	r.mu.Unlock()
+	r.incident(t, "b")
+
+	want := `
+# HELP chime_fence_evacuated_vms_total VMs of evacuations, by result: running (on a new host), failed (tried, not running), not_moved (not evacuable or no capacity).
+# TYPE chime_fence_evacuated_vms_total counter
+chime_fence_evacuated_vms_total{result="failed"} 0
+chime_fence_evacuated_vms_total{result="not_moved"} 0
+chime_fence_evacuated_vms_total{result="running"} 1
+# HELP chime_fence_evacuations_total Evacuations finished, by state: done, partial, failed, error (did not run).
+# TYPE chime_fence_evacuations_total counter
+chime_fence_evacuations_total{state="done"} 1
+# HELP chime_fence_fence_attempts_total Fence level attempts, by level (ipmi, redfish, agent-drain) and result (verified, failed).
+# TYPE chime_fence_fence_attempts_total counter
+chime_fence_fence_attempts_total{level="ipmi",result="failed"} 1
+chime_fence_fence_attempts_total{level="ipmi",result="verified"} 1
+# HELP chime_fence_fences_in_flight Fences running now.
+# TYPE chime_fence_fences_in_flight gauge
+chime_fence_fences_in_flight 0
+# HELP chime_fence_fences_total Fences run, by result: verified (a level read the host back as fenced) or failed (every level failed).
+# TYPE chime_fence_fences_total counter
+chime_fence_fences_total{result="failed"} 1
+chime_fence_fences_total{result="verified"} 1
+`
+	require.NoError(t, testutil.GatherAndCompare(r.reg, strings.NewReader(want),
+		"chime_fence_evacuated_vms_total", "chime_fence_evacuations_total", "chime_fence_fence_attempts_total",
+		"chime_fence_fences_in_flight", "chime_fence_fences_total"))
+	// Durations come from the injected clock (the fake fence takes 40 ms)
+	// and the attempt's own Elapsed.
+	n, err := testutil.GatherAndCount(r.reg, "chime_fence_fence_duration_seconds", "chime_fence_fence_attempt_duration_seconds")
+	require.NoError(t, err)
+	assert.Equal(t, 4, n, "a series per result for the fence and per level×result for attempts")
+	mfs, err := r.reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != "chime_fence_fence_duration_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			assert.InDelta(t, 0.04, m.GetHistogram().GetSampleSum(), 1e-9, "fence duration of %v", m.GetLabel())
+		}
+	}
 }

@@ -111,7 +111,9 @@ func (e *Evacuation) Evacuate(ctx context.Context, req EvacuationRequest) (Evacu
 			return EvacuationReport{}, fmt.Errorf("evacuate %s: journal the plan: %w", req.Host, err)
 		}
 	} else if t.State != evacuator.TaskRunning {
-		return report(t, start, e.D.Now()), nil
+		r := report(t, start, e.D.Now())
+		r.Replayed = true
+		return r, nil
 	}
 	deps := e.D.Exec
 	deps.Journal = e.D.Tasks

@@ -144,7 +144,7 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 	if err := capture.SetHosts(cfg.HostNames()); err != nil {
 		return usageErr(err)
 	}
-	coord, err = newCoordinator(cfg, hv, st, d, capture, alerts, log)
+	coord, err = newCoordinator(cfg, hv, st, d, capture, alerts, reg, log)
 	if err != nil {
 		return failureErr(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/chimestack/chime-fence/alert"
@@ -201,9 +202,9 @@ func captureConfig(cfg *configs.Config) evacuator.CaptureConfig {
 	return evacuator.CaptureConfig{Interval: cfg.Storage.InventoryInterval, MirrorDir: dir, Storage: storageRules(cfg)}
 }
 
-// crashAfterJournalWrite is for the lab's crash test only: the daemon
-// SIGKILLs itself after the evacuation journal's Nth write, so the test
-// proves a restart resumes from every step.
+// crashEnv is for the lab's crash test only: the daemon SIGKILLs itself
+// after the evacuation journal's Nth write, so the test proves a restart
+// resumes from every step.
 const crashEnv = "CHIME_FENCE_TEST_CRASH_AFTER_JOURNAL_WRITE"
 
 func crashHook(log zerolog.Logger) func(n int) {
@@ -218,6 +219,9 @@ func crashHook(log zerolog.Logger) func(n int) {
 	}
 	log.Warn().Int("write", at).Msgf("%s is set: this daemon will kill itself after that evacuation journal write", crashEnv)
 	return func(n int) {
+		// Every write is logged: the test learns how many writes a run
+		// took when the crash point lies beyond them.
+		log.Info().Int("write", n).Msgf("crash test: evacuation journal write %d", n)
 		if n == at {
 			log.Warn().Int("write", n).Msg("crash test: SIGKILL now")
 			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
@@ -225,8 +229,48 @@ func crashHook(log zerolog.Logger) func(n int) {
 	}
 }
 
+// crashFenceEnv is the lab crash test's hook before the evacuation: the
+// daemon SIGKILLs itself right after the first fence record in the named
+// state ("fencing": the intent, before any BMC is touched; "verified":
+// the proof, before the host is marked drained and the plan is made) is
+// durable.
+const crashFenceEnv = "CHIME_FENCE_TEST_CRASH_AFTER_FENCE_WRITE"
+
+// crashFenceJournal returns j, wrapped when crashFenceEnv is set.
+func crashFenceJournal(j recovery.Journal, log zerolog.Logger) recovery.Journal {
+	v := os.Getenv(crashFenceEnv)
+	if v == "" {
+		return j
+	}
+	if v != store.FenceInFlight && v != store.FenceVerified {
+		log.Error().Str(crashFenceEnv, v).Msgf("ignored: want %q or %q", store.FenceInFlight, store.FenceVerified)
+		return j
+	}
+	log.Warn().Str("state", v).Msgf("%s is set: this daemon will kill itself after writing a fence record in that state", crashFenceEnv)
+	return crashJournal{Journal: j, at: v, log: log}
+}
+
+type crashJournal struct {
+	recovery.Journal
+	at  string
+	log zerolog.Logger
+}
+
+func (c crashJournal) PutFence(r store.FenceRecord) error {
+	err := c.Journal.PutFence(r)
+	if err == nil && r.State == c.at {
+		c.log.Warn().Str("host", r.Host).Str("state", r.State).Msg("crash test: SIGKILL now")
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	}
+	return err
+}
+
 func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *daemon.Daemon, capture *evacuator.Capture,
-	alerts *alert.Dispatcher, log zerolog.Logger) (*recovery.Coordinator, error) {
+	alerts *alert.Dispatcher, reg prometheus.Registerer, log zerolog.Logger) (*recovery.Coordinator, error) {
+	metrics, err := recovery.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
 	send := func(ev alert.Event) {
 		if err := alerts.Send(ev); err != nil {
 			log.Error().Err(err).Str("type", ev.Type).Msg("alert not queued")
@@ -272,11 +316,11 @@ func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *da
 		Log: log,
 	}}
 	return recovery.New(recovery.Config{Cluster: cfg.Cluster.Name}, recovery.Deps{
-		Cluster: d, Journal: st,
+		Cluster: d, Journal: crashFenceJournal(st, log),
 		Setup: func(host string) (recovery.FenceSetup, error) { return fenceSetup(hv.config(), host, log) },
 		Fence: func(ctx context.Context, p fencer.Plan) fencer.Result {
 			return fencer.Run(ctx, p, fencer.RealClock{}, log.With().Str("component", "fencer").Logger())
 		},
-		Evacuator: evac, Alert: send, Now: time.Now, Log: log,
+		Evacuator: evac, Alert: send, Now: time.Now, Log: log, Metrics: metrics,
 	})
 }

@@ -13,8 +13,10 @@ import (
 	"time"
 )
 
-// VMSpec describes a lab VM: a real QEMU TCG guest with 64 MiB, one vCPU,
-// no OS and no graphics, whose only disk is an empty qcow2 image.
+// VMSpec describes a lab VM: a real QEMU TCG guest (64 MiB and one vCPU
+// unless set), no OS and no graphics, whose only disk is an empty qcow2
+// image. The zero values of the sizing and metadata fields give exactly
+// the XML of DomainXML.
 type VMSpec struct {
 	// Name is the domain name: letters, digits, '.', '_' or '-'.
 	Name string
@@ -24,7 +26,30 @@ type VMSpec struct {
 	Shared bool
 	// NoStart only defines the domain.
 	NoStart bool
+	// MemoryMiB is the guest's memory; 0 means 64. QEMU TCG with no OS
+	// touches little of it, so a few hundred MiB cost little.
+	MemoryMiB int
+	// VCPUs is the number of vCPUs; 0 means 1.
+	VCPUs int
+	// Priority, Group and NoEvacuate go into chime-fence's metadata
+	// element (<cf:vm xmlns:cf="https://chimestack.io/xmlns/chime-fence/1"
+	// priority="N" group="G" evacuate="false"/>); the element is left out
+	// when all three are zero, and so is each zero attribute.
+	Priority   int
+	Group      string
+	NoEvacuate bool
 }
+
+// MetadataNamespace is chime-fence's per-VM metadata namespace (the
+// evacuator's MetadataNamespace; the lab does not import it).
+const MetadataNamespace = "https://chimestack.io/xmlns/chime-fence/1"
+
+// maxVMMemoryMiB and maxVMVCPUs bound lab VMs: the lab runs on a small
+// machine and a typo of a few zeros should fail here, not in QEMU.
+const (
+	maxVMMemoryMiB = 64 * 1024
+	maxVMVCPUs     = 64
+)
 
 // VM is a VM created by CreateVM.
 type VM struct {
@@ -57,13 +82,34 @@ func (l *Lab) Virsh(ctx context.Context, h Host, args ...string) (string, error)
 
 // DomainXML is the domain XML of a lab VM with the given disk path.
 func DomainXML(name, disk string) string {
+	s, _ := SpecXML(VMSpec{Name: name}, disk) // a zero spec has nothing to reject
+	return s
+}
+
+// SpecXML is the domain XML of the lab VM spec with the given disk path
+// (spec.Shared and spec.NoStart do not show in it). It fails on negative
+// or oversized sizes.
+func SpecXML(spec VMSpec, disk string) (string, error) {
+	mem, vcpus := spec.MemoryMiB, spec.VCPUs
+	switch {
+	case mem < 0 || mem > maxVMMemoryMiB:
+		return "", fmt.Errorf("lab: VM %s: MemoryMiB %d out of range 0..%d", spec.Name, mem, maxVMMemoryMiB)
+	case vcpus < 0 || vcpus > maxVMVCPUs:
+		return "", fmt.Errorf("lab: VM %s: VCPUs %d out of range 0..%d", spec.Name, vcpus, maxVMVCPUs)
+	}
+	if mem == 0 {
+		mem = 64
+	}
+	if vcpus == 0 {
+		vcpus = 1
+	}
 	var n, d bytes.Buffer
-	_ = xml.EscapeText(&n, []byte(name))
+	_ = xml.EscapeText(&n, []byte(spec.Name))
 	_ = xml.EscapeText(&d, []byte(disk))
 	return fmt.Sprintf(`<domain type='qemu'>
   <name>%s</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
+%s  <memory unit='MiB'>%d</memory>
+  <vcpu>%d</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
@@ -75,7 +121,27 @@ func DomainXML(name, disk string) string {
     <memballoon model='none'/>
   </devices>
 </domain>
-`, n.String(), d.String())
+`, n.String(), metadataXML(spec), mem, vcpus, d.String()), nil
+}
+
+// metadataXML is the <metadata> block of spec, or "" when it has none.
+func metadataXML(spec VMSpec) string {
+	if spec.Priority == 0 && spec.Group == "" && !spec.NoEvacuate {
+		return ""
+	}
+	var attrs strings.Builder
+	if spec.Priority != 0 {
+		fmt.Fprintf(&attrs, " priority='%d'", spec.Priority)
+	}
+	if spec.Group != "" {
+		var g bytes.Buffer
+		_ = xml.EscapeText(&g, []byte(spec.Group))
+		fmt.Fprintf(&attrs, " group='%s'", g.String()) // EscapeText escapes quotes too
+	}
+	if spec.NoEvacuate {
+		attrs.WriteString(" evacuate='false'")
+	}
+	return fmt.Sprintf("  <metadata>\n    <cf:vm xmlns:cf='%s'%s/>\n  </metadata>\n", MetadataNamespace, attrs.String())
 }
 
 // CreateVM creates the VM's disk, defines it on h and, unless
@@ -85,6 +151,9 @@ func (l *Lab) CreateVM(ctx context.Context, h Host, spec VMSpec) (VM, error) {
 		return VM{}, fmt.Errorf("lab: VM name %q: want letters, digits, '.', '_' or '-' (at most 64)", spec.Name)
 	}
 	vm := VM{Name: spec.Name, Host: h.Name}
+	if _, err := SpecXML(spec, ""); err != nil {
+		return VM{}, err // before anything is created
+	}
 	var file string // the disk's path from the root namespace
 	if spec.Shared {
 		file = filepath.Join(l.SharedDir(), spec.Name+".qcow2")
@@ -99,7 +168,11 @@ func (l *Lab) CreateVM(ctx context.Context, h Host, spec VMSpec) (VM, error) {
 	if _, err := run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", file, "64M"); err != nil {
 		return VM{}, fmt.Errorf("lab: VM %s: %w", spec.Name, err)
 	}
-	vm.XML = DomainXML(spec.Name, vm.Disk)
+	x, err := SpecXML(spec, vm.Disk)
+	if err != nil {
+		return VM{}, err
+	}
+	vm.XML = x
 	vm.XMLFile = filepath.Join(l.cfg.Dir, "vms", spec.Name+".xml")
 	if err := os.WriteFile(vm.XMLFile, []byte(vm.XML), 0o644); err != nil {
 		return VM{}, fmt.Errorf("lab: VM %s: %w", spec.Name, err)

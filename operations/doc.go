@@ -1,6 +1,59 @@
 // Package operations is the operator's side of the daemon: the host admin
-// state machine (Check, pure), and the Manager that runs each accepted
+// state machine (Check, pure) and the Manager that runs each accepted
 // operation as an asynchronous task holding the host's lock.
 //
-// Work in progress: see the package's files for the contract.
+// The rules Check enforces (each refusal is ErrConflict naming the reason,
+// unless said otherwise):
+//
+//   - Request shape (Validate, ErrInvalid): a known op, a host, an actor;
+//     target only on migrate and rebuild and never the host itself;
+//     migrate_local_disk_vms only on migrate; a reason (at most
+//     MaxReasonBytes of UTF-8) required on confirm-down.
+//   - A host not in the configuration is ErrNotFound.
+//   - Lock first: while a task (or a TryLock owner such as the automatic
+//     recovery) holds the host, every operation on it is refused with the
+//     holder's task id and op. Nothing is queued.
+//   - enable: from disabled or drained (enabled → "already enabled"). Any
+//     monitor state: it only changes what the agent may start.
+//   - disable: from enabled only (drained must be enabled first).
+//   - drain: from enabled or disabled; refused when the host is
+//     unreachable ("use fence or confirm-down": nothing could stop its VMs
+//     and read back that they stopped). Suspect, error and unknown hosts
+//     may be drained: the executor fails if it cannot read back.
+//   - rebuild: only from drained. A host that does not heartbeat (suspect,
+//     unreachable, unknown) needs a proven fence (verified or confirmed,
+//     newer than its last heartbeat): "fence or confirm-down first". A
+//     heartbeating host must report no running domain.
+//   - migrate: from enabled or disabled, and the host heartbeats (normal
+//     or error: a host with a storage fault is a reason to migrate).
+//   - migrate/rebuild target, if named: a known host (else ErrInvalid),
+//     enabled, normal, and not locked.
+//   - fence: any admin and monitor state; refused while the storm guard is
+//     paused (the daemon may be the one cut off; confirm-down remains).
+//     A fence already running holds the lock, so it is refused by it.
+//   - confirm-down: only when the host is unreachable; reason required.
+//
+// Manager contract:
+//
+//   - Start validates, checks against View and the locks, takes the lock,
+//     persists the task (store.PutOpTask) and a history record (kind
+//     "operation", correlation id = task id, actor and reason in the text
+//     and the evidence), then runs the executor in its own goroutine under
+//     a deadline (Config.Timeouts, else DefaultTimeouts). A refusal records
+//     nothing.
+//   - Progress lines (Report) are merged per VM and persisted on each call.
+//   - The end (succeeded, failed, interrupted) is persisted, recorded in
+//     the history, and only then is the lock released and Wait woken.
+//   - An executor that panics fails its task; it does not crash the daemon.
+//   - Close cancels running executors (their tasks end interrupted) and
+//     waits for them. A task the store still marks running when New runs
+//     (the daemon died) is marked interrupted with RestartedReason; nothing
+//     resumes by itself.
+//   - TryLock gives work outside the Manager (recovery's fence and
+//     evacuation) the same per-host lock, without a task.
+//   - Now is injected; nothing reads the wall clock.
+//
+// Executors are injected per op. This package provides AdminExecutor
+// (enable, disable) and DrainExecutor; rebuild, fence, confirm-down and
+// migrate executors live with the code they reuse (recovery/, evacuator/).
 package operations

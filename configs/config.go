@@ -1,6 +1,9 @@
 package configs
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Config is one cluster's configuration, as loaded and validated.
 type Config struct {
@@ -33,6 +36,41 @@ type Controller struct {
 	APITokenFile string `mapstructure:"api_token_file" json:"api_token_file" yaml:"api_token_file"`
 	// AgentTokenFile holds the token agents present when they heartbeat.
 	AgentTokenFile string `mapstructure:"agent_token_file" json:"agent_token_file" yaml:"agent_token_file"`
+	// APITokens are further API tokens, each with a name (the actor the
+	// history records for its operations) and a role. APITokenFile is one
+	// more, named "api", with the operator role.
+	APITokens []APIToken `mapstructure:"api_tokens" json:"api_tokens,omitempty" yaml:"api_tokens,omitempty"`
+	// TLSCertFile and TLSKeyFile (both or neither) make the API serve
+	// HTTPS with this certificate chain and key (PEM).
+	TLSCertFile string `mapstructure:"tls_cert_file" json:"tls_cert_file,omitempty" yaml:"tls_cert_file,omitempty"`
+	TLSKeyFile  string `mapstructure:"tls_key_file" json:"tls_key_file,omitempty" yaml:"tls_key_file,omitempty"`
+}
+
+// APITokenName is the name of the token in controller.api_token_file.
+const APITokenName = "api"
+
+// Role is what an API token may do.
+type Role string
+
+const (
+	// RoleReadOnly may read (GET) every operator endpoint, never change
+	// anything.
+	RoleReadOnly Role = "read-only"
+	// RoleOperator may also start operations and set admin states.
+	RoleOperator Role = "operator"
+)
+
+// APIToken is one entry of controller.api_tokens.
+type APIToken struct {
+	Name string `mapstructure:"name" json:"name" yaml:"name"`
+	// File holds the token (never the config itself).
+	File string `mapstructure:"file" json:"file" yaml:"file"`
+	Role Role   `mapstructure:"role" json:"role" yaml:"role"`
+}
+
+// Secret says where the token comes from.
+func (t APIToken) Secret() Secret {
+	return Secret{What: fmt.Sprintf("api token %q", t.Name), File: t.File}
 }
 
 // Mode says whether the daemon acts on its verdicts.

@@ -19,6 +19,11 @@ func fillDefaults(c *Config, dir string) {
 	}
 	abs(&c.Controller.APITokenFile)
 	abs(&c.Controller.AgentTokenFile)
+	for i := range c.Controller.APITokens {
+		abs(&c.Controller.APITokens[i].File)
+	}
+	abs(&c.Controller.TLSCertFile)
+	abs(&c.Controller.TLSKeyFile)
 	for i := range c.Hosts {
 		h := &c.Hosts[i]
 		if h.Agent.URL == "" && h.Address != "" {

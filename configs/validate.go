@@ -40,6 +40,7 @@ func validate(c *Config, root *yaml.Node, ps *problems) {
 	if !filepath.IsAbs(c.Controller.StateDir) {
 		v.add("controller.state_dir", "%q must be an absolute path", c.Controller.StateDir)
 	}
+	v.controller(c.Controller)
 	switch c.Mode {
 	case ModeObserve, ModeEnforce:
 	default:
@@ -101,6 +102,53 @@ func validate(c *Config, root *yaml.Node, ps *problems) {
 		v.add("storage.inventory_dir", "%q must be an absolute path (or \"-\" for no mirror)", d)
 	}
 	v.webhooks(c.Alerts.Webhooks)
+}
+
+func (v validator) controller(c Controller) {
+	names := map[string]bool{}
+	if c.APITokenFile != "" {
+		names[APITokenName] = true
+	}
+	files := map[string]string{}
+	for i, t := range c.APITokens {
+		at := fmt.Sprintf("controller.api_tokens[%d]", i)
+		switch {
+		case t.Name == "":
+			v.add(at+".name", "required: the name is the actor history records for this token's operations")
+		case !nameRE.MatchString(t.Name):
+			v.add(at+".name", "%q: use letters, digits, '.', '_' and '-' (at most 63)", t.Name)
+		case t.Name == APITokenName && c.APITokenFile != "":
+			v.add(at+".name", "%q is the name of controller.api_token_file's token; choose another", t.Name)
+		case names[t.Name]:
+			v.add(at+".name", "duplicate token name %q", t.Name)
+		}
+		names[t.Name] = true
+		switch {
+		case t.File == "":
+			v.add(at+".file", "required: the file that holds the token")
+		case files[t.File] != "":
+			v.add(at+".file", "%s is also the file of token %q; each token needs its own", t.File, files[t.File])
+		case t.File == c.AgentTokenFile:
+			v.add(at+".file", "%s is the agent token's file; an API token must differ from the agent token", t.File)
+		}
+		if t.File != "" && files[t.File] == "" {
+			files[t.File] = t.Name
+		}
+		switch t.Role {
+		case RoleReadOnly, RoleOperator:
+		case "":
+			v.add(at+".role", "required: read-only or operator")
+		default:
+			v.add(at+".role", "%q: must be read-only or operator", t.Role)
+		}
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		if c.TLSCertFile == "" {
+			v.add("controller.tls_cert_file", "required when controller.tls_key_file is set (TLS needs both)")
+		} else {
+			v.add("controller.tls_key_file", "required when controller.tls_cert_file is set (TLS needs both)")
+		}
+	}
 }
 
 func (v validator) detection(d Detection) {

@@ -1,0 +1,64 @@
+package configs
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestAPITokensAndTLSLoad(t *testing.T) {
+	y := minimal + `controller:
+  api_token_file: /etc/chime/api.token
+  agent_token_file: /etc/chime/agent.token
+  api_tokens:
+    - {name: alice, file: alice.token, role: operator}
+    - {name: grafana, file: /etc/chime/ro.token, role: read-only}
+  tls_cert_file: tls/cert.pem
+  tls_key_file: /etc/chime/key.pem
+`
+	c, err := Parse("/etc/chime/chime-fence.yaml", []byte(y), noEnv)
+	require.NoError(t, err)
+	assert.Equal(t, []APIToken{
+		{Name: "alice", File: "/etc/chime/alice.token", Role: RoleOperator},
+		{Name: "grafana", File: "/etc/chime/ro.token", Role: RoleReadOnly},
+	}, c.Controller.APITokens, "relative files are taken from the config's directory")
+	assert.Equal(t, filepath.Join("/etc/chime", "tls/cert.pem"), c.Controller.TLSCertFile)
+	assert.Equal(t, "/etc/chime/key.pem", c.Controller.TLSKeyFile)
+	assert.Equal(t, `api token "alice"`, c.Controller.APITokens[0].Secret().What)
+
+	// Neither is required.
+	c, err = Parse("/etc/chime/chime-fence.yaml", []byte(minimal), noEnv)
+	require.NoError(t, err)
+	assert.Empty(t, c.Controller.APITokens)
+	assert.Empty(t, c.Controller.TLSCertFile)
+}
+
+func TestAPITokensMistakesAreNamed(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		{"controller:\n  api_tokens:\n    - {file: /a, role: operator}\n", "controller.api_tokens[0].name (line required"},
+		{"controller:\n  api_tokens:\n    - {name: 'bad name', file: /a, role: operator}\n", `controller.api_tokens[0].name (line "bad name": use letters`},
+		{"controller:\n  api_token_file: /x\n  api_tokens:\n    - {name: api, file: /a, role: operator}\n", `controller.api_tokens[0].name (line "api" is the name of controller.api_token_file's token`},
+		{"controller:\n  api_tokens:\n    - {name: a, file: /a, role: operator}\n    - {name: a, file: /b, role: operator}\n", `controller.api_tokens[1].name (line duplicate token name "a"`},
+		{"controller:\n  api_tokens:\n    - {name: a, role: operator}\n", "controller.api_tokens[0].file (line required"},
+		{"controller:\n  api_tokens:\n    - {name: a, file: /a, role: operator}\n    - {name: b, file: /a, role: read-only}\n", `controller.api_tokens[1].file (line /a is also the file of token "a"`},
+		{"controller:\n  agent_token_file: /ag\n  api_tokens:\n    - {name: a, file: /ag, role: operator}\n", "controller.api_tokens[0].file (line /ag is the agent token's file"},
+		{"controller:\n  api_tokens:\n    - {name: a, file: /a}\n", "controller.api_tokens[0].role (line required: read-only or operator"},
+		{"controller:\n  api_tokens:\n    - {name: a, file: /a, role: admin}\n", `controller.api_tokens[0].role (line "admin": must be read-only or operator`},
+		{"controller:\n  api_tokens:\n    - {name: a, token: s3cret, role: operator}\n", "controller.api_tokens[0].token (line unknown key; tokens are never written in the config"},
+		{"controller:\n  tls_cert_file: /c.pem\n", "controller.tls_key_file (line when controller.tls_cert_file is set"},
+		{"controller:\n  tls_key_file: /k.pem\n", "controller.tls_cert_file (line when controller.tls_key_file is set"},
+	} {
+		t.Run(tc.want, func(t *testing.T) {
+			_, err := Parse("/etc/chime/t.yaml", []byte(minimal+tc.yaml), noEnv)
+			require.Error(t, err)
+			// want is "<key> (line" + the message: the key is named with its line.
+			key, msg, _ := strings.Cut(tc.want, " (line")
+			assert.Contains(t, err.Error(), key+" (line ")
+			assert.Contains(t, err.Error(), strings.TrimSpace(msg))
+			assert.NotContains(t, err.Error(), "s3cret")
+		})
+	}
+}

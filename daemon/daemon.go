@@ -82,8 +82,11 @@ type Daemon struct {
 	adminSince map[string]time.Time                   // when admin was set, zero if unknown
 	homes      map[string]store.DomainHome            // by UUID
 	byHost     map[string]map[string]store.DomainHome // host → UUID → home
-	evict      map[string]map[string]store.Eviction   // host → UUID → eviction
-	rev        map[string]uint64
+	// active is how many domains each host's last accepted heartbeat
+	// reported active (running, paused, ...); absent when unknown.
+	active map[string]int
+	evict  map[string]map[string]store.Eviction // host → UUID → eviction
+	rev    map[string]uint64
 }
 
 // New loads the persisted state. interval returns the configured heartbeat
@@ -118,7 +121,7 @@ func New(st State, eng Engine, interval func() time.Duration, clock func() time.
 		clock = time.Now
 	}
 	d := &Daemon{st: st, eng: eng, clock: clock, interval: interval, log: log.With().Str("component", "daemon").Logger(),
-		admin: admin, adminSince: since, homes: map[string]store.DomainHome{}, byHost: map[string]map[string]store.DomainHome{},
+		admin: admin, adminSince: since, homes: map[string]store.DomainHome{}, byHost: map[string]map[string]store.DomainHome{}, active: map[string]int{},
 		evict: map[string]map[string]store.Eviction{}, rev: map[string]uint64{}}
 	for _, h := range homes {
 		d.index(h)
@@ -153,8 +156,15 @@ func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 	if accepted && hb.Health.Libvirt.OK && hb.Domains != nil {
 		var doms []heartbeat.Domain
 		doms, gone = splitEvicted(hb.Domains, d.evict[hb.Host])
-		put, remove = evacuator.ObserveDomains(d.homes, d.byHost[hb.Host], hb.Host, doms, d.clock())
+		put, remove = evacuator.ObserveDomains(d.homes, d.byHost[hb.Host], hb.Host, doms, d.clock(), d.admin[hb.Host] == node.Drained)
 		undo = d.applyHomes(put, remove)
+		n := 0
+		for _, dom := range hb.Domains {
+			if dom.State.Active() {
+				n++
+			}
+		}
+		d.active[hb.Host] = n
 	}
 	d.mu.Unlock()
 	if len(put)+len(remove) > 0 {
@@ -437,8 +447,13 @@ func (d *Daemon) Assignment(host string) (heartbeat.Assignment, error) {
 // HostStatus is the detector's view of a host plus its admin state.
 type HostStatus struct {
 	detector.HostStatus
-	Admin   node.AdminState `json:"admin"`
-	Domains int             `json:"domains"`
+	Admin node.AdminState `json:"admin"`
+	// Domains is how many domains have this host as their home (running
+	// there, or stopped there and not moved).
+	Domains int `json:"domains"`
+	// Active is how many domains the host's last heartbeat reported
+	// active (running, paused, starting); -1 before one listed them.
+	Active int `json:"active"`
 }
 
 // Status is the whole cluster.
@@ -454,7 +469,7 @@ func (d *Daemon) Status() Status {
 	defer d.mu.Unlock()
 	out := Status{Storm: storm, Hosts: make([]HostStatus, 0, len(hs))}
 	for _, h := range hs {
-		out.Hosts = append(out.Hosts, HostStatus{HostStatus: h, Admin: d.admin[h.Name], Domains: len(d.byHost[h.Name])})
+		out.Hosts = append(out.Hosts, d.hostStatus(h))
 	}
 	return out
 }
@@ -467,7 +482,16 @@ func (d *Daemon) Host(name string) (HostStatus, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return HostStatus{HostStatus: h, Admin: d.admin[name], Domains: len(d.byHost[name])}, nil
+	return d.hostStatus(h), nil
+}
+
+// hostStatus adds the daemon's part to the detector's; d.mu held.
+func (d *Daemon) hostStatus(h detector.HostStatus) HostStatus {
+	active, ok := d.active[h.Name]
+	if !ok {
+		active = -1
+	}
+	return HostStatus{HostStatus: h, Admin: d.admin[h.Name], Domains: len(d.byHost[h.Name]), Active: active}
 }
 
 // History reads recorded transitions and verdicts.

@@ -312,3 +312,41 @@ func TestRelocateRacingHeartbeats(t *testing.T) {
 	assert.Equal(t, []store.DomainHome{homes[u1]}, f.d.Homes("h2"), "cache")
 	assert.Empty(t, f.d.Homes("h1"))
 }
+
+func TestActiveCountsOnlyRunningDomainsOfTheLastHeartbeat(t *testing.T) {
+	f := newFixture(t)
+	h, err := f.d.Host("h1")
+	require.NoError(t, err)
+	assert.Equal(t, -1, h.Active, "unknown before a heartbeat lists domains")
+	f.beat(t, "h1", running(u1, "web"), running(u2, "db"))
+	h, err = f.d.Host("h1")
+	require.NoError(t, err)
+	assert.Equal(t, 2, h.Active)
+	assert.Equal(t, 2, h.Domains)
+	// Drained: both stopped by the drain, both still at home here (a
+	// rebuild recreates them elsewhere).
+	_, err = f.d.SetAdminState("h1", node.Drained, "drain")
+	require.NoError(t, err)
+	f.beat(t, "h1", heartbeat.Domain{UUID: u1, Name: "web", State: hypervisor.StateShutoff, Reason: "destroyed"},
+		heartbeat.Domain{UUID: u2, Name: "db", State: hypervisor.StateShutoff, Reason: "destroyed"})
+	h, err = f.d.Host("h1")
+	require.NoError(t, err)
+	assert.Equal(t, 0, h.Active, "a stopped domain is not active")
+	assert.Equal(t, 2, h.Domains, "but still homed here")
+	var inStatus HostStatus
+	for _, s := range f.d.Status().Hosts {
+		if s.Name == "h1" {
+			inStatus = s
+		}
+	}
+	assert.Equal(t, h.Active, inStatus.Active, "Status and Host agree")
+}
+
+func TestDestroyedOutsideADrainForgetsTheHome(t *testing.T) {
+	f := newFixture(t)
+	f.beat(t, "h1", running(u1, "web"))
+	f.beat(t, "h1", heartbeat.Domain{UUID: u1, Name: "web", State: hypervisor.StateShutoff, Reason: "destroyed"})
+	h, err := f.d.Host("h1")
+	require.NoError(t, err)
+	assert.Equal(t, 0, h.Domains, "stopped on purpose on an enabled host: it should not run anywhere")
+}

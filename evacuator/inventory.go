@@ -26,12 +26,15 @@ var deliberateStops = map[string]bool{
 //     that is no longer defined here, is forgotten: it should not run.
 //   - A domain that stopped because QEMU died, or because the host
 //     restarted, keeps its home: the agent may start it again.
+//   - On a drained host (drained is true) a stop is the drain's, not the
+//     owner's: the domain keeps its home, so a rebuild recreates it
+//     elsewhere (and enabling the host again starts it there).
 //
 // The caller must only pass a report in which libvirtd answered; an empty
 // list from an unreachable libvirtd would otherwise forget every domain.
 // homes is every domain's home, keyed by UUID; mine is the subset living on
 // host (so the cost is the host's domains, not the cluster's).
-func ObserveDomains(homes, mine map[string]store.DomainHome, host string, doms []heartbeat.Domain, now time.Time) (put []store.DomainHome, remove []string) {
+func ObserveDomains(homes, mine map[string]store.DomainHome, host string, doms []heartbeat.Domain, now time.Time, drained bool) (put []store.DomainHome, remove []string) {
 	var listed map[string]bool
 	if len(mine) > 0 {
 		listed = make(map[string]bool, len(doms))
@@ -50,7 +53,7 @@ func ObserveDomains(homes, mine map[string]store.DomainHome, host string, doms [
 				}
 				put = append(put, store.DomainHome{UUID: d.UUID, Name: d.Name, Host: host, Since: since})
 			}
-		case known && h.Host == host && deliberateStops[d.Reason]:
+		case known && h.Host == host && deliberateStops[d.Reason] && !drained:
 			remove = append(remove, d.UUID)
 		}
 	}

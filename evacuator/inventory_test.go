@@ -22,27 +22,32 @@ func TestObserveDomains(t *testing.T) {
 		return []heartbeat.Domain{{UUID: u, Name: "vm", State: st, Reason: reason}}
 	}
 	cases := []struct {
-		name   string
-		homes  map[string]store.DomainHome
-		doms   []heartbeat.Domain
-		put    []store.DomainHome
-		remove []string
+		name    string
+		homes   map[string]store.DomainHome
+		doms    []heartbeat.Domain
+		put     []store.DomainHome
+		remove  []string
+		drained bool
 	}{
-		{"new running domain gets a home", nil, dom(u1, hypervisor.StateRunning, ""), []store.DomainHome{{UUID: u1, Name: "vm", Host: "h1", Since: now}}, nil},
-		{"running where it lives: nothing to write", home(u1, "h1"), dom(u1, hypervisor.StateRunning, ""), nil, nil},
-		{"paused counts as running", nil, dom(u1, hypervisor.StatePaused, ""), []store.DomainHome{{UUID: u1, Name: "vm", Host: "h1", Since: now}}, nil},
-		{"running on a new host moves the home", home(u1, "h2"), dom(u1, hypervisor.StateRunning, ""), []store.DomainHome{{UUID: u1, Name: "vm", Host: "h1", Since: now}}, nil},
-		{"QEMU died: keep", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "crashed"), nil, nil},
-		{"crashed state: keep", home(u1, "h1"), dom(u1, hypervisor.StateCrashed, ""), nil, nil},
-		{"host restarted: keep", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "unknown"), nil, nil},
-		{"failed to start: keep", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "failed"), nil, nil},
-		{"shut down by its owner: forget", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "shutdown"), nil, []string{u1}},
-		{"destroyed by an operator: forget", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "destroyed"), nil, []string{u1}},
-		{"migrated away: forget here", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "migrated"), nil, []string{u1}},
-		{"stopped copy on a host it does not live on: ignore", home(u1, "h2"), dom(u1, hypervisor.StateShutoff, "destroyed"), nil, nil},
-		{"undefined here: forget", home(u1, "h1"), nil, nil, []string{u1}},
-		{"another host's domain missing here: keep", home(u1, "h2"), nil, nil, nil},
-		{"stopped, never ran anywhere: nothing", nil, dom(u2, hypervisor.StateShutoff, "shutdown"), nil, nil},
+		{"new running domain gets a home", nil, dom(u1, hypervisor.StateRunning, ""), []store.DomainHome{{UUID: u1, Name: "vm", Host: "h1", Since: now}}, nil, false},
+		{"running where it lives: nothing to write", home(u1, "h1"), dom(u1, hypervisor.StateRunning, ""), nil, nil, false},
+		{"paused counts as running", nil, dom(u1, hypervisor.StatePaused, ""), []store.DomainHome{{UUID: u1, Name: "vm", Host: "h1", Since: now}}, nil, false},
+		{"running on a new host moves the home", home(u1, "h2"), dom(u1, hypervisor.StateRunning, ""), []store.DomainHome{{UUID: u1, Name: "vm", Host: "h1", Since: now}}, nil, false},
+		{"QEMU died: keep", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "crashed"), nil, nil, false},
+		{"crashed state: keep", home(u1, "h1"), dom(u1, hypervisor.StateCrashed, ""), nil, nil, false},
+		{"host restarted: keep", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "unknown"), nil, nil, false},
+		{"failed to start: keep", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "failed"), nil, nil, false},
+		{"shut down by its owner: forget", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "shutdown"), nil, []string{u1}, false},
+		{"destroyed by an operator: forget", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "destroyed"), nil, []string{u1}, false},
+		{"migrated away: forget here", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "migrated"), nil, []string{u1}, false},
+		{"stopped copy on a host it does not live on: ignore", home(u1, "h2"), dom(u1, hypervisor.StateShutoff, "destroyed"), nil, nil, false},
+		{"undefined here: forget", home(u1, "h1"), nil, nil, []string{u1}, false},
+		{"another host's domain missing here: keep", home(u1, "h2"), nil, nil, nil, false},
+		{"stopped, never ran anywhere: nothing", nil, dom(u2, hypervisor.StateShutoff, "shutdown"), nil, nil, false},
+		{"destroyed by the drain of its host: keep", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "destroyed"), nil, nil, true},
+		{"shut down on a drained host: keep", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "shutdown"), nil, nil, true},
+		{"undefined on a drained host: forget", home(u1, "h1"), nil, nil, []string{u1}, true},
+		{"running on a drained host it does not live on: moves the home", home(u1, "h2"), dom(u1, hypervisor.StateRunning, ""), []store.DomainHome{{UUID: u1, Name: "vm", Host: "h1", Since: now}}, nil, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -52,7 +57,7 @@ func TestObserveDomains(t *testing.T) {
 					mine[u] = h
 				}
 			}
-			put, remove := ObserveDomains(c.homes, mine, "h1", c.doms, now)
+			put, remove := ObserveDomains(c.homes, mine, "h1", c.doms, now, c.drained)
 			assert.Equal(t, c.put, put)
 			assert.Equal(t, c.remove, remove)
 		})

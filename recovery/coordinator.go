@@ -14,6 +14,7 @@ import (
 	"github.com/chimestack/chime-fence/alert"
 	"github.com/chimestack/chime-fence/daemon"
 	"github.com/chimestack/chime-fence/detector"
+	"github.com/chimestack/chime-fence/evacuator"
 	"github.com/chimestack/chime-fence/fencer"
 	"github.com/chimestack/chime-fence/node"
 	"github.com/chimestack/chime-fence/store"
@@ -55,6 +56,11 @@ type EvacuationRequest struct {
 	Host          string
 	CorrelationID string
 	Fence         string // how the host was proven down, for the task
+	// Target, if set, is the only host the VMs may go to (an operator's
+	// rebuild --target).
+	Target string
+	// Progress, if set, sees the task after each journal write.
+	Progress func(evacuator.Task)
 }
 
 // EvacuationReport sums a finished evacuation up for alerts and history.
@@ -90,6 +96,10 @@ type Deps struct {
 	Log       zerolog.Logger
 	// Metrics, if set, counts fences and evacuations.
 	Metrics *Metrics
+	// Lock, if set, takes the host lock operator operations share, so an
+	// automatic incident and an operator's task never act on one host at
+	// once; an incident for a locked host waits (Config.Retry).
+	Lock func(host, owner string) (release func(), err error)
 }
 
 // Config tunes the coordinator.
@@ -191,7 +201,14 @@ func (c *Coordinator) dispatch(ctx context.Context) {
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
-			retry, reason := c.incident(ctx, p.ev)
+			var retry time.Time
+			var reason string
+			if release, err := c.lockHost(h); err != nil {
+				retry, reason = c.deps.Now().Add(c.cfg.Retry), err.Error()
+			} else {
+				retry, reason = c.incident(ctx, p.ev)
+				release()
+			}
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			delete(c.busy, h)
@@ -234,7 +251,7 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 			log.Warn().Msgf("%s is already fenced; its policy does not evacuate (or cannot be read): nothing more to do", host)
 			return time.Time{}, ""
 		}
-		c.evacuate(ctx, prev, log)
+		_, _ = c.evacuate(ctx, prev, nil, log)
 		return time.Time{}, ""
 	}
 	if why := c.stillDown(host); why != "" {
@@ -265,25 +282,49 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 		c.mu.Unlock()
 	}()
 
-	rec := store.FenceRecord{Host: host, CorrelationID: ev.CorrelationID, State: store.FenceInFlight,
+	rec, err := c.fence(ctx, host, st.Rack, ev.CorrelationID, ev.Reason, "unreachable", setup, log)
+	switch {
+	case errors.Is(err, errNotJournaled):
+		return c.deps.Now().Add(c.cfg.Retry), err.Error()
+	case err != nil:
+		return time.Time{}, ""
+	}
+	if setup.Evacuate {
+		_, _ = c.evacuate(ctx, rec, nil, log)
+	} else {
+		log.Warn().Msgf("policy says evacuate: false; %s's VMs wait for an operator", host)
+	}
+	return time.Time{}, ""
+}
+
+// errNotJournaled: the fence intent could not be journaled, so nothing
+// was done; try again later.
+var errNotJournaled = errors.New("fence journal write failed; not fencing")
+
+// fence journals the intent, runs the plan, journals the outcome and, when
+// verified, drains the host. err is nil only for a verified, journaled
+// fence; a failed one has been recorded and alerted.
+func (c *Coordinator) fence(ctx context.Context, host, rack, corrID, why, from string, setup FenceSetup, log zerolog.Logger) (store.FenceRecord, error) {
+	now := c.deps.Now()
+	rec := store.FenceRecord{Host: host, CorrelationID: corrID, State: store.FenceInFlight,
 		Action: setup.Plan.Action.String(), Started: now}
 	if err := c.deps.Journal.PutFence(rec); err != nil {
 		// No journal, no fence: a crash now would leave nobody knowing a
 		// power-off was in flight.
 		log.Error().Err(err).Msg("cannot journal the fence intent; not fencing")
-		return c.deps.Now().Add(c.cfg.Retry), "fence journal write failed: " + err.Error()
+		return rec, fmt.Errorf("%w: %w", errNotJournaled, err)
 	}
 	levels := make([]string, len(setup.Plan.Levels))
 	for i, l := range setup.Plan.Levels {
 		levels[i] = l.Name
 	}
-	c.record(store.Record{At: now, Host: host, Kind: "fence", From: "unreachable", To: "fencing", CorrelationID: ev.CorrelationID,
-		Reason: fmt.Sprintf("fencing %s (action %s, levels %v) because %s", host, rec.Action, levels, ev.Reason)})
-	c.alert(alert.Event{Type: alert.FenceStarted, Severity: "warning", At: now, Host: host, CorrelationID: ev.CorrelationID,
-		Summary: fmt.Sprintf("fencing %s: %s", host, ev.Reason), Details: map[string]any{"levels": levels, "action": rec.Action}})
-	log.Warn().Strs("levels", levels).Msgf("fencing %s because %s", host, ev.Reason)
+	c.record(store.Record{At: now, Host: host, Kind: "fence", From: from, To: "fencing", CorrelationID: corrID,
+		Reason: fmt.Sprintf("fencing %s (action %s, levels %v) because %s", host, rec.Action, levels, why)})
+	c.alert(alert.Event{Type: alert.FenceStarted, Severity: "warning", At: now, Host: host, CorrelationID: corrID,
+		Summary: fmt.Sprintf("fencing %s: %s", host, why), Details: map[string]any{"levels": levels, "action": rec.Action}})
+	log.Warn().Strs("levels", levels).Msgf("fencing %s because %s", host, why)
 
-	setup.Plan.Host, setup.Plan.Rack = host, st.Rack
+	setup.Plan.Host, setup.Plan.Rack = host, rack
 	c.deps.Metrics.fenceStarted()
 	res := c.deps.Fence(ctx, setup.Plan)
 	c.deps.Metrics.fenceEnded(res, c.deps.Now().Sub(now))
@@ -292,7 +333,7 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 	rec.Finished = c.deps.Now()
 	if !res.Verified {
 		c.failed(rec, res.Reason, res.Attempts, log)
-		return time.Time{}, ""
+		return rec, errors.New("fence not verified: " + res.Reason)
 	}
 	rec.State, rec.Level = store.FenceVerified, res.Level
 	if res.PowerOnErr != "" {
@@ -302,9 +343,9 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 		// The host is off, but without the record no rebuild may rely on
 		// it: alert and stop here; the next verdict retries the journal.
 		log.Error().Err(err).Msg("fence verified but not journaled; evacuation withheld")
-		c.alert(alert.Event{Type: alert.FenceFailed, Severity: "critical", At: rec.Finished, Host: host, CorrelationID: ev.CorrelationID,
+		c.alert(alert.Event{Type: alert.FenceFailed, Severity: "critical", At: rec.Finished, Host: host, CorrelationID: corrID,
 			Summary: fmt.Sprintf("%s is off (verified by %s) but the journal write failed, so nothing is evacuated: %v", host, res.Level, err)})
-		return time.Time{}, ""
+		return rec, fmt.Errorf("fence verified by %s but not journaled: %w", res.Level, err)
 	}
 	took := rec.Finished.Sub(rec.Started).Round(time.Millisecond)
 	summary := fmt.Sprintf("%s fenced: %s verified power off in %s", host, res.Level, took)
@@ -314,20 +355,15 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 			summary = fmt.Sprintf("%s fenced: %s verified power off in %s; power on failed: %s", host, res.Level, took, res.PowerOnErr)
 		}
 	}
-	c.record(store.Record{At: rec.Finished, Host: host, Kind: "fence", From: "fencing", To: "verified", CorrelationID: ev.CorrelationID,
+	c.record(store.Record{At: rec.Finished, Host: host, Kind: "fence", From: "fencing", To: "verified", CorrelationID: corrID,
 		Reason: summary, Evidence: attempts})
-	if _, err := c.deps.Cluster.SetAdminState(host, node.Drained, "fenced by chime-fence ("+ev.CorrelationID+"): "+summary); err != nil {
+	if _, err := c.deps.Cluster.SetAdminState(host, node.Drained, "fenced by chime-fence ("+corrID+"): "+summary); err != nil {
 		log.Error().Err(err).Msg("fence verified but the host could not be marked drained")
 	}
-	c.alert(alert.Event{Type: alert.FenceSucceeded, Severity: "warning", At: rec.Finished, Host: host, CorrelationID: ev.CorrelationID,
+	c.alert(alert.Event{Type: alert.FenceSucceeded, Severity: "warning", At: rec.Finished, Host: host, CorrelationID: corrID,
 		Summary: summary, Details: map[string]any{"level": res.Level, "elapsed": took.String(), "attempts": res.Attempts}})
 	log.Warn().Str("level", res.Level).Dur("elapsed", took).Msg(summary)
-	if setup.Evacuate {
-		c.evacuate(ctx, rec, log)
-	} else {
-		log.Warn().Msgf("policy says evacuate: false; %s's VMs wait for an operator", host)
-	}
-	return time.Time{}, ""
+	return rec, nil
 }
 
 // provenSinceHeartbeat: the proof is about the current silence, not an
@@ -380,51 +416,67 @@ func fenceProof(r store.FenceRecord) string {
 }
 
 // evacuate runs (or resumes) the evacuation of a proven fence.
-func (c *Coordinator) evacuate(ctx context.Context, rec store.FenceRecord, log zerolog.Logger) {
+func (c *Coordinator) evacuate(ctx context.Context, rec store.FenceRecord, progress func(evacuator.Task), log zerolog.Logger) (EvacuationReport, error) {
 	if !rec.Proven() {
 		log.Error().Msg("refusing to evacuate without a proven fence") // unreachable by construction
-		return
+		return EvacuationReport{}, errors.New("refusing to evacuate without a proven fence")
 	}
 	id := TaskID(rec)
-	start := c.deps.Now()
-	c.alert(alert.Event{Type: alert.EvacuationStarted, Severity: "warning", At: start, Host: rec.Host, CorrelationID: rec.CorrelationID,
-		Summary: fmt.Sprintf("evacuating %s (task %s)", rec.Host, id)})
-	rep, err := c.deps.Evacuator.Evacuate(ctx, EvacuationRequest{TaskID: id, Host: rec.Host, CorrelationID: rec.CorrelationID, Fence: fenceProof(rec)})
-	now := c.deps.Now()
-	if err != nil {
-		c.deps.Metrics.evacuationEnded(EvacuationReport{}, "error", now.Sub(start))
-		summary := fmt.Sprintf("evacuation of %s did not run: %v", rec.Host, err)
-		c.record(store.Record{At: now, Host: rec.Host, Kind: "evacuation", To: "error", CorrelationID: rec.CorrelationID, Reason: summary})
-		c.alert(alert.Event{Type: alert.EvacuationPartial, Severity: "critical", At: now, Host: rec.Host, CorrelationID: rec.CorrelationID, Summary: summary})
-		log.Error().Err(err).Msg("evacuation did not run")
-		return
-	}
-	if rec.Evacuation != id {
+	rep, err := c.runEvacuation(ctx, EvacuationRequest{TaskID: id, Host: rec.Host, CorrelationID: rec.CorrelationID,
+		Fence: fenceProof(rec), Progress: progress}, log)
+	if err == nil && rec.Evacuation != id {
 		rec.Evacuation = id
 		if err := c.deps.Journal.PutFence(rec); err != nil {
 			log.Error().Err(err).Msg("cannot note the evacuation on the fence record")
 		}
 	}
+	return rep, err
+}
+
+// runEvacuation runs one evacuation task with its alerts, history record
+// and metrics. err is set only when the task could not run at all.
+func (c *Coordinator) runEvacuation(ctx context.Context, req EvacuationRequest, log zerolog.Logger) (EvacuationReport, error) {
+	start := c.deps.Now()
+	c.alert(alert.Event{Type: alert.EvacuationStarted, Severity: "warning", At: start, Host: req.Host, CorrelationID: req.CorrelationID,
+		Summary: fmt.Sprintf("evacuating %s (task %s)", req.Host, req.TaskID)})
+	rep, err := c.deps.Evacuator.Evacuate(ctx, req)
+	now := c.deps.Now()
+	if err != nil {
+		c.deps.Metrics.evacuationEnded(EvacuationReport{}, "error", now.Sub(start))
+		summary := fmt.Sprintf("evacuation of %s did not run: %v", req.Host, err)
+		c.record(store.Record{At: now, Host: req.Host, Kind: "evacuation", To: "error", CorrelationID: req.CorrelationID, Reason: summary})
+		c.alert(alert.Event{Type: alert.EvacuationPartial, Severity: "critical", At: now, Host: req.Host, CorrelationID: req.CorrelationID, Summary: summary})
+		log.Error().Err(err).Msg("evacuation did not run")
+		return rep, err
+	}
 	if !rep.Replayed {
 		c.deps.Metrics.evacuationEnded(rep, rep.State, now.Sub(start))
 	}
 	ev, _ := json.Marshal(rep)
-	summary := fmt.Sprintf("evacuation of %s %s: %d running elsewhere, %d failed, %d not moved", rec.Host, rep.State,
-		len(rep.Running), len(rep.Failed), len(rep.Unplaced))
-	for _, u := range rep.Unplaced {
-		summary += fmt.Sprintf("; %s: %s", u.Name, u.Reason)
-	}
-	for _, f := range rep.Failed {
-		summary += fmt.Sprintf("; %s FAILED: %s", f.Name, f.Reason)
-	}
-	c.record(store.Record{At: now, Host: rec.Host, Kind: "evacuation", To: rep.State, CorrelationID: rec.CorrelationID, Reason: summary, Evidence: ev})
+	summary := rep.Summary(req.Host)
+	c.record(store.Record{At: now, Host: req.Host, Kind: "evacuation", To: rep.State, CorrelationID: req.CorrelationID, Reason: summary, Evidence: ev})
 	typ, sev := alert.EvacuationFinished, "info"
 	if rep.State != "done" || len(rep.Unplaced) > 0 {
 		typ, sev = alert.EvacuationPartial, "critical"
 	}
-	c.alert(alert.Event{Type: typ, Severity: sev, At: now, Host: rec.Host, CorrelationID: rec.CorrelationID, Summary: summary,
+	c.alert(alert.Event{Type: typ, Severity: sev, At: now, Host: req.Host, CorrelationID: req.CorrelationID, Summary: summary,
 		Details: map[string]any{"report": rep}})
 	log.Warn().RawJSON("report", ev).Msg(summary)
+	return rep, nil
+}
+
+// Summary is the report on one line, naming every VM that is not running
+// elsewhere and why.
+func (r EvacuationReport) Summary(host string) string {
+	summary := fmt.Sprintf("evacuation of %s %s: %d running elsewhere, %d failed, %d not moved", host, r.State,
+		len(r.Running), len(r.Failed), len(r.Unplaced))
+	for _, u := range r.Unplaced {
+		summary += fmt.Sprintf("; %s: %s", u.Name, u.Reason)
+	}
+	for _, f := range r.Failed {
+		summary += fmt.Sprintf("; %s FAILED: %s", f.Name, f.Reason)
+	}
+	return summary
 }
 
 // resume finishes what a previous daemon left: proven fences whose
@@ -469,13 +521,35 @@ func (c *Coordinator) resume(ctx context.Context) {
 		c.mu.Unlock()
 		go func() {
 			defer c.wg.Done()
-			log.Warn().Msgf("resuming the evacuation of %s after a restart", h)
-			c.evacuate(ctx, rec, log)
+			// At start nothing else holds the lock but a task the
+			// operations manager resumed; then that task finishes the host.
+			release, err := c.lockHost(h)
+			if err != nil {
+				log.Warn().Err(err).Msgf("not resuming the evacuation of %s", h)
+			} else {
+				log.Warn().Msgf("resuming the evacuation of %s after a restart", h)
+				_, _ = c.evacuate(ctx, rec, nil, log)
+				release()
+			}
 			c.mu.Lock()
 			delete(c.busy, h)
 			c.mu.Unlock()
 		}()
 	}
+}
+
+// lockOwner names the automatic pipeline in lock conflicts.
+const lockOwner = "recovery (automatic fence and evacuation)"
+
+func (c *Coordinator) lockHost(host string) (func(), error) {
+	if c.deps.Lock == nil {
+		return func() {}, nil
+	}
+	release, err := c.deps.Lock(host, lockOwner)
+	if err != nil {
+		return nil, fmt.Errorf("%s is locked: %w", host, err)
+	}
+	return release, nil
 }
 
 func (c *Coordinator) record(r store.Record) {

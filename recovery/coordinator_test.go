@@ -85,6 +85,8 @@ type rig struct {
 	manual bool // policy evacuate: false
 	now    time.Time
 	reg    *prometheus.Registry
+	locks  map[string]string // host → owner
+	owners []string          // every owner that took a lock
 }
 
 func newRig(t *testing.T, verify bool) *rig {
@@ -102,6 +104,19 @@ func newRig(t *testing.T, verify bool) *rig {
 	}
 	r.c, err = New(Config{Cluster: "test"}, Deps{
 		Cluster: r.cl, Journal: st, Evacuator: r.ev, Log: zerolog.Nop(), Metrics: m,
+		Lock: func(host, owner string) (func(), error) {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if who := r.locks[host]; who != "" {
+				return nil, errors.New("held by " + who)
+			}
+			if r.locks == nil {
+				r.locks = map[string]string{}
+			}
+			r.locks[host] = owner
+			r.owners = append(r.owners, owner)
+			return func() { r.mu.Lock(); delete(r.locks, host); r.mu.Unlock() }, nil
+		},
 		Now: func() time.Time { r.mu.Lock(); defer r.mu.Unlock(); return r.now },
 		Setup: func(host string) (FenceSetup, error) {
 			r.mu.Lock()
@@ -302,4 +317,31 @@ chime_fence_fences_total{result="verified"} 1
 			assert.InDelta(t, 0.04, m.GetHistogram().GetSampleSum(), 1e-9, "fence duration of %v", m.GetLabel())
 		}
 	}
+}
+
+func TestIncidentWaitsForTheHostLock(t *testing.T) {
+	r := newRig(t, true)
+	r.locks = map[string]string{"b": "task T9 (drain by bob)"}
+	ctx := context.Background()
+	r.c.HostDown(detector.DownEvent{Host: "b", Rack: "r1", CorrelationID: "b-1", Reason: "power off"})
+	r.c.dispatch(ctx)
+	r.c.Wait()
+	assert.Empty(t, r.fences, "an operator's task holds b: no fence under it")
+	r.c.mu.Lock()
+	p, queued := r.c.pending["b"]
+	reason := r.c.deferred["b"]
+	r.c.mu.Unlock()
+	require.True(t, queued, "deferred, not dropped")
+	assert.Equal(t, t0.Add(time.Second), p.retryAt)
+	assert.Contains(t, reason, "held by task T9 (drain by bob)")
+
+	r.mu.Lock()
+	delete(r.locks, "b")
+	r.now = r.now.Add(2 * time.Second)
+	r.mu.Unlock()
+	r.c.dispatch(ctx)
+	r.c.Wait()
+	assert.Equal(t, []string{"b"}, r.fences)
+	assert.Equal(t, []string{lockOwner}, r.owners)
+	assert.Empty(t, r.locks, "released after the incident")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -102,8 +103,12 @@ func (e *Evacuation) Evacuate(ctx context.Context, req EvacuationRequest) (Evacu
 			byUUID[r.UUID] = r
 		}
 		var p evacuator.Placement
+		cands := e.D.Candidates(req.Host)
+		if req.Target != "" {
+			cands = slices.DeleteFunc(cands, func(c evacuator.Candidate) bool { return c.Name != req.Target })
+		}
 		t, p = BuildTask(PlanInput{Request: req, Now: start, Homes: e.D.Homes(req.Host), Saved: byUUID,
-			Storage: e.D.Storage, Candidates: e.D.Candidates(req.Host), Limits: e.D.Limits})
+			Storage: e.D.Storage, Candidates: cands, Limits: e.D.Limits})
 		plan, _ := json.Marshal(p.Hosts)
 		log.Warn().Int("vms", len(t.VMs)).Int("unplaced", len(t.Unplaced)).RawJSON("hosts", plan).
 			Msgf("evacuation plan for %s: %d to rebuild, %d stay", req.Host, len(t.VMs), len(t.Unplaced))
@@ -117,6 +122,14 @@ func (e *Evacuation) Evacuate(ctx context.Context, req EvacuationRequest) (Evacu
 	}
 	deps := e.D.Exec
 	deps.Journal = e.D.Tasks
+	if req.Progress != nil {
+		req.Progress(t.Clone())
+		if prev := deps.OnProgress; prev != nil {
+			deps.OnProgress = func(t evacuator.Task) { prev(t); req.Progress(t) }
+		} else {
+			deps.OnProgress = req.Progress
+		}
+	}
 	if err := evacuator.Execute(ctx, &t, deps); err != nil {
 		return report(t, start, e.D.Now()), fmt.Errorf("evacuate %s: %w", req.Host, err)
 	}

@@ -1,0 +1,35 @@
+package main
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/chimestack/chime-fence/evacuator"
+	"github.com/chimestack/chime-fence/operations"
+)
+
+func TestVMProgressMapsEveryStep(t *testing.T) {
+	at := time.Date(2026, 11, 22, 1, 0, 0, 0, time.UTC)
+	task := evacuator.Task{
+		VMs: []evacuator.VMTask{
+			{UUID: "u1", Name: "a", Target: "h2", Step: evacuator.StepPending, Updated: at},
+			{UUID: "u2", Name: "b", Target: "h2", Step: evacuator.StepStarting, Updated: at},
+			{UUID: "u3", Name: "c", Target: "h3", Step: evacuator.StepRunning, Updated: at},
+			{UUID: "u4", Name: "d", Target: "h3", Step: evacuator.StepFailed, Error: "start: no memory", Updated: at},
+			{UUID: "u5", Name: "e", Target: "h3", Step: evacuator.StepRefused, Error: "split-brain guard: active on h9", Updated: at},
+		},
+		Unplaced: []evacuator.UnplacedVM{{UUID: "u6", Name: "f", Reason: "local disk /var/lib/x.qcow2"}},
+	}
+	got := vmProgress(task)
+	want := []operations.VMProgress{
+		{UUID: "u1", Name: "a", Target: "h2", At: at, State: operations.VMPending},
+		{UUID: "u2", Name: "b", Target: "h2", At: at, State: operations.VMRunning, Detail: "starting"},
+		{UUID: "u3", Name: "c", Target: "h3", At: at, State: operations.VMDone, Detail: "running on h3"},
+		{UUID: "u4", Name: "d", Target: "h3", At: at, State: operations.VMFailed, Detail: "failed: start: no memory"},
+		{UUID: "u5", Name: "e", Target: "h3", At: at, State: operations.VMFailed, Detail: "refused: split-brain guard: active on h9"},
+		{UUID: "u6", Name: "f", State: operations.VMSkipped, Detail: "local disk /var/lib/x.qcow2"},
+	}
+	assert.Equal(t, want, got)
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: a 3-host lab of real libvirtd/QEMU hosts with real BMCs, and
-# chime-fence looking at it. Every chime-fence command runs in the lab's
-# controller namespace, as it would on a management network.
+# chime-fence in enforce mode keeping its VMs running through a power loss.
+# Every chime-fence command runs in the lab's controller namespace, as it
+# would on a management network. Leaves nothing behind (trap cleanup).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,75 +14,180 @@ fi
 DIR="$PWD/.lab/demo"
 BIN="$PWD/bin"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+note() { printf '\033[2m%s\033[0m\n' "$*"; }
 ms() { date +%s%3N; }
+now() { date +%Y-%m-%dT%H:%M:%S.%N%:z; }
+die() { echo "demo: $*" >&2; exit 1; }
+# until SECONDS CMD...: retry CMD every 100 ms until it succeeds.
+until_ok() {
+  local end=$(( $(ms) + $1 * 1000 )); shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$(ms)" -lt "$end" ] || return 1
+    sleep 0.1
+  done
+}
 
 DAEMON_PID=""
+WATCH_PID=""
 cleanup() {
+  local rc=$?
   step "teardown"
-  if [ -n "$DAEMON_PID" ]; then kill "$DAEMON_PID" 2>/dev/null || true; wait "$DAEMON_PID" 2>/dev/null || true; fi
-  "$BIN/chime-lab" down --dir "$DIR" || true
+  for p in "$WATCH_PID" "$DAEMON_PID"; do
+    if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
+  done
+  "$BIN/chime-lab" down --dir "$DIR" || rc=1
+  if [ "$rc" -ne 0 ]; then
+    echo "demo FAILED (exit $rc); the daemon log was $DIR/daemon.log:" >&2
+    tail -n 20 "$DIR/daemon.log" 2>/dev/null | cut -c1-300 >&2 || true
+  fi
+  exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-AGENT="$BIN/chime-agent --host {host} --daemon http://{ctl}:7480 --token-file {token} --listen {addr}:7481 --libvirt {addr}:16509 --heartbeat-interval 200ms --reconcile-interval 5s --state-dir $DIR/agent-{host}"
+AGENT="$BIN/chime-agent --host {host} --daemon http://{ctl}:7480 --token-file {token} --listen {addr}:7481 --libvirt {addr}:16509 --heartbeat-interval 200ms --reconcile-interval 1s --state-dir $DIR/agent-{host}"
+SHARED_VMS="web1 web2 web3"
 
-step "1. lab up: 3 hosts (host3 has a Redfish BMC), 3 VMs on shared storage, a chime-agent in each host"
+step "1. lab up: 3 hosts (host3 has a Redfish BMC), a chime-agent in each; host1 runs web1-3 on shared storage and scratch on its local disk"
 "$BIN/chime-lab" down --dir "$DIR" >/dev/null 2>&1 || true
 t0=$(ms)
-"$BIN/chime-lab" up --dir "$DIR" --hosts 3 --vms 3 --redfish 1 --agent "$AGENT"
-echo "(lab up in $(( $(ms) - t0 )) ms)"
+"$BIN/chime-lab" up --dir "$DIR" --hosts 3 --vms 0 --redfish 1 --agent "$AGENT" \
+  --vm web1@host1 --vm web2@host1 --vm web3@host1 --vm scratch@host1:local --vm app1@host2 --vm app2@host3
+note "(lab up in $(( $(ms) - t0 )) ms)"
 eval "$("$BIN/chime-lab" env --dir "$DIR")"
 ctl() { ip netns exec "$CTL_NETNS" "$@"; }
+cf() { ctl "$BIN/chime-fence" "$@"; }
 CFG="$DIR/chime-fence.yaml"
+ipmi() { # ipmitool against host1's BMC, over the lab's BMC network
+  ctl ipmitool -I lanplus -C 3 -H "$HOST1_BMC_ADDR" -p "$HOST1_BMC_PORT" -U "$HOST1_BMC_USER" -f "$HOST1_BMC_PASSWORD_FILE" "$@"
+}
 
-step "2. a chime-fence configuration for the lab (200 ms heartbeats, 600 ms window), validated"
-"$BIN/chime-lab" config --dir "$DIR" --out "$CFG" --heartbeat 200ms >/dev/null
+step "2. a chime-fence configuration for the lab in ENFORCE mode (200 ms heartbeats, 600 ms window), validated"
+"$BIN/chime-lab" config --dir "$DIR" --out "$CFG" --heartbeat 200ms --mode enforce >/dev/null
 "$BIN/chime-fence" config validate "$CFG"
-"$BIN/chime-fence" config show -c "$CFG" --host "$HOST3_NAME" | sed -n '/effective_policy/,$p'
+grep -E '^mode:|shared_paths' "$CFG"
+"$BIN/chime-fence" config show -c "$CFG" --host "$HOST1_NAME" | sed -n '/effective_policy/,$p'
 
-step "3. the daemon starts in the controller namespace (observe mode); agents heartbeat into it"
-ctl "$BIN/chime-fence" daemon -c "$CFG" >"$DIR/daemon.log" 2>&1 &
+step "3. the daemon starts in the controller namespace; agents heartbeat into it; it captures every domain's XML"
+# Inventory every 500 ms (default 60 s) so the demo need not wait for it.
+ctl env CHIME_FENCE_STORAGE_INVENTORY_INTERVAL=500ms "$BIN/chime-fence" daemon -c "$CFG" >"$DIR/daemon.log" 2>&1 &
 DAEMON_PID=$!
-for _ in $(seq 50); do ctl "$BIN/chime-fence" status -c "$CFG" >/dev/null 2>&1 && break; sleep 0.1; done
-sleep 1
-ctl "$BIN/chime-fence" status -c "$CFG"
+until_ok 10 cf status -c "$CFG" || die "the daemon's API did not come up"
+mirror="$SHARED_DIR/chime-fence/domains/$HOST1_NAME"
+captured() { [ "$(find "$mirror" -name '*.xml' 2>/dev/null | wc -l)" -eq 4 ]; }
+until_ok 20 captured || die "host1's 4 domains were not captured into $mirror"
+sleep 1.5 # two load samples of every host, for the scheduler
+cf status -c "$CFG"
+echo
+note "the inventory mirror on shared storage (an operator could virsh define these by hand):"
+for f in "$mirror"/*.xml; do
+  printf '  %s  %s\n' "${f#"$SHARED_DIR"/}" "$(sed -n 's#.*<name>\(.*\)</name>.*#\1#p' "$f" | head -1)"
+done
 
-step "4. dry runs: can each host be fenced, and which VMs could move? (changes nothing; shows the detector's verdict)"
-for h in "$HOST1_NAME" "$HOST2_NAME" "$HOST3_NAME"; do
-  ctl "$BIN/chime-fence" test-node "$h" -c "$CFG" || true
+step "4. dry runs: can each host be fenced, and which VMs could move? (changes nothing)"
+for h in "$HOST1_NAME" "$HOST3_NAME"; do
+  cf test-node "$h" -c "$CFG" || true
   echo
 done
 
-step "5. $HOST2_NAME's agent is killed: agent down, host alive — an alert, never a fence"
-pkill -KILL -f -- "--host $HOST2_NAME --daemon" || true
-sleep 1.5
-ctl "$BIN/chime-fence" status -c "$CFG"
+step "5. power loss: $HOST1_NAME's BMC powers it off (a real ipmitool, as a dying PSU would). Before:"
+"$BIN/chime-lab" show --dir "$DIR" | tail -n +3
+T0=$(now)
+ipmi chassis power off
+# The lab's own view, independent of the daemon: each VM seen running by
+# virsh on another host, and no shared disk ever held by two QEMUs.
+"$BIN/chime-lab" watch --dir "$DIR" --host "$HOST1_NAME" --names "${SHARED_VMS// /,}" --since "$T0" --timeout 60s \
+  >"$DIR/vms.timeline" 2>"$DIR/watch.log" &
+WATCH_PID=$!
+evacuated() { cf history "$HOST1_NAME" -c "$CFG" --kind evacuation --since "$T0" -o json | grep -q '"kind"'; }
+until_ok 60 evacuated || die "no evacuation of $HOST1_NAME recorded within 60 s"
+wait "$WATCH_PID" || { cat "$DIR/watch.log" >&2; die "the lab did not see every shared-disk VM running elsewhere"; }
+WATCH_PID=""
 
-step "6. power loss: $HOST1_NAME's BMC powers it off (a real ipmitool, as a dying PSU would)"
-t0=$(ms)
-ctl ipmitool -I lanplus -C 3 -H "$HOST1_BMC_ADDR" -p "$HOST1_BMC_PORT" -U "$HOST1_BMC_USER" \
-  -f "$HOST1_BMC_PASSWORD_FILE" chassis power off
-for _ in $(seq 100); do
-  ctl "$BIN/chime-fence" status -c "$CFG" -o json | grep -q '"verdict": "host-down"' && break
-  sleep 0.05
-done
-echo "(power off → host-down verdict seen by the CLI in $(( $(ms) - t0 )) ms)"
-ctl "$BIN/chime-fence" status -c "$CFG"
+step "6. the timeline, t=0 at 'chassis power off' (daemon history + the lab's virsh view):"
+offset_of() { # RFC 3339 time → offset from T0 like the timelines print
+  local d=$(( $(date -d "$1" +%s%3N) - $(date -d "$T0" +%s%3N) ))
+  local s="+"; [ "$d" -lt 0 ] && { s="-"; d=$(( -d )); }
+  printf '%s%d.%03ds' "$s" $(( d / 1000 )) $(( d % 1000 ))
+}
+{
+  cf history "$HOST1_NAME" -c "$CFG" --since "$T0" -o timeline
+  cat "$DIR/vms.timeline"
+  # The plan is in the daemon's log (zerolog JSON), not in its history.
+  line=$(grep -m1 '"message":"evacuation plan for' "$DIR/daemon.log" || true)
+  if [ -n "$line" ]; then
+    at=$(sed -n 's/.*"time":"\([^"]*\)".*/\1/p' <<<"$line")
+    msg=$(sed -n 's/.*"message":"\([^"]*\)".*/\1/p' <<<"$line")
+    targets=$(grep -o '"name":"[^"]*","eligible":true,"placed":[1-9][0-9]*' <<<"$line" |
+      sed 's/"name":"\([^"]*\)".*"placed":\([0-9]*\)/\1 takes \2/' | paste -sd, - | sed 's/,/, /g')
+    printf '%9s  %-6s %-10s %s: %s (daemon log)\n' "$(offset_of "$at")" "$HOST1_NAME" plan "$msg" "$targets"
+  fi
+} | sort -s -g -k1,1 >"$DIR/timeline"
+cut -c1-220 "$DIR/timeline"
 echo
-ctl "$BIN/chime-fence" history "$HOST1_NAME" -c "$CFG"
-grep -o '"message":"would fence[^"]*"' "$DIR/daemon.log" | head -1 || true
+sed 's/^chime-lab watch: //' "$DIR/watch.log"
+# first FILE WHAT TEXT: the offset of FILE's first WHAT row containing TEXT.
+first() { awk -v w="$2" -v p="$3" '$3 == w && index($0, p) { sub(/s$/, "", $1); print $1; exit }' "$1"; }
+last_vm=$(awk '$3 == "vm" { sub(/s$/, "", $1); t = $1 } END { print t }' "$DIR/timeline")
+verified=$(first "$DIR/timeline" fence '→ verified')
+[ -n "$verified" ] || die "no verified fence of $HOST1_NAME in the timeline"
+grep -q 'scratch: not evacuable' "$DIR/timeline" || die "the local-disk VM scratch was not reported"
+echo
+echo "measured from power off (detection window 600 ms):"
+printf '  %-44s %9ss\n' "last heartbeat" "$(first "$DIR/timeline" heartbeat 'last heartbeat')" \
+  "BMC says off" "$(first "$DIR/timeline" bmc 'power off')" \
+  "unreachable (no heartbeat, no probe answer)" "$(first "$DIR/timeline" monitor '→ unreachable')" \
+  "host-down verdict" "$(first "$DIR/timeline" verdict '→ host-down')" \
+  "fence verified (BMC read back off)" "$verified" \
+  "evacuation recorded by the daemon" "$(first "$DIR/timeline" evacuation 'evacuation of')" \
+  "${SHARED_VMS// /, } all seen running by the lab" "$last_vm"
+echo
+note "where every VM runs now:"
+"$BIN/chime-lab" show --dir "$DIR" | tail -n +3 | tee "$DIR/after"
+for vm in $SHARED_VMS; do
+  n=$(grep -o "$vm (running)" "$DIR/after" | wc -l)
+  [ "$n" -eq 1 ] || die "$vm runs $n times"
+done
 
-step "7. a wrong BMC password is named, never printed"
+step "7. power back on: $HOST1_NAME boots; its agent destroys and undefines the stale copies; it stays drained"
+T1=$(now)
+ipmi chassis power on
+# host FIELD VALUE: the daemon's status of host has FIELD = VALUE.
+host_is() { cf status -c "$CFG" -o json | tr -d ' \n' | grep -q "\"name\":\"$1\"[^}]*\"$2\":\"$3\""; }
+evicted() { [ "$(cf history "$HOST1_NAME" -c "$CFG" --kind evicted --since "$T1" -o json | grep -c '"kind": "evicted"')" -ge 3 ]; }
+until_ok 60 evicted || die "the returning host did not clean up its 3 stale copies"
+until_ok 30 host_is "$HOST1_NAME" monitor normal || die "$HOST1_NAME did not come back to normal"
+cf history "$HOST1_NAME" -c "$CFG" --since "$T1" -o timeline >"$DIR/timeline.on"
+cut -c1-220 "$DIR/timeline.on"
+echo
+echo "measured from power on:"
+printf '  %-44s %9ss\n' "first heartbeat of the new boot" "$(first "$DIR/timeline.on" reboot 'boot id changed')" \
+  "stale copies destroyed and undefined" "$(awk '$3 == "evicted" { sub(/s$/, "", $1); t = $1 } END { print t }' "$DIR/timeline.on")" \
+  "monitor normal again" "$(first "$DIR/timeline.on" monitor '→ normal')"
+echo
+cf status -c "$CFG"
+host_is "$HOST1_NAME" admin drained || die "$HOST1_NAME is not drained"
+echo
+"$BIN/chime-lab" show --dir "$DIR" | tail -n +3 | tee "$DIR/after-on"
+grep "^$HOST1_NAME " "$DIR/after-on" | grep -q 'scratch (shut off)' || die "scratch is not defined and stopped on $HOST1_NAME"
+if grep "^$HOST1_NAME " "$DIR/after-on" | grep -q web; then die "a stale copy is still defined on $HOST1_NAME"; fi
+note "(scratch, on host1's local disk, stays defined and stopped there; host1 stays drained until an operator enables it)"
+
+step "8. $HOST2_NAME's agent is killed: agent down, host alive (it answers probes) — an alert, never a fence"
+"$BIN/chime-lab" kill-agent --dir "$DIR" --host "$HOST2_NAME"
+until_ok 10 host_is "$HOST2_NAME" verdict agent-down || die "$HOST2_NAME's verdict did not become agent-down"
+sleep 1
+cf status -c "$CFG"
+echo
+fences=$(cf history "$HOST2_NAME" -c "$CFG" --kind fence -o json | grep -c '"kind": "fence"' || true)
+echo "fence records for $HOST2_NAME: $fences; its VMs:"
+"$BIN/chime-lab" show --dir "$DIR" | grep "^$HOST2_NAME "
+
+step "9. a wrong BMC password is named, never printed"
 printf 'wrong-password\n' > "$DIR/wrong-pw"; chmod 600 "$DIR/wrong-pw"
 sed "s#$HOST2_BMC_PASSWORD_FILE#$DIR/wrong-pw#" "$CFG" > "$DIR/wrong.yaml"
-ctl "$BIN/chime-fence" test-node "$HOST2_NAME" -c "$DIR/wrong.yaml" --timeout 2s || echo "(exit $?: no usable fence level)"
-
-step "8. power back on: $HOST1_NAME boots with a new boot id and is normal again after 3 good heartbeats"
-ctl ipmitool -I lanplus -C 3 -H "$HOST1_BMC_ADDR" -p "$HOST1_BMC_PORT" -U "$HOST1_BMC_USER" \
-  -f "$HOST1_BMC_PASSWORD_FILE" chassis power on
-sleep 3
-ctl "$BIN/chime-fence" status -c "$CFG"
-echo
-ctl "$BIN/chime-fence" history "$HOST1_NAME" -c "$CFG" --limit 6
-
-step "next: in enforce mode the daemon fences host-down hosts verified and rebuilds their VMs elsewhere (issue 5)"
+out=$(cf test-node "$HOST2_NAME" -c "$DIR/wrong.yaml" --timeout 2s 2>&1) && rc=0 || rc=$?
+echo "$out" | sed -n '/fence levels/,/^$/p'
+echo "(exit $rc: no usable fence level)"
+if grep -q wrong-password <<<"$out"; then die "the password was printed"; fi
+echo "the password file's content appears nowhere in the output"

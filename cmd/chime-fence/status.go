@@ -122,7 +122,7 @@ func printStatus(w io.Writer, st daemon.Status) {
 }
 
 func newHistoryCmd() *cobra.Command {
-	var file, output, kind, corr string
+	var file, output, kind, corr, sinceFlag string
 	var limit int
 	var timeout time.Duration
 	c := &cobra.Command{
@@ -130,8 +130,8 @@ func newHistoryCmd() *cobra.Command {
 		Short: "Recorded transitions and verdicts with their evidence, oldest first",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(output); err != nil {
-				return err
+			if output != "text" && output != "json" && output != "timeline" {
+				return usageErr(fmt.Errorf("--output %q: must be text, json or timeline", output))
 			}
 			if limit < 1 {
 				return usageErr(fmt.Errorf("--limit %d: must be at least 1", limit))
@@ -140,7 +140,18 @@ func newHistoryCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			q := store.Query{Kind: kind, CorrelationID: corr, Limit: limit}
+			var from time.Time
+			if sinceFlag != "" {
+				if from, err = parseSince(sinceFlag, time.Now()); err != nil {
+					return usageErr(err)
+				}
+			}
+			q := store.Query{Kind: kind, CorrelationID: corr, Limit: limit, Since: from}
+			if output == "timeline" {
+				// Earlier records tell which evidence moments were already
+				// reported; printTimeline applies --since itself.
+				q.Since = time.Time{}
+			}
 			if len(args) == 1 {
 				if _, ok := cfg.Host(args[0]); !ok {
 					return usageErr(fmt.Errorf("no host %q in %s (hosts: %v)", args[0], file, cfg.HostNames()))
@@ -157,6 +168,11 @@ func newHistoryCmd() *cobra.Command {
 			if err != nil {
 				return failureErr(err)
 			}
+			if output == "timeline" {
+				printTimeline(cmd.OutOrStdout(), recs, from)
+				return nil
+			}
+			recs = recordsSince(recs, from) // in case the server ignored it
 			if output == "json" {
 				if recs == nil {
 					recs = []store.Record{}
@@ -168,8 +184,11 @@ func newHistoryCmd() *cobra.Command {
 		},
 	}
 	c.Flags().StringVarP(&file, "config", "c", "/etc/chime-fence/chime-fence.yaml", "configuration file (daemon address and API token)")
-	c.Flags().StringVarP(&output, "output", "o", "text", "text or json (json includes the evidence)")
-	c.Flags().StringVar(&kind, "kind", "", "only records of this kind: monitor, verdict, reboot, storm, readiness, admin, would-fence")
+	c.Flags().StringVarP(&output, "output", "o", "text", "text, json (includes the evidence) or timeline (offsets from --since, "+
+		"with the last heartbeat and BMC readings the evidence names)")
+	c.Flags().StringVar(&sinceFlag, "since", "", "only records at or after this RFC 3339 time, or this long ago (10m)")
+	c.Flags().StringVar(&kind, "kind", "", "only records of this kind: monitor, verdict, reboot, storm, readiness, admin, would-fence, "+
+		"fence, fence-skipped, evacuation, evicted")
 	c.Flags().StringVar(&corr, "correlation-id", "", "only records of this incident")
 	c.Flags().IntVar(&limit, "limit", 100, "newest N records")
 	c.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "deadline of the API call")

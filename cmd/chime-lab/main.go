@@ -1,10 +1,12 @@
 // Command chime-lab runs the local lab (package e2e/lab) for `make demo`
 // and by hand, as root:
 //
-//	chime-lab up    --dir D [--name chlab] [--hosts 3] [--vms 3] [--redfish N] [--both N] [--agent CMD]
+//	chime-lab up    --dir D [--name chlab] [--hosts 3] [--vms 3] [--vm NAME@HOST[:local]]... [--redfish N] [--both N] [--agent CMD]
 //	chime-lab show  --dir D
 //	chime-lab down  --dir D
 //	chime-lab sweep [--name chlab]
+//	chime-lab kill-agent --dir D --host H
+//	chime-lab watch --dir D --host H --names VM,... [--since T] [--timeout 60s]
 //
 // up starts a keeper process (chime-lab serve, detached) that owns the lab
 // — its processes die with it — creates the VMs, and returns once the lab
@@ -40,12 +42,16 @@ func main() {
 }
 
 const usage = `usage:
-  chime-lab up    --dir D [--name chlab] [--hosts 3] [--vms 3] [--redfish N] [--both N]
+  chime-lab up    --dir D [--name chlab] [--hosts 3] [--vms 3] [--vm NAME@HOST[:local]]... [--redfish N] [--both N]
   chime-lab show  --dir D
   chime-lab env   --dir D          (shell variables describing the lab)
   chime-lab config --dir D --out FILE [--mode observe|enforce]
   chime-lab down  --dir D
   chime-lab sweep [--name chlab]
+  chime-lab kill-agent --dir D --host H   (SIGKILL H's agent, by PID; the host stays up)
+  chime-lab watch --dir D --host H --names VM,... [--since T] [--timeout 60s]
+                   (wait until each VM runs on a host other than H, one timeline line each;
+                    exit 1 if two QEMU processes ever name one shared disk)
 `
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -67,6 +73,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	heartbeat := fs.Duration("heartbeat", 0, "config: detection heartbeat interval (also the probe timeout); 0 keeps the defaults")
 	out := fs.String("out", "", "config: where to write the chime-fence configuration")
 	mode := fs.String("mode", "observe", "config: observe or enforce")
+	hostName := fs.String("host", "", "kill-agent, watch: the host (host1)")
+	sinceFlag := fs.String("since", "", "watch: offsets are from this RFC 3339 time (default: when watch starts)")
+	timeout := fs.Duration("timeout", time.Minute, "watch: give up after this long")
+	names := fs.String("names", "", "watch: the VMs, comma-separated")
+	var extra vmList
+	fs.Var(&extra, "vm", "up: one more VM, NAME@HOST[:local] (HOST is host1 or 1); repeatable; "+
+		":local puts its disk on the host's local storage, which chime-fence never evacuates")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -86,6 +99,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return d, true
 	}
+	if *hosts < 1 {
+		fmt.Fprintf(stderr, "chime-lab: --hosts %d: a lab needs at least 1 host\n", *hosts)
+		return 2
+	}
 	if *redfish < 0 || *redfish > *hosts {
 		fmt.Fprintf(stderr, "chime-lab: --redfish %d out of range 0..%d (--hosts)\n", *redfish, *hosts)
 		return 2
@@ -96,6 +113,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if *vms < 0 {
 		fmt.Fprintf(stderr, "chime-lab: --vms %d is negative\n", *vms)
+		return 2
+	}
+	if err := extra.check(*hosts, *vms); err != nil {
+		fmt.Fprintf(stderr, "chime-lab: %v\n", err)
 		return 2
 	}
 	switch args[0] {
@@ -137,7 +158,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		if args[0] == "serve" {
-			return serve(cfg, *vms, d, stderr)
+			return serve(cfg, vmPlan(*vms, *hosts, extra), d, stderr)
 		}
 		return up(d, args[1:], stdout, stderr)
 	case "show":
@@ -162,6 +183,56 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return writeConfig(d, *out, *mode, *heartbeat, stdout, stderr)
+	case "kill-agent":
+		d, ok := needDir()
+		if !ok {
+			return 2
+		}
+		l, h, code := attachHost(d, *hostName, stderr)
+		if code != 0 {
+			return code
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		pid := l.AgentPID(h)
+		if err := l.KillAgent(ctx, h); err != nil {
+			fmt.Fprintf(stderr, "chime-lab: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "killed %s's agent (pid %d)\n", h.Name, pid)
+		return 0
+	case "watch":
+		d, ok := needDir()
+		if !ok {
+			return 2
+		}
+		o := watchOpts{from: *hostName, since: time.Now(), timeout: *timeout}
+		for _, n := range strings.Split(*names, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				o.names = append(o.names, n)
+			}
+		}
+		if len(o.names) == 0 {
+			fmt.Fprintln(stderr, "chime-lab: watch: --names is required (the VMs to wait for)")
+			return 2
+		}
+		if *timeout <= 0 {
+			fmt.Fprintf(stderr, "chime-lab: watch: --timeout %s must be positive\n", *timeout)
+			return 2
+		}
+		if *sinceFlag != "" {
+			t, err := time.Parse(time.RFC3339Nano, *sinceFlag)
+			if err != nil {
+				fmt.Fprintf(stderr, "chime-lab: watch: --since %q: want an RFC 3339 time\n", *sinceFlag)
+				return 2
+			}
+			o.since = t
+		}
+		l, _, code := attachHost(d, *hostName, stderr)
+		if code != 0 {
+			return code
+		}
+		return watchVMs(l, o, stdout, stderr)
 	case "down":
 		d, ok := needDir()
 		if !ok {
@@ -177,6 +248,29 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprint(stderr, usage)
 	return 2
+}
+
+// attachHost attaches to the lab in dir and finds its host name.
+func attachHost(dir, name string, stderr io.Writer) (*lab.Lab, lab.Host, int) {
+	if name == "" {
+		fmt.Fprintln(stderr, "chime-lab: --host is required")
+		return nil, lab.Host{}, 2
+	}
+	l, err := lab.Attach(filepath.Join(dir, "lab"))
+	if err != nil {
+		fmt.Fprintf(stderr, "chime-lab: %v (is the lab up?)\n", err)
+		return nil, lab.Host{}, 1
+	}
+	h, err := l.Host(name)
+	if err != nil {
+		var names []string
+		for _, x := range l.Hosts() {
+			names = append(names, x.Name)
+		}
+		fmt.Fprintf(stderr, "chime-lab: --host %q: no such host in the lab (hosts: %s)\n", name, strings.Join(names, ", "))
+		return nil, lab.Host{}, 2
+	}
+	return l, h, 0
 }
 
 // up starts the keeper detached and waits until it reports the lab ready.
@@ -233,7 +327,7 @@ func up(dir string, args []string, stdout, stderr io.Writer) int {
 }
 
 // serve is the keeper: it owns the lab until SIGTERM or SIGINT.
-func serve(cfg lab.Config, vms int, dir string, stderr io.Writer) int {
+func serve(cfg lab.Config, vms []vmSpec, dir string, stderr io.Writer) int {
 	cfg.Log = zerolog.New(stderr).With().Timestamp().Logger()
 	log := cfg.Log.With().Str("component", "chime-lab").Logger()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -259,10 +353,9 @@ func serve(cfg lab.Config, vms int, dir string, stderr io.Writer) int {
 		}
 	}()
 	hs := l.Hosts()
-	for i := 0; i < vms; i++ {
-		h := hs[i%len(hs)]
+	for _, v := range vms {
 		vctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		_, err := l.CreateVM(vctx, h, lab.VMSpec{Name: fmt.Sprintf("vm%d", i+1), Shared: true})
+		_, err := l.CreateVM(vctx, hs[v.host-1], lab.VMSpec{Name: v.name, Shared: !v.local})
 		cancel()
 		if err != nil {
 			log.Error().Err(err).Msg("create VM")
@@ -273,7 +366,7 @@ func serve(cfg lab.Config, vms int, dir string, stderr io.Writer) int {
 		log.Error().Err(err).Msg("ready file")
 		return 1
 	}
-	log.Info().Int("vms", vms).Msg("lab ready; SIGTERM (chime-lab down) stops it")
+	log.Info().Int("vms", len(vms)).Msg("lab ready; SIGTERM (chime-lab down) stops it")
 	<-ctx.Done()
 	log.Info().Msg("stopping")
 	return 0

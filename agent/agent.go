@@ -380,6 +380,12 @@ func (a *Agent) beat(ctx context.Context, seq uint64, interval time.Duration) er
 	case m != nil:
 		hb.LocalDrain = &heartbeat.LocalDrain{Since: m.DrainedAt, By: m.By}
 	}
+	if pending, err := PendingMigrations(a.cfg.StateDir); err != nil {
+		log := a.logger("heartbeat")
+		log.Warn().Err(err).Msg("local migrations not reported")
+	} else {
+		hb.LocalMigrations = pending
+	}
 	hctx, cancel := context.WithTimeout(ctx, interval)
 	defer cancel()
 	ack, err := a.daemon.Heartbeat(hctx, hb)
@@ -387,6 +393,10 @@ func (a *Agent) beat(ctx context.Context, seq uint64, interval time.Duration) er
 		return err
 	}
 	a.checks.sent(health.IOErrors)
+	if err := AckMigrations(a.cfg.StateDir, ack.LocalMigrationsSeen); err != nil {
+		log := a.logger("heartbeat")
+		log.Warn().Err(err).Msg("local migrations acknowledged by the daemon not marked; they are sent again")
+	}
 	before := a.held.adminState()
 	if a.held.setAck(ack) {
 		trigger(a.fetchNow)

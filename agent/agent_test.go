@@ -176,6 +176,8 @@ type fakeDaemon struct {
 	bodies    []string
 	auth      []string
 	rec       *recorder
+	// ackMigrations: acks list every local migration of the heartbeat.
+	ackMigrations bool
 }
 
 func (d *fakeDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -205,8 +207,14 @@ func (d *fakeDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(d.hbStatus)
 			return
 		}
-		_ = json.NewEncoder(w).Encode(heartbeat.Ack{AdminState: d.asg.AdminState, AssignmentRevision: d.asg.Revision,
-			HeartbeatInterval: d.asg.HeartbeatInterval})
+		ack := heartbeat.Ack{AdminState: d.asg.AdminState, AssignmentRevision: d.asg.Revision,
+			HeartbeatInterval: d.asg.HeartbeatInterval}
+		if d.ackMigrations {
+			for _, m := range hb.LocalMigrations {
+				ack.LocalMigrationsSeen = append(ack.LocalMigrationsSeen, m.ID)
+			}
+		}
+		_ = json.NewEncoder(w).Encode(ack)
 	default:
 		http.NotFound(w, r)
 	}

@@ -52,6 +52,32 @@ type Heartbeat struct {
 	// starts no domain, whatever the assignment says. Absent otherwise and
 	// from agents that predate it.
 	LocalDrain *LocalDrain `json:"local_drain,omitempty"`
+	// LocalMigrations are migrations an operator ran on the host with
+	// chime-agent migrate (the control plane could not reach it), sent
+	// until the daemon lists their IDs in Ack.LocalMigrationsSeen.
+	LocalMigrations []LocalMigration `json:"local_migrations,omitempty"`
+}
+
+// MaxLocalMigrations bounds the local migrations one heartbeat reports.
+const MaxLocalMigrations = 256
+
+// LocalMigration is one VM's migration run on the host by its agent.
+type LocalMigration struct {
+	// ID is unique per record; the daemon acknowledges it.
+	ID string `json:"id"`
+	// At is when the migration ended, by the agent's clock.
+	At   time.Time `json:"at"`
+	UUID string    `json:"uuid"`
+	Name string    `json:"name"`
+	// Dest is the destination address the operator gave (--dest), and
+	// Interface the local interface the data left by.
+	Dest      string `json:"dest"`
+	Interface string `json:"interface"`
+	// Moved: the VM read back running on Dest and gone from this host;
+	// the daemon should record its new home. Otherwise Error says why it
+	// stayed (or that the outcome is unknown).
+	Moved bool   `json:"moved"`
+	Error string `json:"error,omitempty"`
 }
 
 // LocalDrain describes a host drained by its own agent.
@@ -146,6 +172,24 @@ func (h Heartbeat) Validate() error {
 			seen[d.UUID] = true
 		}
 	}
+	if len(h.LocalMigrations) > MaxLocalMigrations {
+		errs = append(errs, fmt.Errorf("%d local migrations listed, at most %d allowed", len(h.LocalMigrations), MaxLocalMigrations))
+	} else {
+		ids := make(map[string]bool, len(h.LocalMigrations))
+		for i, m := range h.LocalMigrations {
+			switch {
+			case m.ID == "" || len(m.ID) > 64:
+				errs = append(errs, fmt.Errorf("local_migrations[%d].id must be 1 to 64 bytes", i))
+			case ids[m.ID]:
+				errs = append(errs, fmt.Errorf("local_migrations[%d].id %q is listed twice", i, m.ID))
+			case !ValidUUID(m.UUID):
+				errs = append(errs, fmt.Errorf("local_migrations[%d].uuid %q is not a lower-case canonical UUID", i, m.UUID))
+			case m.Dest == "":
+				errs = append(errs, fmt.Errorf("local_migrations[%d].dest is empty", i))
+			}
+			ids[m.ID] = true
+		}
+	}
 	if h.Health.IOErrors < 0 {
 		errs = append(errs, fmt.Errorf("health.io_errors must be >= 0, got %d", h.Health.IOErrors))
 	}
@@ -230,6 +274,9 @@ type Ack struct {
 	// HeartbeatInterval is the daemon's configured interval, so agents
 	// follow a config reload without their own restart.
 	HeartbeatInterval Duration `json:"heartbeat_interval"`
+	// LocalMigrationsSeen lists the IDs of Heartbeat.LocalMigrations the
+	// daemon has recorded; the agent stops sending those.
+	LocalMigrationsSeen []string `json:"local_migrations_seen,omitempty"`
 }
 
 // Assignment is what should be true on one host.

@@ -95,3 +95,24 @@ func TestHeartbeatLocalDrainRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotContains(t, string(b), "local_drain")
 }
+
+func TestHeartbeatLocalMigrations(t *testing.T) {
+	m := LocalMigration{ID: "m1", At: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC), UUID: "00000000-0000-4000-8000-000000000001",
+		Name: "vm1", Dest: "10.79.0.12", Interface: "stor0", Moved: true}
+	hb := Heartbeat{Host: "h", BootID: "b", Seq: 1, LocalMigrations: []LocalMigration{m}}
+	b, err := json.Marshal(hb)
+	require.NoError(t, err)
+	got, err := Decode(bytes.NewReader(b))
+	require.NoError(t, err)
+	assert.Equal(t, hb.LocalMigrations, got.LocalMigrations)
+
+	bad := hb
+	bad.LocalMigrations = []LocalMigration{m, m, {ID: "m2", UUID: "X", Dest: "d"}, {ID: "m3", UUID: m.UUID}, {UUID: m.UUID, Dest: "d"}}
+	err = bad.Validate()
+	require.Error(t, err)
+	for _, want := range []string{`local_migrations[1].id "m1" is listed twice`, `local_migrations[2].uuid "X" is not`, "local_migrations[3].dest is empty", "local_migrations[4].id must be 1 to 64 bytes"} {
+		assert.Contains(t, err.Error(), want)
+	}
+	bad.LocalMigrations = make([]LocalMigration, MaxLocalMigrations+1)
+	assert.ErrorContains(t, bad.Validate(), "257 local migrations listed, at most 256 allowed")
+}

@@ -106,7 +106,9 @@ has told it the host's admin state. Domains the daemon rebuilt elsewhere while
 this host was fenced are destroyed and undefined before the first heartbeat.
 
 chime-agent drain stops every domain and keeps this host drained locally, even
-when the daemon cannot be reached (see chime-agent drain --help).`,
+when the daemon cannot be reached (see chime-agent drain --help).
+chime-agent migrate live-migrates this host's VMs over a chosen network, also
+when the daemon cannot be reached (see chime-agent migrate --help).`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -121,6 +123,7 @@ when the daemon cannot be reached (see chime-agent drain --help).`,
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
 	cmd.AddCommand(newDrain(stdout, stderr, dialLibvirt))
+	cmd.AddCommand(newMigrate(stdout, stderr, realMigrateEnv()))
 	fs := cmd.Flags()
 	fs.StringVar(&f.host, "host", hostname, "this host's name as the daemon's configuration knows it")
 	fs.StringVar(&f.daemon, "daemon", "", "the daemon's address, e.g. http://10.0.0.2:7480 (required)")

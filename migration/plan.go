@@ -229,7 +229,7 @@ func classify(d Domain, rules StorageRule, copyLocal bool) (Move, *Skip) {
 		}
 	}
 	if len(local) > 0 && !copyLocal {
-		return skip("has local disks (%s); migrate with local-disk VMs included to copy them", strings.Join(local, "; "))
+		return skip("has local disks (%s); add --migrate-local-disk-vms to copy them", strings.Join(local, "; "))
 	}
 	// Place schedules only evacuable VMs that did not opt out; both
 	// concern rebuilds, not a live move.

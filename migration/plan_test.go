@@ -129,7 +129,7 @@ func TestPlanLocalDisks(t *testing.T) {
 	require.Len(t, p.Skipped, 4)
 	for _, s := range p.Skipped {
 		assert.Contains(t, s.Reason, "has local disks", s.Name)
-		assert.Contains(t, s.Reason, "migrate with local-disk VMs included", s.Name)
+		assert.Contains(t, s.Reason, "add --migrate-local-disk-vms to copy them", s.Name)
 	}
 	assert.Contains(t, p.Skipped[0].Reason, "vdb is on local storage (/var/lib/libvirt/images/b.qcow2)")
 

@@ -29,21 +29,25 @@ until_ok() {
 
 DAEMON_PID=""
 WATCH_PID=""
+HOOK_PID=""
+INTERRUPTED=""
 cleanup() {
   local rc=$?
   step "teardown"
-  for p in "$WATCH_PID" "$DAEMON_PID"; do
+  for p in "$WATCH_PID" "$DAEMON_PID" "$HOOK_PID"; do
     if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
   done
   "$BIN/chime-lab" down --dir "$DIR" || rc=1
-  if [ "$rc" -ne 0 ]; then
+  if [ -n "$INTERRUPTED" ]; then
+    echo "demo interrupted" >&2
+  elif [ "$rc" -ne 0 ]; then
     echo "demo FAILED (exit $rc); the daemon log was $DIR/daemon.log:" >&2
     tail -n 20 "$DIR/daemon.log" 2>/dev/null | cut -c1-300 >&2 || true
   fi
   exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'INTERRUPTED=1; exit 130' INT TERM
 
 AGENT="$BIN/chime-agent --host {host} --daemon http://{ctl}:7480 --token-file {token} --listen {addr}:7481 --libvirt {addr}:16509 --heartbeat-interval 200ms --reconcile-interval 1s --state-dir $DIR/agent-{host}"
 SHARED_VMS="web1 web2 web3"
@@ -62,13 +66,26 @@ ipmi() { # ipmitool against host1's BMC, over the lab's BMC network
   ctl ipmitool -I lanplus -C 3 -H "$HOST1_BMC_ADDR" -p "$HOST1_BMC_PORT" -U "$HOST1_BMC_USER" -f "$HOST1_BMC_PASSWORD_FILE" "$@"
 }
 
-step "2. a chime-fence configuration for the lab in ENFORCE mode (200 ms heartbeats, 600 ms window), validated"
+step "2. a chime-fence configuration for the lab in ENFORCE mode (200 ms heartbeats, 600 ms window, a signed alert webhook), validated"
 "$BIN/chime-lab" config --dir "$DIR" --out "$CFG" --heartbeat 200ms --mode enforce >/dev/null
+HOOK="127.0.0.1:7490" # inside the controller namespace, beside the daemon
+(umask 077; od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$DIR/webhook-secret")
+cat >>"$CFG" <<EOF
+alerts:
+  webhooks:
+    - name: demo
+      url: http://$HOOK/hook
+      secret_file: $DIR/webhook-secret
+      timeout: 2s
+EOF
 "$BIN/chime-fence" config validate "$CFG"
-grep -E '^mode:|shared_paths' "$CFG"
+grep -E '^mode:|shared_paths|url:' "$CFG"
 "$BIN/chime-fence" config show -c "$CFG" --host "$HOST1_NAME" | sed -n '/effective_policy/,$p'
 
 step "3. the daemon starts in the controller namespace; agents heartbeat into it; it captures every domain's XML"
+# The webhook receiver checks every delivery's X-Chime-Signature.
+ctl "$BIN/chime-lab" webhook --listen "$HOOK" --secret-file "$DIR/webhook-secret" --out "$DIR/alerts" 2>>"$DIR/webhook.log" &
+HOOK_PID=$!
 # Inventory every 500 ms (default 60 s) so the demo need not wait for it.
 ctl env CHIME_FENCE_STORAGE_INVENTORY_INTERVAL=500ms "$BIN/chime-fence" daemon -c "$CFG" >"$DIR/daemon.log" 2>&1 &
 DAEMON_PID=$!
@@ -104,11 +121,21 @@ until_ok 60 evacuated || die "no evacuation of $HOST1_NAME recorded within 60 s"
 wait "$WATCH_PID" || { cat "$DIR/watch.log" >&2; die "the lab did not see every shared-disk VM running elsewhere"; }
 WATCH_PID=""
 
-step "6. the timeline, t=0 at 'chassis power off' (daemon history + the lab's virsh view):"
-offset_of() { # RFC 3339 time → offset from T0 like the timelines print
-  local d=$(( $(date -d "$1" +%s%3N) - $(date -d "$T0" +%s%3N) ))
+step "6. the timeline, t=0 at 'chassis power off' (daemon history, the lab's virsh view, the webhook's deliveries):"
+sleep 0.3 # the last alerts in flight
+offset_of() { # offset_of TIME [ZERO]: RFC 3339 TIME as an offset from ZERO (default T0), as the timelines print
+  local d=$(( $(date -d "$1" +%s%3N) - $(date -d "${2:-$T0}" +%s%3N) ))
   local s="+"; [ "$d" -lt 0 ] && { s="-"; d=$(( -d )); }
   printf '%s%d.%03ds' "$s" $(( d / 1000 )) $(( d % 1000 ))
+}
+# alerts_since ZERO HOST: the webhook's deliveries about HOST at or after ZERO, as timeline rows.
+alerts_since() {
+  local zero=$1 host=$2 z at verdict type h summary
+  z=$(date -d "$zero" +%s%3N)
+  while IFS=$'\t' read -r at verdict type h summary; do
+    [ "$h" = "$host" ] && [ "$(date -d "$at" +%s%3N)" -ge "$z" ] || continue
+    printf '%9s  %-6s %-10s %s received by the webhook, %s: %s\n' "$(offset_of "$at" "$zero")" "$h" alert "$type" "$verdict" "$summary"
+  done <"$DIR/alerts"
 }
 {
   cf history "$HOST1_NAME" -c "$CFG" --since "$T0" -o timeline
@@ -122,6 +149,7 @@ offset_of() { # RFC 3339 time → offset from T0 like the timelines print
       sed 's/"name":"\([^"]*\)".*"placed":\([0-9]*\)/\1 takes \2/' | paste -sd, - | sed 's/,/, /g')
     printf '%9s  %-6s %-10s %s: %s (daemon log)\n' "$(offset_of "$at")" "$HOST1_NAME" plan "$msg" "$targets"
   fi
+  alerts_since "$T0" "$HOST1_NAME"
 } | sort -s -g -k1,1 >"$DIR/timeline"
 cut -c1-220 "$DIR/timeline"
 echo
@@ -157,7 +185,8 @@ host_is() { cf status -c "$CFG" -o json | tr -d ' \n' | grep -q "\"name\":\"$1\"
 evicted() { [ "$(cf history "$HOST1_NAME" -c "$CFG" --kind evicted --since "$T1" -o json | grep -c '"kind": "evicted"')" -ge 3 ]; }
 until_ok 60 evicted || die "the returning host did not clean up its 3 stale copies"
 until_ok 30 host_is "$HOST1_NAME" monitor normal || die "$HOST1_NAME did not come back to normal"
-cf history "$HOST1_NAME" -c "$CFG" --since "$T1" -o timeline >"$DIR/timeline.on"
+sleep 0.5 # alerts still in flight
+{ cf history "$HOST1_NAME" -c "$CFG" --since "$T1" -o timeline; alerts_since "$T1" "$HOST1_NAME"; } | sort -s -g -k1,1 >"$DIR/timeline.on"
 cut -c1-220 "$DIR/timeline.on"
 echo
 echo "measured from power on:"
@@ -174,14 +203,19 @@ if grep "^$HOST1_NAME " "$DIR/after-on" | grep -q web; then die "a stale copy is
 note "(scratch, on host1's local disk, stays defined and stopped there; host1 stays drained until an operator enables it)"
 
 step "8. $HOST2_NAME's agent is killed: agent down, host alive (it answers probes) — an alert, never a fence"
+T2=$(now)
 "$BIN/chime-lab" kill-agent --dir "$DIR" --host "$HOST2_NAME"
 until_ok 10 host_is "$HOST2_NAME" verdict agent-down || die "$HOST2_NAME's verdict did not become agent-down"
 sleep 1
 cf status -c "$CFG"
 echo
 fences=$(cf history "$HOST2_NAME" -c "$CFG" --kind fence -o json | grep -c '"kind": "fence"' || true)
+[ "$fences" -eq 0 ] || die "$HOST2_NAME was fenced"
 echo "fence records for $HOST2_NAME: $fences; its VMs:"
 "$BIN/chime-lab" show --dir "$DIR" | grep "^$HOST2_NAME "
+echo
+cf history "$HOST2_NAME" -c "$CFG" --since "$T2" -o timeline | cut -c1-220
+alerts_since "$T2" "$HOST2_NAME" | cut -c1-220
 
 step "9. a wrong BMC password is named, never printed"
 printf 'wrong-password\n' > "$DIR/wrong-pw"; chmod 600 "$DIR/wrong-pw"
@@ -191,3 +225,10 @@ echo "$out" | sed -n '/fence levels/,/^$/p'
 echo "(exit $rc: no usable fence level)"
 if grep -q wrong-password <<<"$out"; then die "the password was printed"; fi
 echo "the password file's content appears nowhere in the output"
+
+step "10. every alert the webhook received"
+n=$(wc -l <"$DIR/alerts")
+bad=$(cut -f2 "$DIR/alerts" | grep -vc -e '^signed$' -e '^duplicate$' || true)
+cut -f3 "$DIR/alerts" | sort | uniq -c | sed 's/^/  /'
+echo "$n deliveries, $bad without a valid X-Chime-Signature"
+[ "$bad" -eq 0 ] || die "a delivery's signature did not verify"

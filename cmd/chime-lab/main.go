@@ -7,6 +7,7 @@
 //	chime-lab sweep [--name chlab]
 //	chime-lab kill-agent --dir D --host H
 //	chime-lab watch --dir D --host H --names VM,... [--since T] [--timeout 60s]
+//	chime-lab webhook --listen ADDR --secret-file F --out FILE
 //
 // up starts a keeper process (chime-lab serve, detached) that owns the lab
 // — its processes die with it — creates the VMs, and returns once the lab
@@ -52,6 +53,9 @@ const usage = `usage:
   chime-lab watch --dir D --host H --names VM,... [--since T] [--timeout 60s]
                    (wait until each VM runs on a host other than H, one timeline line each;
                     exit 1 if two QEMU processes ever name one shared disk)
+  chime-lab webhook --listen ADDR --secret-file F --out FILE
+                   (receive chime-fence alert webhooks until SIGTERM, one line per delivery
+                    with its X-Chime-Signature verdict)
 `
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -71,12 +75,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"{host}, {addr}, {ctl} and {token} are replaced by the host's name, its address, the controller's address "+
 		"and the agent token file (written before the lab starts)")
 	heartbeat := fs.Duration("heartbeat", 0, "config: detection heartbeat interval (also the probe timeout); 0 keeps the defaults")
-	out := fs.String("out", "", "config: where to write the chime-fence configuration")
+	out := fs.String("out", "", "config: where to write the chime-fence configuration; webhook: the file deliveries are appended to")
 	mode := fs.String("mode", "observe", "config: observe or enforce")
 	hostName := fs.String("host", "", "kill-agent, watch: the host (host1)")
 	sinceFlag := fs.String("since", "", "watch: offsets are from this RFC 3339 time (default: when watch starts)")
 	timeout := fs.Duration("timeout", time.Minute, "watch: give up after this long")
 	names := fs.String("names", "", "watch: the VMs, comma-separated")
+	listen := fs.String("listen", "", "webhook: address to listen on")
+	secretFile := fs.String("secret-file", "", "webhook: file holding the webhook's HMAC secret")
 	var extra vmList
 	fs.Var(&extra, "vm", "up: one more VM, NAME@HOST[:local] (HOST is host1 or 1); repeatable; "+
 		":local puts its disk on the host's local storage, which chime-fence never evacuates")
@@ -233,6 +239,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return code
 		}
 		return watchVMs(l, o, stdout, stderr)
+	case "webhook":
+		return serveWebhook(*listen, *secretFile, *out, stderr)
 	case "down":
 		d, ok := needDir()
 		if !ok {

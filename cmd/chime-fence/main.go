@@ -64,7 +64,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newVersionCmd(), newConfigCmd(), newTestNodeCmd(), newDaemonCmd(), newStatusCmd(), newHistoryCmd())
+	root.AddCommand(newVersionCmd(), newConfigCmd(), newTestNodeCmd(), newDaemonCmd(), newStatusCmd(), newHistoryCmd(), newHostCmd(), newTaskCmd())
 	return root
 }
 

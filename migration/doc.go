@@ -28,6 +28,11 @@
 //   - When ctx ends, running migrations are aborted (the driver aborts the
 //     libvirt job) and read back; VMs not started stay pending.
 //
+// Operation wraps both as the daemon's `host migrate` executor
+// (operations.Executor): the daemon gives it the source's domains, the
+// cluster's candidates, limits and storage rules, and Execute's Config
+// (drivers, endpoints, the Moved hook).
+//
 // Progress lines use the operations package's VM states (pending,
 // running, done, failed, skipped), so the daemon maps them one to one.
 package migration

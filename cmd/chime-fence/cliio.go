@@ -65,12 +65,19 @@ func terminal(s any) bool {
 }
 
 // confirmHost asks the operator to type the host name before a destructive
-// operation. With no terminal to ask on it refuses rather than guessing:
-// a script must say --yes.
-func confirmHost(in io.Reader, out io.Writer, host, what string) error {
+// operation, after printing what describe says about the host (an error
+// from describe stops here: no point asking about a host the daemon cannot
+// show). With no terminal to ask on it refuses rather than guessing: a
+// script must say --yes.
+func confirmHost(in io.Reader, out io.Writer, host, what string, describe func() (string, error)) error {
 	if !terminal(in) {
 		return refusedErr(fmt.Errorf("%s %s is destructive and stdin is not a terminal to confirm on: pass --yes to confirm non-interactively", what, host))
 	}
+	about, err := describe()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, about)
 	fmt.Fprintf(out, "%s %s: type the host name to confirm: ", what, host)
 	line, err := bufio.NewReader(in).ReadString('\n')
 	if err != nil && !(errors.Is(err, io.EOF) && line != "") {

@@ -288,7 +288,14 @@ func runHostOp(cmd *cobra.Command, s opSpec, f *opFlags, host string) error {
 		}
 	}
 	if s.destructive && !f.yes {
-		if err := confirmHost(cmd.InOrStdin(), cmd.ErrOrStderr(), host, string(s.op)); err != nil {
+		describe := func() (string, error) {
+			h, err := call(cmd.Context(), &f.apiFlags, func(ctx context.Context) (api.HostInfo, error) { return cl.ShowHost(ctx, host) })
+			if err != nil {
+				return "", err
+			}
+			return hostSummary(h, s.op), nil
+		}
+		if err := confirmHost(cmd.InOrStdin(), cmd.ErrOrStderr(), host, string(s.op), describe); err != nil {
 			return err
 		}
 	}
@@ -363,4 +370,19 @@ func taskExit(t operations.Task) error {
 		return failureErr(fmt.Errorf("task %s (%s %s) %s: %s", t.ID, t.Op, t.Host, t.State, reason))
 	}
 	return failureErr(errors.New("task " + t.ID + " is still running"))
+}
+
+// hostSummary is what the operator sees before confirming an operation.
+func hostSummary(h api.HostInfo, op operations.Op) string {
+	s := fmt.Sprintf("%s: admin %s, monitor %s, verdict %s, %d domains, last fence %s", h.Name, h.Admin, h.Monitor, h.Verdict, h.Domains, fenceShort(h.Fence))
+	if h.Fence == nil {
+		s = strings.TrimSuffix(s, "-") + "none"
+	}
+	if h.Lock != nil {
+		s += ", locked by " + h.Lock.String()
+	}
+	if op == operations.OpConfirmDown {
+		s += fmt.Sprintf("\nIf %s is in fact running, its VMs will run twice.", h.Name)
+	}
+	return s
 }

@@ -129,13 +129,14 @@ func runCLIIO2(w ttyWriter, args ...string) (int, string, string) {
 
 func TestHostOpConfirmationPrompt(t *testing.T) {
 	f := newFakeDaemon(t)
+	f.hosts = hostsFixture()
 	for _, tc := range []struct {
 		name, in string
 		tty      bool
 		code     int
 		errHas   string
 	}{
-		{"typed the name", "h2\n", true, exitOK, "drain h2: type the host name to confirm: "},
+		{"typed the name", "h2\n", true, exitOK, "h2: admin drained, monitor unreachable, verdict host-down, 2 domains, last fence verified (proven), locked by task T8 (rebuild by alice)\ndrain h2: type the host name to confirm: "},
 		{"typed the name, no newline", "  h2  ", true, exitOK, "type the host name"},
 		{"typed another host", "h1\n", true, exitUsage, `drain h2 not confirmed: typed "h1", expected "h2"`},
 		{"typed nothing", "", true, exitUsage, "drain h2 not confirmed: no answer read"},
@@ -164,6 +165,19 @@ func TestHostOpConfirmationPrompt(t *testing.T) {
 			}
 		})
 	}
+
+	// The daemon cannot show h3: refused before asking.
+	before := len(f.calls())
+	code, errOut := runCLIIO(ttyReader{strings.NewReader("h3\n")}, &bytes.Buffer{}, "host", "fence", "h3", "-c", f.file)
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, `host "h3": unknown host`)
+	assert.NotContains(t, errOut, "type the host name")
+	assert.Len(t, f.calls(), before)
+
+	f.script[operations.OpConfirmDown] = []operations.Task{task("T6", operations.OpConfirmDown, "h2", operations.TaskSucceeded)}
+	code, errOut = runCLIIO(ttyReader{strings.NewReader("h2\n")}, &bytes.Buffer{}, "host", "confirm-down", "h2", "-c", f.file, "--reason", "cords pulled", "--no-wait")
+	assert.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, errOut, "If h2 is in fact running, its VMs will run twice.\nconfirm-down h2: type the host name to confirm: ")
 }
 
 func TestEveryDestructiveOpAsksAndOthersDoNot(t *testing.T) {

@@ -1,14 +1,21 @@
 // Package api is the daemon's HTTP interface: the agent endpoints
-// (heartbeat, assignment) under the agent token, the operator endpoints
-// (status, host, history, admin state) under the API token, and /metrics.
+// (heartbeat, assignment) under the agent token; the operator endpoints
+// (status, hosts, operations, tasks, history, admin state, readiness) under
+// API tokens with roles; /v1/healthz without a token; and /metrics.
+//
+// Authentication: a request's bearer token is compared in constant time
+// with every configured token. No or an unknown token is 401. A known token
+// with the wrong role is 403: the agent token outside agent endpoints, an
+// API token on an agent endpoint, a read-only token on anything but GET.
+// The operator's token name is the actor recorded for what it starts.
 //
 // Every refusal is a 4xx with a JSON body {"error": "..."} that says what
-// was wrong, and is counted; nothing a client sends can crash the daemon or
-// change state half-way.
+// was wrong; nothing a client sends can crash the daemon or change state
+// half-way. Operation requests map operations' errors: ErrInvalid 400,
+// ErrNotFound 404, ErrConflict 409, ErrUnavailable 501.
 package api
 
 import (
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,32 +52,34 @@ const (
 	PathMetrics = "/metrics"
 )
 
-// Tokens are the two bearer tokens, already read from their files.
-type Tokens struct {
-	Agent string
-	API   string
-}
-
 // Server is the daemon's HTTP handler.
 type Server struct {
 	b       Backend
-	tok     Tokens
+	creds   []credential
 	log     zerolog.Logger
 	mux     *http.ServeMux
 	hbTotal *prometheus.CounterVec
 	reg     *prometheus.Registry
+
+	ops    Operations
+	fences Fences
+	ready  func() []string
 }
 
-// New builds the handler. Both tokens must be set: an API without
-// authentication is never served.
-func New(b Backend, tok Tokens, reg *prometheus.Registry, log zerolog.Logger) (*Server, error) {
-	if tok.Agent == "" || tok.API == "" {
-		return nil, errors.New("api: both the agent token and the API token are required")
+// New builds the handler. The agent token and at least one API token must
+// be set, all different: an API without authentication is never served.
+func New(b Backend, tok Tokens, reg *prometheus.Registry, log zerolog.Logger, opts ...Option) (*Server, error) {
+	creds, err := tok.credentials()
+	if err != nil {
+		return nil, err
 	}
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	s := &Server{b: b, tok: tok, log: log.With().Str("component", "api").Logger(), mux: http.NewServeMux(), reg: reg}
+	s := &Server{b: b, creds: creds, log: log.With().Str("component", "api").Logger(), mux: http.NewServeMux(), reg: reg}
+	for _, o := range opts {
+		o(s)
+	}
 	s.hbTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "chime_fence_heartbeats_total",
 		Help: "Heartbeats received, by result: accepted, malformed, unauthorized, unknown_host, too_large.",
@@ -86,11 +95,22 @@ func New(b Backend, tok Tokens, reg *prometheus.Registry, log zerolog.Logger) (*
 	}
 	s.mux.HandleFunc("POST "+heartbeat.PathHeartbeat, s.agent(s.heartbeat))
 	s.mux.HandleFunc("GET "+heartbeat.PathAssignment, s.agent(s.assignment))
-	s.mux.HandleFunc("GET "+PathStatus, s.operator(s.status))
-	s.mux.HandleFunc("GET "+PathHosts+"{host}", s.operator(s.host))
+	s.mux.HandleFunc("GET "+PathStatus, s.reader(s.status))
+	s.mux.HandleFunc("GET "+PathHostList, s.reader(s.hosts))
+	s.mux.HandleFunc("GET "+PathHosts+"{host}", s.reader(s.host))
 	s.mux.HandleFunc("PUT "+PathHosts+"{host}/admin-state", s.operator(s.setAdmin))
-	s.mux.HandleFunc("GET "+PathHistory, s.operator(s.history))
+	s.mux.HandleFunc("POST "+PathHosts+"{host}/operations/{op}", s.operator(s.startOp))
+	s.mux.HandleFunc("GET "+PathTasks, s.reader(s.tasks))
+	s.mux.HandleFunc("GET "+PathTasks+"/{id}", s.reader(s.task))
+	s.mux.HandleFunc("GET "+PathHistory, s.reader(s.history))
+	s.mux.HandleFunc("GET "+PathHealthz, s.healthz)
+	s.mux.HandleFunc("GET "+PathReadyz, s.reader(s.readyz))
 	s.mux.Handle("GET "+PathMetrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	// Anything else is a JSON 404 too (a wrong method included), so every
+	// refusal has the same shape.
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, "no endpoint %s %s", r.Method, r.URL.Path)
+	})
 	return s, nil
 }
 
@@ -109,36 +129,6 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func writeErr(w http.ResponseWriter, code int, format string, args ...any) {
 	writeJSON(w, code, ErrorBody{Error: fmt.Sprintf(format, args...)})
-}
-
-func bearerOK(r *http.Request, want string) bool {
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
-}
-
-func (s *Server) agent(h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if !bearerOK(r, s.tok.Agent) {
-			if r.URL.Path == heartbeat.PathHeartbeat {
-				s.hbTotal.WithLabelValues("unauthorized").Inc()
-			}
-			s.log.Warn().Str("remote", r.RemoteAddr).Str("path", r.URL.Path).Msg("refused: missing or wrong agent token")
-			writeErr(w, http.StatusUnauthorized, "missing or wrong agent token (Authorization: Bearer)")
-			return
-		}
-		h(w, r)
-	}
-}
-
-func (s *Server) operator(h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if !bearerOK(r, s.tok.API) {
-			s.log.Warn().Str("remote", r.RemoteAddr).Str("path", r.URL.Path).Msg("refused: missing or wrong API token")
-			writeErr(w, http.StatusUnauthorized, "missing or wrong API token (Authorization: Bearer)")
-			return
-		}
-		h(w, r)
-	}
 }
 
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
@@ -200,16 +190,21 @@ func (s *Server) notFound(w http.ResponseWriter, err error) bool {
 	return true
 }
 
-func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) status(w http.ResponseWriter, _ *http.Request, _ principal) {
 	writeJSON(w, http.StatusOK, s.b.Status())
 }
 
-func (s *Server) host(w http.ResponseWriter, r *http.Request) {
+func (s *Server) host(w http.ResponseWriter, r *http.Request, _ principal) {
 	h, err := s.b.Host(r.PathValue("host"))
 	if s.notFound(w, err) {
 		return
 	}
-	writeJSON(w, http.StatusOK, h)
+	info, err := s.info([]daemon.HostStatus{h})
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, info[0])
 }
 
 // AdminRequest is the body of PUT /v1/hosts/{host}/admin-state.
@@ -218,7 +213,7 @@ type AdminRequest struct {
 	Reason string          `json:"reason"`
 }
 
-func (s *Server) setAdmin(w http.ResponseWriter, r *http.Request) {
+func (s *Server) setAdmin(w http.ResponseWriter, r *http.Request, p principal) {
 	var req AdminRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
 	dec.DisallowUnknownFields()
@@ -226,7 +221,20 @@ func (s *Server) setAdmin(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "admin-state body: %v", err)
 		return
 	}
-	rec, err := s.b.SetAdminState(r.PathValue("host"), req.State, req.Reason)
+	host := r.PathValue("host")
+	// Not beside a running operation: it may be draining or rebuilding
+	// this host on the strength of its current admin state.
+	if s.ops != nil {
+		if h, held := s.ops.Lock(host); held {
+			writeErr(w, http.StatusConflict, "admin state of %s refused: host is locked by %s; wait for it to finish", host, h)
+			return
+		}
+	}
+	reason := req.Reason
+	if reason != "" {
+		reason += " (by " + p.name + ")"
+	}
+	rec, err := s.b.SetAdminState(host, req.State, reason)
 	if err != nil && !errors.Is(err, daemon.ErrUnknownHost) && strings.Contains(err.Error(), "reason is required") {
 		writeErr(w, http.StatusBadRequest, "%v", err)
 		return
@@ -242,7 +250,7 @@ type HistoryBody struct {
 	Records []store.Record `json:"records"`
 }
 
-func (s *Server) history(w http.ResponseWriter, r *http.Request) {
+func (s *Server) history(w http.ResponseWriter, r *http.Request, _ principal) {
 	q := r.URL.Query()
 	hq := store.Query{Host: q.Get("host"), Kind: q.Get("kind"), CorrelationID: q.Get("correlation_id")}
 	if v := q.Get("limit"); v != "" {

@@ -38,12 +38,12 @@ func (quiet) Alert(context.Context, detector.Alert) {}
 const agentTok, apiTok = "agent-secret-1", "api-secret-2"
 
 type env struct {
-	t   *testing.T
+	t   testing.TB
 	srv *httptest.Server
 	st  *store.Store
 }
 
-func newEnv(t *testing.T, path string) *env {
+func newEnv(t testing.TB, path string) *env {
 	t.Helper()
 	st, err := store.Open(path, store.Options{})
 	require.NoError(t, err)
@@ -100,7 +100,7 @@ func TestHeartbeatRefusals(t *testing.T) {
 		want  string
 	}{
 		{"no token", "", string(beat("h1", 1)), 401, "missing or wrong agent token"},
-		{"API token is not an agent token", apiTok, string(beat("h1", 1)), 401, "agent token"},
+		{"API token is not an agent token", apiTok, string(beat("h1", 1)), 403, "agent endpoints accept only the agent token"},
 		{"not JSON", agentTok, "{host: h1", 400, "malformed JSON at byte"},
 		{"wrong type", agentTok, `{"host":"h1","boot_id":"b","seq":"one"}`, 400, `field "seq"`},
 		{"missing boot id", agentTok, `{"host":"h1","seq":1}`, 400, "boot_id is empty"},
@@ -189,7 +189,7 @@ func TestAssignmentFollowsHeartbeatsAndAdminState(t *testing.T) {
 	code, _ = e.do("PUT", PathHosts+"h9/admin-state", apiTok, []byte(`{"state":"drained","reason":"x"}`))
 	assert.Equal(t, 404, code)
 	code, _ = e.do("PUT", PathHosts+"h1/admin-state", agentTok, []byte(`{"state":"enabled","reason":"x"}`))
-	assert.Equal(t, 401, code, "an agent cannot change admin states")
+	assert.Equal(t, 403, code, "an agent cannot change admin states")
 
 	// Restart on the same store: drained and the domain survive.
 	e.srv.Close()
@@ -220,7 +220,9 @@ func TestAssignmentFollowsHeartbeatsAndAdminState(t *testing.T) {
 
 func TestNewRequiresTokens(t *testing.T) {
 	_, err := New(nil, Tokens{Agent: "a"}, nil, zerolog.Nop())
-	assert.ErrorContains(t, err, "both the agent token and the API token are required")
+	assert.ErrorContains(t, err, "the API token (or at least one named API token) is required")
+	_, err = New(nil, Tokens{API: "b"}, nil, zerolog.Nop())
+	assert.ErrorContains(t, err, "the agent token is required")
 }
 
 // A replayed or late heartbeat describes the past: the last word of a host

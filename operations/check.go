@@ -66,6 +66,10 @@ func Check(req Request, h HostView) error {
 	if !h.Known {
 		return fmt.Errorf("%w: host %q is not in the daemon's configuration", ErrNotFound, req.Host)
 	}
+	// A target that does not exist is a wrong request, whatever the state.
+	if req.Target != "" && (h.Target == nil || !h.Target.Known) {
+		return fmt.Errorf("%w: %s %s: target host %q is not in the daemon's configuration", ErrInvalid, req.Op, req.Host, req.Target)
+	}
 	refuse := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s %s refused: %s", ErrConflict, req.Op, req.Host, fmt.Sprintf(format, args...))
 	}

@@ -42,8 +42,10 @@
 //     a deadline (Config.Timeouts, else DefaultTimeouts). A refusal records
 //     nothing.
 //   - Progress lines (Report) are merged per VM and persisted on each call.
-//   - The end (succeeded, failed, interrupted) is persisted, recorded in
-//     the history, and only then is the lock released and Wait woken.
+//   - The end (succeeded, failed, interrupted) and the lock's release are
+//     one step for observers (Task, Lock, Start): whoever sees the task
+//     done may start the next operation. Then the end is persisted and
+//     recorded in the history, and Wait is woken.
 //   - An executor that panics fails its task; it does not crash the daemon.
 //   - Close cancels running executors (their tasks end interrupted) and
 //     waits for them. A task the store still marks running when New runs

@@ -307,17 +307,24 @@ func Merge(cur, lines []VMProgress, now time.Time) []VMProgress {
 }
 
 func (m *Manager) finish(r *run, st TaskState, result, errText string) {
+	// The end and the lock's release are one step for observers: whoever
+	// sees the task done can start the next operation on the host.
+	m.mu.Lock()
 	r.mu.Lock()
 	now := m.deps.Now()
 	r.finished = true
 	r.task.State, r.task.Result, r.task.Error = st, result, errText
 	r.task.Updated, r.task.Finished = now, now
 	t := cloneTask(r.task)
+	r.mu.Unlock()
+	if h, ok := m.locks[t.Host]; ok && h.TaskID == t.ID {
+		delete(m.locks, t.Host)
+	}
+	m.mu.Unlock()
 	if err := m.persist(t); err != nil {
 		// The store keeps it "running": the next start marks it interrupted.
 		m.log.Error().Err(err).Str("host", t.Host).Str("task", t.ID).Msg("task result not persisted")
 	}
-	r.mu.Unlock()
 	m.history(t, string(TaskRunning), "")
 	ev := m.log.Info()
 	if st != TaskSucceeded {
@@ -326,9 +333,6 @@ func (m *Manager) finish(r *run, st TaskState, result, errText string) {
 	ev.Str("host", t.Host).Str("task", t.ID).Str("op", string(t.Op)).Str("state", string(st)).Str("result", result).Str("error", errText).
 		Msg("operation finished")
 	m.mu.Lock()
-	if h, ok := m.locks[t.Host]; ok && h.TaskID == t.ID {
-		delete(m.locks, t.Host)
-	}
 	delete(m.running, t.ID)
 	m.mu.Unlock()
 	close(r.done)

@@ -376,3 +376,22 @@ func TestMerge(t *testing.T) {
 	assert.Equal(t, now, out[2].At)
 	assert.Equal(t, VMPending, cur[0].State, "input untouched")
 }
+
+// Whoever sees a task done may start the next operation on its host.
+func TestDoneMeansUnlocked(t *testing.T) {
+	f := newFixture(t)
+	m := f.manager(t, Config{}, Executors{Disable: func(context.Context, Task, Report) (string, error) { return "ok", nil }})
+	for i := 0; i < 50; i++ {
+		tk, err := m.Start(req(OpDisable))
+		require.NoError(t, err)
+		for {
+			got, err := m.Task(tk.ID)
+			require.NoError(t, err)
+			if got.State.Done() {
+				break
+			}
+		}
+		_, held := m.Lock("h1")
+		require.False(t, held, "round %d: task done but host still locked", i)
+	}
+}

@@ -1,0 +1,125 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/chimestack/chime-fence/daemon"
+	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/node"
+	"github.com/chimestack/chime-fence/operations"
+)
+
+// checkOnly is an Operations that decides like the Manager (Check against
+// fixed views) but never starts anything, so fuzzing grows no state.
+type checkOnly struct{}
+
+func (checkOnly) Start(req operations.Request) (operations.Task, error) {
+	views := map[string]operations.HostView{
+		"h1": {Known: true, Admin: node.Enabled, Monitor: node.Normal},
+		"h2": {Known: true, Admin: node.Drained, Monitor: node.Unreachable, FenceProven: true},
+	}
+	v := views[req.Host]
+	if t, ok := views[req.Target]; ok {
+		v.Target = &t
+	} else if req.Target != "" {
+		v.Target = &operations.HostView{}
+	}
+	if err := operations.Check(req, v); err != nil {
+		return operations.Task{}, err
+	}
+	return operations.Task{ID: "op-fuzz", Host: req.Host, Op: req.Op, Actor: req.Actor, State: operations.TaskRunning, Progress: []operations.VMProgress{}}, nil
+}
+func (checkOnly) Task(string) (operations.Task, error) {
+	return operations.Task{}, operations.ErrNotFound
+}
+func (checkOnly) Tasks(string) ([]operations.Task, error) { return nil, nil }
+func (checkOnly) Lock(string) (operations.Holder, bool)   { return operations.Holder{}, false }
+
+var fuzzOps = []string{"migrate", "drain", "rebuild", "enable", "disable", "fence", "confirm-down", "reboot", ""}
+
+func FuzzOperationRequest(f *testing.F) {
+	e := newEnv(f, filepath.Join(f.TempDir(), "s.db"))
+	s, err := New(daemonOf(f, e), Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop(), WithOperations(checkOnly{}))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add([]byte(`{"target":"h2","migrate_local_disk_vms":true,"reason":"maintenance"}`), uint8(0), false)
+	f.Add([]byte(`{"reason":"dead PDU"}`), uint8(6), true)
+	f.Add([]byte(``), uint8(3), false)
+	f.Add([]byte(`{"target":null}`), uint8(1), false)
+	f.Fuzz(func(t *testing.T, body []byte, op uint8, other bool) {
+		host := "h1"
+		if other {
+			host = "h2"
+		}
+		r := httptest.NewRequest(http.MethodPost, PathHosts+host+"/operations/"+fuzzOps[int(op)%len(fuzzOps)], bytes.NewReader(body))
+		r.Header.Set("Authorization", "Bearer "+apiTok)
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		switch w.Code {
+		case http.StatusAccepted:
+			var tk operations.Task
+			if err := json.Unmarshal(w.Body.Bytes(), &tk); err != nil || tk.Actor != "api" || tk.Host != host {
+				t.Fatalf("202 with a bad task %q: %v", w.Body.String(), err)
+			}
+		case http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusRequestEntityTooLarge, http.StatusNotImplemented:
+			var eb ErrorBody
+			if err := json.Unmarshal(w.Body.Bytes(), &eb); err != nil || eb.Error == "" {
+				t.Fatalf("%d without an error text: %q", w.Code, w.Body.String())
+			}
+		default:
+			t.Fatalf("unexpected status %d: %s", w.Code, w.Body.String())
+		}
+	})
+}
+
+func FuzzHeartbeat(f *testing.F) {
+	e := newEnv(f, filepath.Join(f.TempDir(), "s.db"))
+	f.Add(beat("h1", 1))
+	f.Add(beat("h2", 7, heartbeat.Domain{UUID: u1, Name: "web", State: 1}))
+	f.Add([]byte(`{"host":"h1","boot_id":"b","seq":1,"domains":[{"uuid":"nope","state":"running"}]}`))
+	f.Add([]byte(`{"host":"h9","boot_id":"b","seq":1}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r := httptest.NewRequest(http.MethodPost, heartbeat.PathHeartbeat, bytes.NewReader(body))
+		r.Header.Set("Authorization", "Bearer "+agentTok)
+		w := httptest.NewRecorder()
+		e.srv.Config.Handler.ServeHTTP(w, r)
+		switch w.Code {
+		case http.StatusOK:
+			var ack heartbeat.Ack
+			if err := json.Unmarshal(w.Body.Bytes(), &ack); err != nil || ack.AssignmentRevision == 0 {
+				t.Fatalf("200 with a bad ack %q: %v", w.Body.String(), err)
+			}
+		case http.StatusBadRequest, http.StatusNotFound, http.StatusRequestEntityTooLarge:
+			var eb ErrorBody
+			if err := json.Unmarshal(w.Body.Bytes(), &eb); err != nil || eb.Error == "" {
+				t.Fatalf("%d without an error text: %q", w.Code, w.Body.String())
+			}
+		default:
+			t.Fatalf("unexpected status %d: %s", w.Code, w.Body.String())
+		}
+	})
+}
+
+// daemonOf is the Backend behind an env's server.
+func daemonOf(tb testing.TB, e *env) *daemon.Daemon {
+	tb.Helper()
+	s, ok := e.srv.Config.Handler.(*Server)
+	if !ok {
+		tb.Fatal("env's handler is not a *Server")
+	}
+	d, ok := s.b.(*daemon.Daemon)
+	if !ok {
+		tb.Fatal("env's backend is not a *daemon.Daemon")
+	}
+	return d
+}

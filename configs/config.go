@@ -228,6 +228,11 @@ type Scheduler struct {
 	// GraphicsListen replaces graphics listen addresses in rebuilt domains
 	// (the old host's address is meaningless on the new one).
 	GraphicsListen string `mapstructure:"graphics_listen" json:"graphics_listen" yaml:"graphics_listen"`
+	// MigrationAllowUnsafe lets `host migrate` live-migrate VMs whose disks
+	// libvirt cannot tell are shared (it recognises NFS, Ceph, GlusterFS
+	// and cluster file systems; a plain local path is "unsafe"). Only for
+	// storage that really is shared, such as the lab's.
+	MigrationAllowUnsafe bool `mapstructure:"migration_allow_unsafe" json:"migration_allow_unsafe" yaml:"migration_allow_unsafe"`
 }
 
 // Alerts lists where events are sent.

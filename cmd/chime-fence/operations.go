@@ -11,6 +11,7 @@ import (
 	"github.com/chimestack/chime-fence/daemon"
 	"github.com/chimestack/chime-fence/evacuator"
 	"github.com/chimestack/chime-fence/hypervisor"
+	"github.com/chimestack/chime-fence/migration"
 	"github.com/chimestack/chime-fence/node"
 	"github.com/chimestack/chime-fence/operations"
 	"github.com/chimestack/chime-fence/recovery"
@@ -117,4 +118,40 @@ func vmProgress(t evacuator.Task) []operations.VMProgress {
 		out = append(out, operations.VMProgress{UUID: u.UUID, Name: u.Name, State: operations.VMSkipped, Detail: u.Reason})
 	}
 	return out
+}
+
+// migrateExecutor is `host migrate`: the whole host planned first (target
+// or scheduler), then peer-to-peer live migrations driven by the source's
+// libvirtd, each verified by reading both hosts back; a moved VM's new home
+// is recorded so the agents' assignments follow.
+func migrateExecutor(cs *configs.Store, d *daemon.Daemon, capture *evacuator.Capture, hv *hypervisors, log zerolog.Logger) operations.Executor {
+	return migration.Operation(migration.OperationDeps{
+		Domains: func(ctx context.Context, host string) ([]hypervisor.Domain, error) {
+			c, err := hv.client(host)
+			if err != nil {
+				return nil, err
+			}
+			return c.Domains(ctx, true)
+		},
+		Cluster: func(source string) ([]evacuator.Candidate, evacuator.Limits, evacuator.StorageRules) {
+			cfg := cs.Current()
+			return candidates(d.Status(), source, capture.HostLoad), schedulerLimits(cfg), storageRules(cfg)
+		},
+		Exec: migration.Config{
+			Hosts: func(host string) (migration.Hypervisor, error) { return hv.client(host) },
+			Endpoint: func(target string) (migration.Endpoint, error) {
+				h, ok := cs.Current().Host(target)
+				if !ok {
+					return migration.Endpoint{}, fmt.Errorf("host %q is not configured", target)
+				}
+				return migration.Endpoint{DestURI: "qemu+tcp://" + h.Libvirt.Address + "/system", DataURI: "tcp://" + h.Address}, nil
+			},
+			AllowUnsafe: cs.Current().Scheduler.MigrationAllowUnsafe,
+			Moved: func(_ context.Context, m migration.Move) error {
+				return d.Relocate(m.VM.UUID, m.VM.Name, m.Source, m.Target, time.Now())
+			},
+			Now: time.Now,
+			Log: log.With().Str("component", "migration").Logger(),
+		},
+	})
 }

@@ -49,7 +49,10 @@ func (h *hypervisors) configure(cfg *configs.Config) {
 }
 
 // get builds the host's client on first use.
-func (h *hypervisors) get(host string) (evacuator.Hypervisor, error) {
+func (h *hypervisors) get(host string) (evacuator.Hypervisor, error) { return h.client(host) }
+
+// client is get with the concrete driver (migration needs more of it).
+func (h *hypervisors) client(host string) (*libvirt.Client, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if c, ok := h.clients[host]; ok {

@@ -35,6 +35,10 @@
 //
 // Manager contract:
 //
+//   - View is called without the Manager's lock held (it may call into the
+//     daemon and the detector); a lock on the host or target released
+//     meanwhile makes Start read the view again (up to viewAttempts), so a
+//     state change made under TryLock is never checked stale.
 //   - Start validates, checks against View and the locks, takes the lock,
 //     persists the task (store.PutOpTask) and a history record (kind
 //     "operation", correlation id = task id, actor and reason in the text
@@ -52,7 +56,9 @@
 //     (the daemon died) is marked interrupted with RestartedReason; nothing
 //     resumes by itself.
 //   - TryLock gives work outside the Manager (recovery's fence and
-//     evacuation) the same per-host lock, without a task.
+//     evacuation) the same per-host lock, without a task. It never waits,
+//     and may be called from anywhere, View included. An executor must not
+//     TryLock its own host: its task already holds the lock.
 //   - Now is injected; nothing reads the wall clock.
 //
 // Executors are injected per op. This package provides AdminExecutor

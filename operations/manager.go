@@ -76,6 +76,7 @@ type Manager struct {
 	mu      sync.Mutex
 	closed  bool
 	locks   map[string]Holder // by host
+	gen     map[string]uint64 // by host: lock releases so far
 	running map[string]*run   // by task ID
 }
 
@@ -116,7 +117,7 @@ func New(cfg Config, deps Deps) (*Manager, error) {
 		deps.NewID = func() string { return newID(deps.Now()) }
 	}
 	m := &Manager{cfg: cfg, deps: deps, log: deps.Log.With().Str("component", "operations").Logger(),
-		locks: map[string]Holder{}, running: map[string]*run{}}
+		locks: map[string]Holder{}, gen: map[string]uint64{}, running: map[string]*run{}}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if err := m.interruptLeftovers(); err != nil {
 		return nil, err
@@ -164,21 +165,11 @@ func (m *Manager) Start(req Request) (Task, error) {
 	if exec == nil {
 		return Task{}, fmt.Errorf("%w: %s is not available in this daemon", ErrUnavailable, req.Op)
 	}
-	m.mu.Lock()
-	if m.closed {
-		m.mu.Unlock()
-		return Task{}, fmt.Errorf("%w: the daemon is stopping", ErrUnavailable)
-	}
-	v, err := m.viewLocked(req.Host)
-	if err == nil && req.Target != "" {
-		var tv HostView
-		tv, err = m.viewLocked(req.Target)
-		v.Target = &tv
-	}
+	v, err := m.view(req)
 	if err != nil {
-		m.mu.Unlock()
-		return Task{}, fmt.Errorf("operations: %s %s: read host state: %w", req.Op, req.Host, err)
+		return Task{}, err
 	}
+	// m.mu is held from here: the lock check and the lock's taking are one step.
 	if err := Check(req, v); err != nil {
 		m.mu.Unlock()
 		return Task{}, err
@@ -203,17 +194,64 @@ func (m *Manager) Start(req Request) (Task, error) {
 	return cloneTask(t), nil
 }
 
-// viewLocked reads host's view and adds its lock. Called with m.mu held.
-func (m *Manager) viewLocked(host string) (HostView, error) {
-	v, err := m.deps.View(host)
-	if err != nil {
-		return HostView{}, err
+// viewAttempts bounds how often Start re-reads a view that a lock release
+// made stale.
+const viewAttempts = 5
+
+// view reads the host's (and target's) state without holding m.mu (View
+// calls into the daemon and the detector, which must never wait for the
+// Manager), then returns with m.mu held and the locks filled in, provided
+// no lock on either host was released meanwhile: a release may come with a
+// state change (recovery marks a host drained), so the view is read again.
+func (m *Manager) view(req Request) (HostView, error) {
+	for attempt := 1; ; attempt++ {
+		m.mu.Lock()
+		if m.closed {
+			m.mu.Unlock()
+			return HostView{}, fmt.Errorf("%w: the daemon is stopping", ErrUnavailable)
+		}
+		gh, gt := m.gen[req.Host], m.gen[req.Target]
+		m.mu.Unlock()
+		v, err := m.deps.View(req.Host)
+		if err == nil && req.Target != "" {
+			var tv HostView
+			tv, err = m.deps.View(req.Target)
+			tv.Name = req.Target
+			v.Target = &tv
+		}
+		if err != nil {
+			return HostView{}, fmt.Errorf("operations: %s %s: read host state: %w", req.Op, req.Host, err)
+		}
+		v.Name = req.Host
+		m.mu.Lock()
+		if m.closed {
+			m.mu.Unlock()
+			return HostView{}, fmt.Errorf("%w: the daemon is stopping", ErrUnavailable)
+		}
+		if m.gen[req.Host] == gh && m.gen[req.Target] == gt {
+			if h, ok := m.locks[req.Host]; ok {
+				v.Lock = &h
+			}
+			if v.Target != nil {
+				if h, ok := m.locks[req.Target]; ok {
+					v.Target.Lock = &h
+				}
+			}
+			return v, nil
+		}
+		m.mu.Unlock()
+		if attempt == viewAttempts {
+			return HostView{}, fmt.Errorf("%w: %s %s: the host's state kept changing while it was read; try again", ErrConflict, req.Op, req.Host)
+		}
 	}
-	v.Name = host
-	if h, ok := m.locks[host]; ok {
-		v.Lock = &h
+}
+
+// release frees host's lock if holder still has it. Called with m.mu held.
+func (m *Manager) release(host string, holder Holder) {
+	if cur, ok := m.locks[host]; ok && cur == holder {
+		delete(m.locks, host)
+		m.gen[host]++
 	}
-	return v, nil
 }
 
 func (m *Manager) timeout(op Op) time.Duration {
@@ -318,7 +356,7 @@ func (m *Manager) finish(r *run, st TaskState, result, errText string) {
 	t := cloneTask(r.task)
 	r.mu.Unlock()
 	if h, ok := m.locks[t.Host]; ok && h.TaskID == t.ID {
-		delete(m.locks, t.Host)
+		m.release(t.Host, h)
 	}
 	m.mu.Unlock()
 	if err := m.persist(t); err != nil {
@@ -495,9 +533,7 @@ func (m *Manager) TryLock(host, owner string) (release func(), err error) {
 		once.Do(func() {
 			m.mu.Lock()
 			defer m.mu.Unlock()
-			if cur, ok := m.locks[host]; ok && cur == h {
-				delete(m.locks, host)
-			}
+			m.release(host, h)
 		})
 	}, nil
 }

@@ -395,3 +395,42 @@ func TestDoneMeansUnlocked(t *testing.T) {
 		require.False(t, held, "round %d: task done but host still locked", i)
 	}
 }
+
+// View runs without the Manager's lock (it calls into the daemon, which
+// may call back), and a lock released while it ran makes Start read again:
+// the release may have come with a state change.
+func TestStartRereadsAViewMadeStaleByARelease(t *testing.T) {
+	f := newFixture(t)
+	var m *Manager
+	calls := 0
+	always := false
+	view := func(host string) (HostView, error) {
+		calls++
+		if host == "h1" && (calls == 1 || always) {
+			// Recovery fences h1 meanwhile: lock, mark drained, release.
+			unlock, err := m.TryLock("h1", "recovery")
+			require.NoError(t, err)
+			f.vmu.Lock()
+			f.views["h1"] = HostView{Known: true, Admin: node.Drained, Monitor: node.Unreachable}
+			f.vmu.Unlock()
+			unlock()
+			return HostView{Known: true, Admin: node.Enabled, Monitor: node.Normal}, nil // what it read before
+		}
+		return f.view(host)
+	}
+	var err error
+	m, err = New(Config{}, Deps{Store: f.st, View: view, Now: f.clk.Now, Log: zerolog.Nop(),
+		Executors: Executors{Disable: func(context.Context, Task, Report) (string, error) { return "", nil }}})
+	require.NoError(t, err)
+	t.Cleanup(m.Close)
+	_, err = m.Start(req(OpDisable))
+	require.ErrorIs(t, err, ErrConflict)
+	assert.Contains(t, err.Error(), "host is drained; only an enabled host can be disabled")
+	assert.Equal(t, 2, calls, "read again once")
+
+	always, calls = true, 0
+	_, err = m.Start(req(OpDisable))
+	require.ErrorIs(t, err, ErrConflict)
+	assert.Contains(t, err.Error(), "the host's state kept changing while it was read; try again")
+	assert.Equal(t, viewAttempts, calls)
+}

@@ -85,8 +85,10 @@ type Daemon struct {
 	// active is how many domains each host's last accepted heartbeat
 	// reported active (running, paused, ...); absent when unknown.
 	active map[string]int
-	evict  map[string]map[string]store.Eviction // host → UUID → eviction
-	rev    map[string]uint64
+	// migSeen: per host, the local-migration IDs already recorded.
+	migSeen map[string]map[string]bool
+	evict   map[string]map[string]store.Eviction // host → UUID → eviction
+	rev     map[string]uint64
 }
 
 // New loads the persisted state. interval returns the configured heartbeat
@@ -122,7 +124,8 @@ func New(st State, eng Engine, interval func() time.Duration, clock func() time.
 	}
 	d := &Daemon{st: st, eng: eng, clock: clock, interval: interval, log: log.With().Str("component", "daemon").Logger(),
 		admin: admin, adminSince: since, homes: map[string]store.DomainHome{}, byHost: map[string]map[string]store.DomainHome{}, active: map[string]int{},
-		evict: map[string]map[string]store.Eviction{}, rev: map[string]uint64{}}
+		migSeen: map[string]map[string]bool{},
+		evict:   map[string]map[string]store.Eviction{}, rev: map[string]uint64{}}
 	for _, h := range homes {
 		d.index(h)
 	}
@@ -187,10 +190,63 @@ func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 	if len(gone) > 0 {
 		d.clearEvictions(hb.Host, gone)
 	}
+	var seen []string
+	if accepted && len(hb.LocalMigrations) > 0 {
+		seen = d.localMigrations(hb)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return heartbeat.Ack{AdminState: d.admin[hb.Host], AssignmentRevision: d.revision(hb.Host),
-		HeartbeatInterval: heartbeat.Duration(d.interval())}, nil
+		HeartbeatInterval: heartbeat.Duration(d.interval()), LocalMigrationsSeen: seen}, nil
+}
+
+// LocalMigrationKind is the history kind of a migration an agent ran by
+// itself (chime-agent migrate, while the daemon could not reach it).
+const LocalMigrationKind = "local-migration"
+
+// localMigrations records the agent's own migrations in the history, once
+// each, and returns the IDs to acknowledge: only those recorded, so a
+// failed write is sent again. The new home needs no action here: the
+// destination's agent reports the domain running and the home follows.
+func (d *Daemon) localMigrations(hb heartbeat.Heartbeat) []string {
+	d.mu.Lock()
+	known := d.migSeen[hb.Host]
+	d.mu.Unlock()
+	var recs []store.Record
+	var ids []string
+	for _, m := range hb.LocalMigrations {
+		ids = append(ids, m.ID)
+		if known[m.ID] {
+			continue
+		}
+		r := store.Record{At: d.clock(), Host: hb.Host, Kind: LocalMigrationKind, To: "moved",
+			Reason: fmt.Sprintf("chime-agent on %s migrated %s (%s) to %s over %s at %s", hb.Host, m.Name, m.UUID, m.Dest, m.Interface,
+				m.At.Format(time.RFC3339))}
+		if !m.Moved {
+			r.To, r.Reason = "failed", fmt.Sprintf("chime-agent on %s could not migrate %s (%s) to %s over %s: %s", hb.Host, m.Name, m.UUID,
+				m.Dest, m.Interface, m.Error)
+		}
+		recs = append(recs, r)
+	}
+	if len(recs) > 0 {
+		if _, err := d.st.Append(recs...); err != nil {
+			d.log.Error().Err(err).Str("host", hb.Host).Msg("agent's local migrations not recorded; not acknowledged, it sends them again")
+			return nil
+		}
+		for _, r := range recs {
+			d.log.Warn().Str("host", hb.Host).Str("result", r.To).Msg(r.Reason)
+		}
+	}
+	// The agent resends until acknowledged: the IDs of this heartbeat are
+	// all that can come again, so the set never outgrows the agent's list.
+	now := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		now[id] = true
+	}
+	d.mu.Lock()
+	d.migSeen[hb.Host] = now
+	d.mu.Unlock()
+	return ids
 }
 
 // splitEvicted drops the domains host must get rid of from its report (they

@@ -350,3 +350,44 @@ func TestDestroyedOutsideADrainForgetsTheHome(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 0, h.Domains, "stopped on purpose on an enabled host: it should not run anywhere")
 }
+
+func TestLocalMigrationsAreRecordedOnceAndAcknowledged(t *testing.T) {
+	f := newFixture(t)
+	migs := []heartbeat.LocalMigration{
+		{ID: "m1", At: t0, UUID: u1, Name: "web", Dest: "10.79.0.12", Interface: "stor0", Moved: true},
+		{ID: "m2", At: t0, UUID: u2, Name: "db", Dest: "10.79.0.12", Interface: "stor0", Error: "destination refused: no storage pool"},
+	}
+	send := func() heartbeat.Ack {
+		f.seq["h1"]++
+		ack, err := f.d.Heartbeat(heartbeat.Heartbeat{Host: "h1", BootID: "b", Seq: f.seq["h1"],
+			Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirtd", OK: true}}, Domains: []heartbeat.Domain{}, LocalMigrations: migs})
+		require.NoError(t, err)
+		return ack
+	}
+	ack := send()
+	assert.Equal(t, []string{"m1", "m2"}, ack.LocalMigrationsSeen)
+	recs, err := f.st.History(store.Query{Host: "h1", Kind: LocalMigrationKind})
+	require.NoError(t, err)
+	require.Len(t, recs, 2)
+	assert.Equal(t, "moved", recs[0].To)
+	assert.Contains(t, recs[0].Reason, "migrated web ("+u1+") to 10.79.0.12 over stor0")
+	assert.Equal(t, "failed", recs[1].To)
+	assert.Contains(t, recs[1].Reason, "no storage pool")
+
+	// The ack was lost: the agent sends them again; recorded once.
+	ack = send()
+	assert.Equal(t, []string{"m1", "m2"}, ack.LocalMigrationsSeen)
+	recs, err = f.st.History(store.Query{Host: "h1", Kind: LocalMigrationKind})
+	require.NoError(t, err)
+	assert.Len(t, recs, 2, "a resent record is not recorded twice")
+
+	// A heartbeat the detector refused (replayed) records and acks nothing.
+	f.eng.mu.Lock()
+	f.eng.reject = true
+	f.eng.mu.Unlock()
+	f.seq["h1"]++
+	ack, err = f.d.Heartbeat(heartbeat.Heartbeat{Host: "h1", BootID: "b", Seq: f.seq["h1"], Domains: []heartbeat.Domain{},
+		LocalMigrations: []heartbeat.LocalMigration{{ID: "m3", UUID: u1, Name: "web", Dest: "x", Moved: true}}})
+	require.NoError(t, err)
+	assert.Empty(t, ack.LocalMigrationsSeen)
+}

@@ -53,7 +53,9 @@ AGENT="$BIN/chime-agent --host {host} --daemon http://{ctl}:7480 --token-file {t
 SHARED_VMS="web1 web2 web3"
 
 step "1. lab up: 3 hosts (host3 has a Redfish BMC), a chime-agent in each; host1 runs web1-3 on shared storage and scratch on its local disk"
-"$BIN/chime-lab" down --dir "$DIR" >/dev/null 2>&1 || true
+"$BIN/chime-lab" down --dir "$DIR" >/dev/null 2>&1 ||
+  die "an earlier lab in $DIR is not gone; see: $BIN/chime-lab down --dir $DIR"
+rm -rf "$DIR" # agent state, alerts, logs of an earlier run
 t0=$(ms)
 "$BIN/chime-lab" up --dir "$DIR" --hosts 3 --vms 0 --redfish 1 --agent "$AGENT" \
   --vm web1@host1 --vm web2@host1 --vm web3@host1 --vm scratch@host1:local --vm app1@host2 --vm app2@host3
@@ -181,7 +183,9 @@ step "7. power back on: $HOST1_NAME boots; its agent destroys and undefines the 
 T1=$(now)
 ipmi chassis power on
 # host FIELD VALUE: the daemon's status of host has FIELD = VALUE.
-host_is() { cf status -c "$CFG" -o json | tr -d ' \n' | grep -q "\"name\":\"$1\"[^}]*\"$2\":\"$3\""; }
+host_is() {
+  cf status -c "$CFG" -o json | tr -d ' \n' | sed 's/{"name":/\n&/g' | grep "^{\"name\":\"$1\"" | grep -q "\"$2\":\"$3\""
+}
 evicted() { [ "$(cf history "$HOST1_NAME" -c "$CFG" --kind evicted --since "$T1" -o json | grep -c '"kind": "evicted"')" -ge 3 ]; }
 until_ok 60 evicted || die "the returning host did not clean up its 3 stale copies"
 until_ok 30 host_is "$HOST1_NAME" monitor normal || die "$HOST1_NAME did not come back to normal"

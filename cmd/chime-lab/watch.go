@@ -61,68 +61,137 @@ type watchOpts struct {
 	names   []string
 }
 
+// qemuScanner lists every lab host's QEMU processes with one pass over
+// /proc (lab.QEMUPIDs scans it once per host, too slow to sample often).
+type qemuScanner struct {
+	l       *lab.Lab
+	hostOf  map[string]string // PID namespace → host name
+	refresh time.Time
+}
+
+func (q *qemuScanner) scan() []qemuProc {
+	if time.Now().After(q.refresh) { // a host may have been powered on or off
+		q.hostOf = map[string]string{}
+		for _, h := range q.l.Hosts() {
+			if ps := q.l.HostPIDs(h); len(ps) > 0 {
+				if ns, err := os.Readlink("/proc/" + strconv.Itoa(ps[0]) + "/ns/pid"); err == nil {
+					q.hostOf[ns] = h.Name
+				}
+			}
+		}
+		q.refresh = time.Now().Add(500 * time.Millisecond)
+	}
+	ents, _ := os.ReadDir("/proc")
+	var out []qemuProc
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		dir := "/proc/" + e.Name()
+		if comm, err := os.ReadFile(dir + "/comm"); err != nil || !strings.HasPrefix(string(comm), "qemu-system") {
+			continue
+		}
+		ns, err := os.Readlink(dir + "/ns/pid")
+		host, ok := q.hostOf[ns]
+		if err != nil || !ok {
+			continue // not a lab host's (another lab's, or exited)
+		}
+		b, err := os.ReadFile(dir + "/cmdline")
+		if err != nil {
+			continue
+		}
+		out = append(out, qemuProc{host: host, pid: pid, cmd: strings.ReplaceAll(string(b), "\x00", " ")})
+	}
+	return out
+}
+
+// seen is a VM libvirt confirmed running (ok), or whose QEMU process went
+// away before it did (!ok: look for it again).
+type seen struct {
+	name, host, at string
+	pid            int
+	ok             bool
+}
+
+// confirm asks h's libvirtd until it says the VM runs, while its QEMU
+// process lives.
+func confirm(l *lab.Lab, h lab.Host, name string, pid int, since, deadline time.Time, out chan<- seen) {
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := l.DomainState(ctx, h, name)
+		cancel()
+		if err == nil && st == "running" {
+			out <- seen{name: name, host: h.Name, at: offsetSince(since), pid: pid, ok: true}
+			return
+		}
+		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err != nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	out <- seen{name: name}
+}
+
 // watchVMs waits until every named VM runs (virsh says running) on a host
-// other than o.from, printing a timeline row for each as it is seen; all
-// along it samples every host's QEMU processes and reports any moment two
-// of them named the same shared disk. Exit 1 on a timeout or a violation.
+// other than o.from, printing a timeline row for each as it is seen (one
+// libvirt check per VM at a time, in parallel, so one slow answer does
+// not delay another VM's row); all along it samples every host's QEMU
+// processes and reports any moment two of them named the same shared disk.
+// Exit 1 on a timeout or a violation.
 func watchVMs(l *lab.Lab, o watchOpts, stdout, stderr io.Writer) int {
 	disks, _ := filepath.Glob(filepath.Join(l.SharedDir(), "*.qcow2"))
 	pending := map[string]bool{}
 	for _, n := range o.names {
 		pending[n] = true
 	}
+	checking := map[string]bool{}
+	results := make(chan seen, len(o.names))
 	violations := map[string]bool{}
+	violation := func(v string) {
+		if !violations[v] {
+			violations[v] = true
+			fmt.Fprintf(stderr, "chime-lab watch: VIOLATION at %s: %s\n", offsetSince(o.since), v)
+		}
+	}
+	q := &qemuScanner{l: l}
 	samples := 0
 	deadline := time.Now().Add(o.timeout)
-	for {
-		var procs []qemuProc
-		for _, h := range l.Hosts() {
-			for _, p := range l.QEMUPIDs(h) {
-				b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/cmdline")
-				if err != nil {
-					continue // exited meanwhile
-				}
-				procs = append(procs, qemuProc{host: h.Name, pid: p, cmd: strings.ReplaceAll(string(b), "\x00", " ")})
-			}
-		}
+	for len(pending) > 0 && time.Now().Before(deadline) {
+		procs := q.scan()
 		samples++
 		for d, hs := range sharedHolders(procs, disks) {
-			v := fmt.Sprintf("%s held by %s", d, strings.Join(hs, " and "))
-			if !violations[v] {
-				violations[v] = true
-				fmt.Fprintf(stderr, "chime-lab watch: VIOLATION at %s: %s\n", offsetSince(o.since), v)
-			}
+			violation(fmt.Sprintf("%s held by %s", d, strings.Join(hs, " and ")))
 		}
 		for _, p := range procs {
 			n := guestName(p.cmd)
-			if !pending[n] {
-				continue
-			}
-			if p.host == o.from {
-				v := fmt.Sprintf("%s runs on %s (pid %d), the host it should have left", n, p.host, p.pid)
-				if !violations[v] {
-					violations[v] = true
-					fmt.Fprintf(stderr, "chime-lab watch: VIOLATION at %s: %s\n", offsetSince(o.since), v)
+			switch {
+			case !pending[n]:
+			case p.host == o.from:
+				violation(fmt.Sprintf("%s runs on %s (pid %d), the host it should have left", n, p.host, p.pid))
+			case !checking[n]:
+				if h, err := l.Host(p.host); err == nil {
+					checking[n] = true
+					go confirm(l, h, n, p.pid, o.since, deadline, results)
 				}
-				continue
-			}
-			h, err := l.Host(p.host)
-			if err != nil {
-				continue
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			st, err := l.DomainState(ctx, h, n)
-			cancel()
-			if err == nil && st == "running" {
-				delete(pending, n)
-				fmt.Fprintf(stdout, "%9s  %-6s %-10s %s running on %s (seen by the lab: virsh domstate, QEMU pid %d), was on %s\n",
-					offsetSince(o.since), p.host, "vm", n, p.host, p.pid, o.from)
 			}
 		}
-		if len(pending) == 0 || time.Now().After(deadline) {
-			break
+		for drained := false; !drained; {
+			select {
+			case r := <-results:
+				checking[r.name] = false
+				if r.ok {
+					delete(pending, r.name)
+					fmt.Fprintf(stdout, "%9s  %-6s %-10s %s running on %s (seen by the lab: virsh domstate, QEMU pid %d), was on %s\n",
+						r.at, r.host, "vm", r.name, r.host, r.pid, o.from)
+				}
+			default:
+				drained = true
+			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		if len(pending) > 0 {
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 	code := 0
 	if len(pending) > 0 {

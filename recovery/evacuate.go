@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -76,6 +77,8 @@ type EvacuationDeps struct {
 		evacuator.Journal
 		Task(id string) (evacuator.Task, bool, error)
 	}
+	// Record, if set, writes the plan into the history (PlanKind).
+	Record func(store.Record)
 	// Exec is the executor's wiring; Journal is set from Tasks.
 	Exec evacuator.ExecDeps
 	Now  func() time.Time
@@ -115,6 +118,10 @@ func (e *Evacuation) Evacuate(ctx context.Context, req EvacuationRequest) (Evacu
 		if err := e.D.Tasks.SaveTask(t); err != nil {
 			return EvacuationReport{}, fmt.Errorf("evacuate %s: journal the plan: %w", req.Host, err)
 		}
+		if e.D.Record != nil {
+			e.D.Record(store.Record{At: start, Host: req.Host, Kind: PlanKind, To: "planned", CorrelationID: req.CorrelationID,
+				Reason: PlanSummary(t), Evidence: plan})
+		}
 	} else if t.State != evacuator.TaskRunning {
 		r := report(t, start, e.D.Now())
 		r.Replayed = true
@@ -150,4 +157,25 @@ func report(t evacuator.Task, start, now time.Time) EvacuationReport {
 		r.Unplaced = append(r.Unplaced, VMOutcome{UUID: u.UUID, Name: u.Name, Reason: u.Reason})
 	}
 	return r
+}
+
+// PlanKind is the history kind of an evacuation's plan.
+const PlanKind = "evacuation-plan"
+
+// PlanSummary is a task's plan on one line: each VM and its target, then
+// the VMs that stay and why.
+func PlanSummary(t evacuator.Task) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "evacuation plan for %s: %d to rebuild, %d stay", t.Host, len(t.VMs), len(t.Unplaced))
+	for i, vm := range t.VMs {
+		sep := ", "
+		if i == 0 {
+			sep = ": "
+		}
+		fmt.Fprintf(&b, "%s%s → %s", sep, vm.Name, vm.Target)
+	}
+	for _, u := range t.Unplaced {
+		fmt.Fprintf(&b, "; %s stays: %s", u.Name, u.Reason)
+	}
+	return b.String()
 }

@@ -103,8 +103,10 @@ func TestEvacuateRecordsThePlanHonoursTheTargetAndReplays(t *testing.T) {
 	var recs []store.Record
 	var progress []evacuator.Task
 	e := &Evacuation{D: EvacuationDeps{
-		Homes:      func(string) []store.DomainHome { return in.Homes },
-		Saved:      func(string) ([]store.DomainRecord, error) { return []store.DomainRecord{in.Saved[eu1], in.Saved[eu2]}, nil },
+		Homes: func(string) []store.DomainHome { return in.Homes },
+		Saved: func(string) ([]store.DomainRecord, error) {
+			return []store.DomainRecord{in.Saved[eu1], in.Saved[eu2]}, nil
+		},
 		Candidates: func(string) []evacuator.Candidate { return in.Candidates },
 		Storage:    in.Storage, Limits: in.Limits, Tasks: j,
 		Record: func(r store.Record) { recs = append(recs, r) },

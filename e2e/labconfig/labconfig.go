@@ -10,7 +10,10 @@
 //	rack-both     policy ipmi-then-redfish  levels [ipmi, redfish], level_retries 0
 //
 // A host goes to the rack of its lab.Host.BMCType(); a lab.BMCBoth host
-// lists both BMCs under bmcs (IPMI first).
+// lists both BMCs under bmcs (IPMI first). Options.HostLevels replaces one
+// host's fence levels (a host `override`; the rest of its rack's policy
+// stays), e.g. [ipmi, agent-drain] on a lab.BMCBoth host so every level can
+// fail while the Redfish BMC still reads power for the detector.
 package labconfig
 
 import (
@@ -35,6 +38,10 @@ type Options struct {
 	// type) ("host1/ipmi"); it wins over PasswordFiles. E.g. a wrong IPMI
 	// password on a lab.BMCBoth host fails its first fence level only.
 	BMCPasswordFiles map[string]string
+	// HostLevels replaces a host's fence levels, by host name, in order
+	// (LevelIPMI, LevelRedfish, LevelAgentDrain); the other fields of its
+	// rack's policy stay. A power level needs the host to have that BMC.
+	HostLevels map[string][]string
 	// Extra is YAML appended verbatim (e.g. a detection block).
 	Extra string
 	// Detection, if set, is the detection block's body (indented lines).
@@ -86,6 +93,13 @@ const (
 	PolicyBoth    = "ipmi-then-redfish"
 )
 
+// Fence level names for Options.HostLevels, as the config spells them.
+const (
+	LevelIPMI       = "ipmi"
+	LevelRedfish    = "redfish"
+	LevelAgentDrain = "agent-drain"
+)
+
 // RackOf is the rack Write puts h in.
 func RackOf(h lab.Host) string {
 	switch h.BMCType() {
@@ -105,7 +119,9 @@ func BMCKey(host, typ string) string { return host + "/" + typ }
 // typo cannot silently leave the right password in place.
 func checkOverrides(hosts []lab.Host, o Options) error {
 	known := map[string]bool{}
+	byName := map[string]lab.Host{}
 	for _, h := range hosts {
+		byName[h.Name] = h
 		known[h.Name] = true
 		for _, b := range h.AllBMCs() {
 			known[BMCKey(h.Name, b.Type)] = true
@@ -120,6 +136,28 @@ func checkOverrides(hosts []lab.Host, o Options) error {
 	for k := range o.BMCPasswordFiles {
 		if !strings.Contains(k, "/") || !known[k] {
 			bad = append(bad, fmt.Sprintf("BMCPasswordFiles[%q]: no such BMC (want HOST/ipmi or HOST/redfish of a lab host)", k))
+		}
+	}
+	for host, levels := range o.HostLevels {
+		h, ok := byName[host]
+		if !ok {
+			bad = append(bad, fmt.Sprintf("HostLevels[%q]: no such host", host))
+			continue
+		}
+		if len(levels) == 0 {
+			bad = append(bad, fmt.Sprintf("HostLevels[%q]: empty (a host needs at least one fence level)", host))
+		}
+		seen := map[string]bool{}
+		for i, l := range levels {
+			switch {
+			case l != LevelIPMI && l != LevelRedfish && l != LevelAgentDrain:
+				bad = append(bad, fmt.Sprintf("HostLevels[%q][%d]: unknown level %q (want %s, %s or %s)", host, i, l, LevelIPMI, LevelRedfish, LevelAgentDrain))
+			case seen[l]:
+				bad = append(bad, fmt.Sprintf("HostLevels[%q][%d]: level %q listed twice", host, i, l))
+			case l != LevelAgentDrain && !known[BMCKey(h.Name, l)]:
+				bad = append(bad, fmt.Sprintf("HostLevels[%q][%d]: %s has no %s BMC", host, i, host, l))
+			}
+			seen[l] = true
 		}
 	}
 	if len(bad) > 0 {
@@ -177,6 +215,9 @@ racks:
 	for _, h := range l.Hosts() {
 		fmt.Fprintf(&b, "  - name: %s\n    rack: %s\n    address: %s\n", h.Name, RackOf(h), h.MgmtAddr)
 		fmt.Fprintf(&b, "    libvirt: {address: \"%s:%d\", uri: \"qemu:///system\"}\n", h.MgmtAddr, lab.LibvirtPort)
+		if levels, ok := o.HostLevels[h.Name]; ok {
+			fmt.Fprintf(&b, "    override:\n      levels: [%s]\n", strings.Join(levels, ", "))
+		}
 		b.WriteString("    bmcs:\n")
 		for _, bmc := range h.AllBMCs() {
 			pw := bmc.PasswordFile

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -111,6 +112,11 @@ func TestWriteRejectsUnknownOverrides(t *testing.T) {
 		{Options{PasswordFiles: map[string]string{"host9": "x"}}, `PasswordFiles["host9"]: no such host`},
 		{Options{BMCPasswordFiles: map[string]string{"host1/redfish": "x"}}, `BMCPasswordFiles["host1/redfish"]: no such BMC`},
 		{Options{BMCPasswordFiles: map[string]string{"host3": "x"}}, `BMCPasswordFiles["host3"]: no such BMC`},
+		{Options{HostLevels: map[string][]string{"host9": {LevelIPMI}}}, `HostLevels["host9"]: no such host`},
+		{Options{HostLevels: map[string][]string{"host1": {}}}, `HostLevels["host1"]: empty`},
+		{Options{HostLevels: map[string][]string{"host1": {"ipmi", "smoke-signal"}}}, `HostLevels["host1"][1]: unknown level "smoke-signal"`},
+		{Options{HostLevels: map[string][]string{"host1": {LevelRedfish}}}, `HostLevels["host1"][0]: host1 has no redfish BMC`},
+		{Options{HostLevels: map[string][]string{"host3": {LevelIPMI, LevelIPMI}}}, `HostLevels["host3"][1]: level "ipmi" listed twice`},
 	} {
 		out := filepath.Join(t.TempDir(), "c.yaml")
 		_, err := Write(l, out, tc.o)
@@ -139,4 +145,40 @@ func TestWriteIPMIOnlyLabLoads(t *testing.T) {
 	require.Len(t, cfg.Hosts, 1)
 	assert.Equal(t, RackIPMI, cfg.Hosts[0].Rack)
 	assert.Equal(t, PolicyIPMI, cfg.Hosts[0].Effective.Name)
+}
+
+func TestWriteHostLevels(t *testing.T) {
+	// host3 (both BMCs) fences through IPMI, then its agent; its Redfish
+	// BMC is no level but stays listed, so the detector can still read it.
+	l := fakeLab(t, 0)
+	path, err := Write(l, filepath.Join(t.TempDir(), "c.yaml"), Options{
+		HostLevels: map[string][]string{"host3": {LevelIPMI, LevelAgentDrain}, "host2": {LevelRedfish, LevelAgentDrain}},
+	})
+	require.NoError(t, err)
+	cfg, err := configs.Load(path)
+	require.NoError(t, err, "the generated config must load")
+	byName := map[string]*configs.Host{}
+	for i := range cfg.Hosts {
+		byName[cfg.Hosts[i].Name] = &cfg.Hosts[i]
+	}
+	types := func(h *configs.Host) []configs.FenceLevelType {
+		var out []configs.FenceLevelType
+		for _, lv := range h.Effective.Levels {
+			out = append(out, lv.Type)
+		}
+		return out
+	}
+
+	h3 := byName["host3"]
+	assert.Equal(t, RackBoth, h3.Rack, "the host keeps its rack")
+	assert.Equal(t, PolicyBoth, h3.Effective.Name, "and its rack's policy")
+	assert.Equal(t, []configs.FenceLevelType{configs.LevelIPMI, configs.LevelAgentDrain}, types(h3))
+	for _, lv := range h3.Effective.Levels {
+		assert.Equal(t, 5*time.Second, lv.Timeout, "%s: the rack policy's level_timeout still applies", lv.Type)
+		assert.Zero(t, lv.Retries, "%s: the rack policy's level_retries still applies", lv.Type)
+	}
+	assert.Len(t, h3.BMCs, 2, "both BMCs stay listed")
+
+	assert.Equal(t, []configs.FenceLevelType{configs.LevelRedfish, configs.LevelAgentDrain}, types(byName["host2"]))
+	assert.Equal(t, []configs.FenceLevelType{configs.LevelIPMI}, types(byName["host1"]), "a host without an override keeps its rack's levels")
 }

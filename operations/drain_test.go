@@ -213,8 +213,10 @@ func (f fakeFences) Fences() (map[string]store.FenceRecord, error) { return f, n
 func TestClusterView(t *testing.T) {
 	hb := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	c := fakeCluster{storm: true, hosts: map[string]daemon.HostStatus{
-		"h1": {HostStatus: detector.HostStatus{Name: "h1", Monitor: node.Unreachable, LastHeartbeat: hb}, Admin: node.Drained, Domains: 3},
+		"h1": {HostStatus: detector.HostStatus{Name: "h1", Monitor: node.Unreachable, LastHeartbeat: hb}, Admin: node.Drained, Domains: 3, Active: -1},
 		"h2": {HostStatus: detector.HostStatus{Name: "h2", Monitor: node.Normal, LastHeartbeat: hb}},
+		// Drained by an operator: its 2 domains are stopped but still at home.
+		"h3": {HostStatus: detector.HostStatus{Name: "h3", Monitor: node.Normal, LastHeartbeat: hb}, Admin: node.Drained, Domains: 2, Active: 0},
 	}}
 	fences := fakeFences{
 		"h1": {Host: "h1", State: store.FenceVerified, Started: hb.Add(time.Minute)},
@@ -223,12 +225,16 @@ func TestClusterView(t *testing.T) {
 	view := ClusterView(c, fences)
 	v, err := view("h1")
 	require.NoError(t, err)
+	// No heartbeat listed its domains yet: the homes count, cautiously.
 	assert.Equal(t, HostView{Name: "h1", Known: true, Admin: node.Drained, Monitor: node.Unreachable, Running: 3,
 		FenceProven: true, FenceState: store.FenceVerified, StormPaused: true}, v)
 	v, err = view("h2")
 	require.NoError(t, err)
 	assert.False(t, v.FenceProven, "a proof older than the last heartbeat is stale")
 	assert.Equal(t, store.FenceConfirmed, v.FenceState)
+	v, err = view("h3")
+	require.NoError(t, err)
+	assert.Equal(t, 0, v.Running, "the last heartbeat's active count, not the homes")
 	v, err = view("ghost")
 	require.NoError(t, err)
 	assert.False(t, v.Known)

@@ -28,8 +28,9 @@ func FenceProven(r store.FenceRecord, lastHeartbeat time.Time) bool {
 }
 
 // ClusterView builds Deps.View from the daemon and the fence journal.
-// Running is the number of domains whose home is the host (the active
-// ones it last reported, and crashed ones its agent may restart).
+// Running is the number of domains the host's last heartbeat reported
+// active; before one listed them, the domains whose home is the host
+// (the cautious count: a drained host's stopped domains keep their home).
 func ClusterView(c Cluster, f Fences) func(host string) (HostView, error) {
 	return func(host string) (HostView, error) {
 		st, err := c.Host(host)
@@ -43,7 +44,11 @@ func ClusterView(c Cluster, f Fences) func(host string) (HostView, error) {
 		if err != nil {
 			return HostView{}, fmt.Errorf("read fence journal: %w", err)
 		}
-		v := HostView{Name: host, Known: true, Admin: st.Admin, Monitor: st.Monitor, Running: st.Domains,
+		running := st.Active
+		if running < 0 {
+			running = st.Domains
+		}
+		v := HostView{Name: host, Known: true, Admin: st.Admin, Monitor: st.Monitor, Running: running,
 			StormPaused: c.Status().Storm.Paused}
 		if r, ok := fences[host]; ok {
 			v.FenceState = r.State

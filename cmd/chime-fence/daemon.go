@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,6 +27,7 @@ import (
 	"github.com/chimestack/chime-fence/drivers/probe"
 	"github.com/chimestack/chime-fence/evacuator"
 	"github.com/chimestack/chime-fence/node"
+	"github.com/chimestack/chime-fence/operations"
 	"github.com/chimestack/chime-fence/recovery"
 	"github.com/chimestack/chime-fence/store"
 )
@@ -81,13 +84,13 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 		return usageErr(err)
 	}
 	cfg := cs.Current()
-	agentTok, err := readToken("agent", cfg.Controller.AgentTokenFile)
+	tokens, err := api.ReadTokens(cfg.Controller)
 	if err != nil {
-		return err
+		return usageErr(err)
 	}
-	apiTok, err := readToken("api", cfg.Controller.APITokenFile)
+	tlsCfg, err := api.TLSConfig(cfg.Controller)
 	if err != nil {
-		return err
+		return usageErr(err)
 	}
 	if cfg.Controller.StateDir == "" {
 		return usageErr(errors.New("controller.state_dir is not set: the daemon keeps its history and admin states there"))
@@ -97,6 +100,9 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 		return failureErr(fmt.Errorf("listen on controller.listen %s: %w", cfg.Controller.Listen, err))
 	}
 	defer ln.Close()
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
+	}
 
 	st, err := store.Open(store.Path(cfg.Controller.StateDir), store.Options{})
 	if err != nil {
@@ -144,11 +150,29 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 	if err := capture.SetHosts(cfg.HostNames()); err != nil {
 		return usageErr(err)
 	}
-	coord, err = newCoordinator(cfg, hv, st, d, capture, alerts, reg, log)
+	var ops *operations.Manager // set before anything runs
+	coord, err = newCoordinator(cfg, hv, st, d, capture, alerts, reg,
+		func(host, owner string) (func(), error) { return ops.TryLock(host, owner) }, log)
 	if err != nil {
 		return failureErr(err)
 	}
-	srv, err := api.New(d, api.Tokens{Agent: agentTok, API: apiTok}, reg, log)
+	ops, err = newOperations(cs, st, d, coord, hv, migrateExecutor(cs, d, capture, hv, log), log)
+	if err != nil {
+		return failureErr(err)
+	}
+	defer ops.Close()
+	var engRunning atomic.Bool
+	srv, err := api.New(d, tokens, reg, log, api.WithOperations(ops), api.WithFences(st),
+		api.WithReadiness(func() []string {
+			var p []string
+			if _, err := st.Fences(); err != nil {
+				p = append(p, "store: "+err.Error())
+			}
+			if !engRunning.Load() {
+				p = append(p, "detector is not running")
+			}
+			return p
+		}))
 	if err != nil {
 		return failureErr(err)
 	}
@@ -165,7 +189,8 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 		go func() { defer workers.Done(); _ = run(ctx) }()
 	}
 	defer workers.Wait()
-	go func() { defer close(engDone); _ = eng.Run(ctx) }()
+	engRunning.Store(true)
+	go func() { defer close(engDone); defer engRunning.Store(false); _ = eng.Run(ctx) }()
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- hs.Serve(ln) }()
 

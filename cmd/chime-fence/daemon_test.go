@@ -235,7 +235,7 @@ func TestDaemonRefusesWithoutTokens(t *testing.T) {
 	require.NoError(t, os.WriteFile(file, []byte(strings.Replace(string(b), "  api_token_file: "+dir+"/api.token\n", "", 1)), 0o644))
 	code, _, errOut := runCLI("daemon", "-c", file)
 	assert.Equal(t, exitUsage, code)
-	assert.Contains(t, errOut, "controller.api_token_file is not set")
+	assert.Contains(t, errOut, "neither controller.api_token_file nor controller.api_tokens is set")
 
 	require.NoError(t, os.WriteFile(file, b, 0o644))
 	require.NoError(t, os.Chmod(filepath.Join(dir, "agent.token"), 0o644))

@@ -269,7 +269,7 @@ func (c crashJournal) PutFence(r store.FenceRecord) error {
 }
 
 func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *daemon.Daemon, capture *evacuator.Capture,
-	alerts *alert.Dispatcher, reg prometheus.Registerer, log zerolog.Logger) (*recovery.Coordinator, error) {
+	alerts *alert.Dispatcher, reg prometheus.Registerer, lock func(host, owner string) (func(), error), log zerolog.Logger) (*recovery.Coordinator, error) {
 	metrics, err := recovery.NewMetrics(reg)
 	if err != nil {
 		return nil, err
@@ -329,6 +329,6 @@ func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *da
 		Fence: func(ctx context.Context, p fencer.Plan) fencer.Result {
 			return fencer.Run(ctx, p, fencer.RealClock{}, log.With().Str("component", "fencer").Logger())
 		},
-		Evacuator: evac, Alert: send, Now: time.Now, Log: log, Metrics: metrics,
+		Evacuator: evac, Alert: send, Now: time.Now, Log: log, Metrics: metrics, Lock: lock,
 	})
 }

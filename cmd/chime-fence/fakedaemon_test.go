@@ -2,16 +2,27 @@ package main
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -59,7 +70,10 @@ type scripted struct {
 
 // newFakeDaemon listens on loopback and writes a config (hosts h1, h2, h3)
 // whose controller.listen and api_token_file point at it.
-func newFakeDaemon(t *testing.T) *fakeDaemon {
+func newFakeDaemon(t *testing.T) *fakeDaemon { return newFakeDaemonTLS(t, "", "") }
+
+// newFakeDaemonTLS serves HTTPS with the certificate, if one is given.
+func newFakeDaemonTLS(t *testing.T, certFile, keyFile string) *fakeDaemon {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -74,9 +88,51 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 	mux.HandleFunc("GET "+api.PathTasks, f.authed(f.listTasks))
 	mux.HandleFunc("GET "+api.PathTasks+"/{id}", f.authed(f.getTask))
 	f.srv = &httptest.Server{Listener: l, Config: &http.Server{Handler: mux}}
-	f.srv.Start()
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		require.NoError(t, err)
+		f.srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+		f.srv.StartTLS()
+	} else {
+		f.srv.Start()
+	}
 	t.Cleanup(f.srv.Close)
 	return f
+}
+
+// withTLS makes the CLI's configuration say the daemon serves TLS with
+// this certificate.
+func withTLS(t *testing.T, file, certFile, keyFile string) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	require.NoError(t, err)
+	var keep []string
+	for _, l := range strings.SplitAfter(string(b), "\n") {
+		if !strings.HasPrefix(l, "  tls_") {
+			keep = append(keep, l)
+		}
+	}
+	s := strings.Replace(strings.Join(keep, ""), "controller:\n", "controller:\n  tls_cert_file: "+certFile+"\n  tls_key_file: "+keyFile+"\n", 1)
+	require.NoError(t, os.WriteFile(file, []byte(s), 0o644))
+}
+
+// selfSigned writes a certificate for 127.0.0.1 and its key.
+func selfSigned(t *testing.T, dir, name string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	kder, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key")
+	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
+	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600))
+	return certFile, keyFile
 }
 
 func writeJSONResp(w http.ResponseWriter, code int, v any) {

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -21,14 +24,42 @@ const envTokenFile = "CHIME_FENCE_API_TOKEN_FILE"
 
 // opClient is the daemon's API client for the operator commands. The token
 // comes from a file (never argv): $CHIME_FENCE_API_TOKEN_FILE if set, else
-// the configuration's controller.api_token_file.
+// the configuration's controller.api_token_file. When the daemon serves
+// TLS (controller.tls_cert_file), the client speaks HTTPS and trusts that
+// certificate.
 func opClient(cfg *configs.Config) (*api.Client, error) {
 	if f := os.Getenv(envTokenFile); f != "" {
 		c := *cfg
 		c.Controller.APITokenFile = f
 		cfg = &c
 	}
-	return apiClient(cfg)
+	c, err := apiClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := useTLS(c, cfg.Controller.TLSCertFile); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// useTLS switches c to HTTPS trusting the certificates in certFile (the
+// daemon's own, usually self-signed); "" leaves c alone.
+func useTLS(c *api.Client, certFile string) error {
+	if certFile == "" {
+		return nil
+	}
+	b, err := os.ReadFile(certFile)
+	if err != nil {
+		return usageErr(fmt.Errorf("controller.tls_cert_file: %w", err))
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return usageErr(fmt.Errorf("controller.tls_cert_file %s: no PEM certificate in it", certFile))
+	}
+	c.Base = "https://" + strings.TrimPrefix(c.Base, "http://")
+	c.HTTP = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	return nil
 }
 
 // apiFlags are the flags every operator command shares.

@@ -409,3 +409,35 @@ func TestCompletion(t *testing.T) {
 		assert.Contains(t, out, "__complete", sh)
 	}
 }
+
+func TestHostCommandsOverTLS(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := selfSigned(t, dir, "daemon")
+	f := newFakeDaemonTLS(t, cert, key)
+	f.hosts = hostsFixture()
+	withTLS(t, f.file, cert, key)
+	code, out, errOut := runOp("", "host", "list", "-c", f.file)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, out, "h2    r1    drained")
+
+	// A certificate the configuration does not name is not trusted.
+	other, otherKey := selfSigned(t, dir, "impostor")
+	withTLS(t, f.file, other, otherKey)
+	code, _, errOut = runOp("", "host", "list", "-c", f.file)
+	assert.Equal(t, exitUnreachable, code)
+	assert.Contains(t, errOut, "certificate")
+
+	// A configuration that says TLS, a daemon that does not.
+	plain := newFakeDaemon(t)
+	withTLS(t, plain.file, cert, key)
+	code, _, errOut = runOp("", "host", "list", "-c", plain.file)
+	assert.Equal(t, exitUnreachable, code)
+	assert.Contains(t, errOut, "HTTP response to HTTPS client")
+
+	// A certificate file with no certificate in it.
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "empty.pem"), []byte("nothing\n"), 0o644))
+	withTLS(t, plain.file, filepath.Join(dir, "empty.pem"), key)
+	code, _, errOut = runOp("", "host", "list", "-c", plain.file)
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, "no PEM certificate in it")
+}

@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/chimestack/chime-fence/api"
 )
 
@@ -50,8 +52,9 @@ func apiErr(err error) error {
 	return failureErr(err)
 }
 
-// terminal reports whether a stream is an interactive terminal. Tests pass
-// a reader or writer with an IsTerminal method to act as one.
+// terminal reports whether a stream is an interactive terminal: a file
+// with terminal attributes (/dev/null is a character device, not a
+// terminal). Tests pass a reader or writer with an IsTerminal method.
 func terminal(s any) bool {
 	if t, ok := s.(interface{ IsTerminal() bool }); ok {
 		return t.IsTerminal()
@@ -60,8 +63,8 @@ func terminal(s any) bool {
 	if !ok {
 		return false
 	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 // confirmHost asks the operator to type the host name before a destructive

@@ -15,8 +15,9 @@ import (
 )
 
 // maxPollMisses is how many polls in a row may find the daemon unreachable
-// before task wait gives up: a daemon restart takes a few seconds.
-const maxPollMisses = 5
+// before task wait gives up: a daemon restart takes a few seconds (about
+// ten at the default --poll-interval of 1s).
+const maxPollMisses = 10
 
 func newTaskCmd() *cobra.Command {
 	c := &cobra.Command{

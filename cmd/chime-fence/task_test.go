@@ -131,7 +131,7 @@ func TestTaskWaitGivesUpButTheTaskGoesOn(t *testing.T) {
 	f.drop = 2
 	code, _, errOut = runOp("", "task", "wait", "TB", "-c", f.file, "--poll-interval", "5ms")
 	assert.Equal(t, exitOK, code, errOut)
-	assert.Contains(t, errOut, "daemon not answering (1/5), still following task TB")
+	assert.Contains(t, errOut, "daemon not answering (1/10), still following task TB")
 
 	f.addTask(task("TC", operations.OpMigrate, "h1", operations.TaskRunning))
 	f.mu.Lock()
@@ -139,7 +139,7 @@ func TestTaskWaitGivesUpButTheTaskGoesOn(t *testing.T) {
 	f.mu.Unlock()
 	code, _, errOut = runOp("", "task", "wait", "TC", "-c", f.file, "--poll-interval", "5ms")
 	assert.Equal(t, exitUnreachable, code, errOut)
-	assert.Contains(t, errOut, "daemon not answering (5/5)")
+	assert.Contains(t, errOut, "daemon not answering (10/10)")
 	assert.Contains(t, errOut, "not reachable")
 }
 

@@ -65,7 +65,7 @@ func newStatusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := apiClient(cfg)
+			c, err := opClient(cfg)
 			if err != nil {
 				return err
 			}
@@ -158,7 +158,7 @@ func newHistoryCmd() *cobra.Command {
 				}
 				q.Host = args[0]
 			}
-			c, err := apiClient(cfg)
+			c, err := opClient(cfg)
 			if err != nil {
 				return err
 			}

@@ -125,7 +125,7 @@ type detectorStatus struct {
 }
 
 func detectorView(ctx context.Context, cfg *configs.Config, host string, timeout time.Duration) detectorStatus {
-	c, err := apiClient(cfg)
+	c, err := opClient(cfg)
 	if err != nil {
 		return detectorStatus{Error: err.Error()}
 	}

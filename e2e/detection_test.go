@@ -138,13 +138,32 @@ func (d *detectionLab) startDaemon(ctx context.Context) {
 		10*time.Second, 50*time.Millisecond, "daemon API did not come up; log:\n%s", d.log())
 }
 
+// stopDaemon stops the daemon with SIGTERM. One that has not exited
+// within 20 s is a bug (a shutdown must not hang on a fence, a webhook or
+// a libvirt call): it gets SIGQUIT, whose goroutine dump lands in its log,
+// and the test fails with the dump.
 func (d *detectionLab) stopDaemon() {
 	if d.daemon == nil || d.daemon.Process == nil {
 		return
 	}
-	_ = d.daemon.Process.Signal(syscall.SIGTERM)
-	_ = d.daemon.Wait()
+	cmd := d.daemon
 	d.daemon = nil
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-time.After(20 * time.Second):
+	}
+	_ = cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+	d.t.Errorf("the daemon did not exit within 20 s of SIGTERM; its log with the goroutine dump:\n%s", tail(d.log(), 60000))
 }
 
 func (d *detectionLab) log() string {

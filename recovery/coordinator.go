@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -349,6 +350,9 @@ func (c *Coordinator) fence(ctx context.Context, host, rack, corrID, why, from s
 	}
 	took := rec.Finished.Sub(rec.Started).Round(time.Millisecond)
 	summary := fmt.Sprintf("%s fenced: %s verified power off in %s", host, res.Level, took)
+	if before := failedLevels(res.Attempts); before != "" {
+		summary += " (after " + before + ")"
+	}
 	if setup.Plan.Action == fencer.ActionReboot {
 		summary += "; powered back on (stays drained)"
 		if res.PowerOnErr != "" {
@@ -364,6 +368,28 @@ func (c *Coordinator) fence(ctx context.Context, host, rack, corrID, why, from s
 		Summary: summary, Details: map[string]any{"level": res.Level, "elapsed": took.String(), "attempts": res.Attempts}})
 	log.Warn().Str("level", res.Level).Dur("elapsed", took).Msg(summary)
 	return rec, nil
+}
+
+// failedLevels names each level that failed before the verified one, with
+// its last error: an operator reading "verified" should also learn that a
+// BMC is broken.
+func failedLevels(attempts []fencer.Attempt) string {
+	var order []string
+	last := map[string]string{}
+	for _, a := range attempts {
+		if a.Verified {
+			continue
+		}
+		if _, seen := last[a.Level]; !seen {
+			order = append(order, a.Level)
+		}
+		last[a.Level] = a.Err
+	}
+	parts := make([]string, len(order))
+	for i, l := range order {
+		parts[i] = l + " failed: " + last[l]
+	}
+	return strings.Join(parts, "; ")
 }
 
 // provenSinceHeartbeat: the proof is about the current silence, not an

@@ -345,3 +345,14 @@ func TestIncidentWaitsForTheHostLock(t *testing.T) {
 	assert.Equal(t, []string{lockOwner}, r.owners)
 	assert.Empty(t, r.locks, "released after the incident")
 }
+
+func TestVerifiedSummaryNamesTheLevelsThatFailedFirst(t *testing.T) {
+	assert.Equal(t, "", failedLevels([]fencer.Attempt{{Level: "ipmi", Verified: true}}))
+	assert.Equal(t, "ipmi failed: bmc-auth-failed: RAKP2 mismatch; agent-drain failed: timeout",
+		failedLevels([]fencer.Attempt{
+			{Level: "ipmi", Try: 1, Err: "bmc-unreachable"},
+			{Level: "ipmi", Try: 2, Err: "bmc-auth-failed: RAKP2 mismatch"},
+			{Level: "agent-drain", Try: 1, Err: "timeout"},
+			{Level: "redfish", Try: 1, Verified: true},
+		}), "each failed level once, with its last error, in order")
+}

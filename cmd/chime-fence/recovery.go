@@ -327,7 +327,7 @@ func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *da
 		Cluster: d, Journal: crashFenceJournal(st, log),
 		Setup: func(host string) (recovery.FenceSetup, error) { return fenceSetup(hv.config(), host, log) },
 		Fence: func(ctx context.Context, p fencer.Plan) fencer.Result {
-			return fencer.Run(ctx, p, fencer.RealClock{}, log.With().Str("component", "fencer").Logger())
+			return fencer.Run(ctx, p, fencer.RealClock{}, log) // Run names its component
 		},
 		Evacuator: evac, Alert: send, Now: time.Now, Log: log, Metrics: metrics, Lock: lock,
 	})

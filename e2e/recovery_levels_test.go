@@ -253,7 +253,7 @@ func TestRecoveryFenceLevelFallback(t *testing.T) {
 	last := fences[1]
 	require.Equal(t, "verified", last.To, last.Reason)
 	assert.Contains(t, last.Reason, "redfish verified power off", "verified through the redfish level")
-	assert.Contains(t, last.Reason, "(after ipmi failed: bmc-auth-failed", "the record says the first level failed and why")
+	assert.Contains(t, last.Reason, "(after ipmi failed: power off: host host1: ipmi: chassis power off: bmc-auth-failed", "the record says the first level failed and why")
 	as := attemptsOf(t, last)
 	require.Equal(t, []string{"ipmi", "redfish"}, levelsOf(as), "one attempt per level (level_retries 0; auth is not retried anyway)")
 	assert.False(t, as[0].Verified)
@@ -291,7 +291,7 @@ func TestRecoveryFenceLevelFallback(t *testing.T) {
 	ok := hook.eventsOf(h1.Name, alert.FenceSucceeded)[0]
 	assert.Equal(t, "redfish", ok.Details["level"])
 	assert.Contains(t, ok.Summary, "redfish verified power off")
-	assert.Contains(t, ok.Summary, "after ipmi failed: bmc-auth-failed", "the alert names the broken first level")
+	assert.Contains(t, ok.Summary, "(after ipmi failed: power off: host host1: ipmi: chassis power off: bmc-auth-failed", "the alert names the broken first level")
 	das := detailAttempts(t, ok)
 	require.Equal(t, []string{"ipmi", "redfish"}, levelsOf(das), "fence.succeeded names both levels through its attempts")
 	assert.Contains(t, das[0].Err, bmcAuthFailed)

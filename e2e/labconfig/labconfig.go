@@ -53,6 +53,35 @@ type Options struct {
 	// directory. (lab.Start wipes a reused lab directory, so tokens written
 	// before the lab starts belong outside it.)
 	TokenDir string
+	// APITokens are further API tokens for controller.api_tokens, e.g. a
+	// read-only one; their files must exist (WriteToken makes one).
+	APITokens []APIToken
+}
+
+// APIToken is one controller.api_tokens entry.
+type APIToken struct {
+	Name string
+	File string
+	Role string // RoleReadOnly or RoleOperator
+}
+
+// API token roles, as the config spells them.
+const (
+	RoleReadOnly = "read-only"
+	RoleOperator = "operator"
+)
+
+// WriteToken writes a random token to file (0600) and returns it.
+func WriteToken(file string) (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	tok := hex.EncodeToString(b[:])
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		return "", err
+	}
+	return tok, os.WriteFile(file, []byte(tok+"\n"), 0o600)
 }
 
 // TokenFiles are where the agent and API tokens of the lab in labDir live.
@@ -160,6 +189,16 @@ func checkOverrides(hosts []lab.Host, o Options) error {
 			seen[l] = true
 		}
 	}
+	for i, t := range o.APITokens {
+		switch {
+		case t.Name == "" || strings.ContainsAny(t.Name, "\"\n"):
+			bad = append(bad, fmt.Sprintf("APITokens[%d]: name %q is empty or has quotes or newlines", i, t.Name))
+		case !filepath.IsAbs(t.File):
+			bad = append(bad, fmt.Sprintf("APITokens[%d] (%s): file %q is not an absolute path", i, t.Name, t.File))
+		case t.Role != RoleReadOnly && t.Role != RoleOperator:
+			bad = append(bad, fmt.Sprintf("APITokens[%d] (%s): role %q (want %s or %s)", i, t.Name, t.Role, RoleReadOnly, RoleOperator))
+		}
+	}
 	if len(bad) > 0 {
 		sort.Strings(bad)
 		return fmt.Errorf("labconfig: %s", strings.Join(bad, "; "))
@@ -189,6 +228,12 @@ func Write(l *lab.Lab, path string, o Options) (string, error) {
 		}
 		agent, api := TokenFiles(td)
 		fmt.Fprintf(&b, "  agent_token_file: %s\n  api_token_file: %s\n", agent, api)
+	}
+	if len(o.APITokens) > 0 {
+		b.WriteString("  api_tokens:\n")
+		for _, t := range o.APITokens {
+			fmt.Fprintf(&b, "    - {name: %q, file: %q, role: %s}\n", t.Name, t.File, t.Role)
+		}
 	}
 	if o.Detection != "" {
 		fmt.Fprintf(&b, "detection:\n%s\n", strings.TrimRight(o.Detection, "\n"))

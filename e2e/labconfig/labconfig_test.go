@@ -117,6 +117,9 @@ func TestWriteRejectsUnknownOverrides(t *testing.T) {
 		{Options{HostLevels: map[string][]string{"host1": {"ipmi", "smoke-signal"}}}, `HostLevels["host1"][1]: unknown level "smoke-signal"`},
 		{Options{HostLevels: map[string][]string{"host1": {LevelRedfish}}}, `HostLevels["host1"][0]: host1 has no redfish BMC`},
 		{Options{HostLevels: map[string][]string{"host3": {LevelIPMI, LevelIPMI}}}, `HostLevels["host3"][1]: level "ipmi" listed twice`},
+		{Options{APITokens: []APIToken{{Name: "viewer", File: "/x/ro", Role: "admin"}}}, `APITokens[0] (viewer): role "admin"`},
+		{Options{APITokens: []APIToken{{Name: "viewer", File: "ro", Role: RoleReadOnly}}}, `APITokens[0] (viewer): file "ro" is not an absolute path`},
+		{Options{APITokens: []APIToken{{File: "/x/ro", Role: RoleReadOnly}}}, `APITokens[0]: name "" is empty`},
 	} {
 		out := filepath.Join(t.TempDir(), "c.yaml")
 		_, err := Write(l, out, tc.o)
@@ -181,4 +184,32 @@ func TestWriteHostLevels(t *testing.T) {
 
 	assert.Equal(t, []configs.FenceLevelType{configs.LevelRedfish, configs.LevelAgentDrain}, types(byName["host2"]))
 	assert.Equal(t, []configs.FenceLevelType{configs.LevelIPMI}, types(byName["host1"]), "a host without an override keeps its rack's levels")
+}
+
+func TestWriteAPITokens(t *testing.T) {
+	// A read-only token beside the operator's: the daemon config loads
+	// with both roles, and each file holds a distinct token.
+	l := fakeLab(t, 1)
+	dir := t.TempDir()
+	ro, op := filepath.Join(dir, "ro.token"), filepath.Join(dir, "op.token")
+	tok, err := WriteToken(ro)
+	require.NoError(t, err)
+	assert.Len(t, tok, 32)
+	_, err = WriteToken(op)
+	require.NoError(t, err)
+	path, err := Write(l, filepath.Join(t.TempDir(), "c.yaml"), Options{Tokens: true, TokenDir: dir,
+		APITokens: []APIToken{{Name: "viewer", File: ro, Role: RoleReadOnly}, {Name: "ops2", File: op, Role: RoleOperator}}})
+	require.NoError(t, err)
+	cfg, err := configs.Load(path)
+	require.NoError(t, err, "the generated config must load")
+	assert.Equal(t, []configs.APIToken{{Name: "viewer", File: ro, Role: configs.RoleReadOnly}, {Name: "ops2", File: op, Role: configs.RoleOperator}},
+		cfg.Controller.APITokens)
+	_, api := TokenFiles(dir)
+	assert.Equal(t, api, cfg.Controller.APITokenFile, "the operator token stays")
+	b, err := os.ReadFile(ro)
+	require.NoError(t, err)
+	assert.Equal(t, tok+"\n", string(b))
+	other, err := WriteToken(ro)
+	require.NoError(t, err)
+	assert.NotEqual(t, tok, other, "random each time")
 }

@@ -433,6 +433,39 @@ func TestOperationsCLI(t *testing.T) {
 		require.Equal(t, 0, r.code, "%s", r)
 		assert.Equal(t, node.Enabled, d.showHost(t, ctx, h3.Name).Admin)
 	})
+
+	t.Run("lock: a running fence holds the host, a second operation is refused naming it", func(t *testing.T) {
+		// host2's BMC unreachable: the fence runs its IPMI level into the
+		// level timeout, long enough to try a second operation meanwhile.
+		before := d.l.QEMUPIDs(h2)
+		require.Len(t, before, 2)
+		require.NoError(t, d.l.BlockBMC(ctx, h2))
+		t.Cleanup(func() { _ = d.l.UnblockBMC(ctx, h2) })
+		r := d.cli(t, ctx, nil, "host", "fence", h2.Name, "--yes", "--no-wait", "--reason", "lock test")
+		require.Equal(t, 0, r.code, "%s", r)
+		id := strings.TrimSpace(r.stdout)
+		require.True(t, strings.HasPrefix(id, "op-"), "--no-wait prints the task id: %s", r)
+
+		r = d.op(t, ctx, operations.OpDrain, h2.Name)
+		assert.Equal(t, 2, r.code, "%s", r)
+		assert.Contains(t, r.stderr, "locked by task "+id+" (fence by api)", "the refusal names the running task: %s", r)
+		h := d.showHost(t, ctx, h2.Name)
+		require.NotNil(t, h.Lock, "host show names the lock")
+		assert.Equal(t, id, h.Lock.TaskID)
+		assert.Equal(t, node.Enabled, h.Admin, "the refused drain changed nothing")
+
+		r = d.cli(t, ctx, nil, "task", "wait", id, "--poll-interval", "200ms")
+		assert.Equal(t, 1, r.code, "a fence no level verified fails: %s", r)
+		assert.Contains(t, r.stdout, "task "+id+" failed", "%s", r)
+		assert.True(t, d.l.HostPowered(h2), "nothing powered host2 off")
+		assert.ElementsMatch(t, before, d.l.QEMUPIDs(h2), "its VMs run on, untouched")
+		h = d.showHost(t, ctx, h2.Name)
+		assert.Nil(t, h.Lock, "the lock is released with the task's end")
+		assert.Equal(t, node.Enabled, h.Admin, "a failed fence drains nothing")
+		recs := d.history(store.Query{Host: h2.Name, Kind: "fence"})
+		require.NotEmpty(t, recs)
+		assert.Equal(t, "failed", recs[len(recs)-1].To, recs[len(recs)-1].Reason)
+	})
 }
 
 // TestOperationsConfirmDownAndMetrics is issue 6's "done when (lab)" for

@@ -218,8 +218,8 @@ func parseMetrics(text string) map[string]float64 {
 var opsEnv = append(append([]string{}, recoveryEnv...), "CHIME_FENCE_SCHEDULER_MIGRATION_ALLOW_UNSAFE=true")
 
 // TestOperationsCLI is issue 6's "done when (lab)" for drain, rebuild,
-// enable/disable, migrate and the read-only token, all through the CLI on
-// one lab of three hosts in enforce mode. Every host's memory capacity is
+// enable/disable, migrate and the read-only token, plus the host lock, all
+// through the CLI on one lab of three hosts in enforce mode. Every host's memory capacity is
 // cut to 1024 MiB (scheduler.reserved_memory_mib) so a plan can be made
 // not to fit:
 //
@@ -432,6 +432,19 @@ func TestOperationsCLI(t *testing.T) {
 		r = d.op(t, ctx, operations.OpEnable, h3.Name)
 		require.Equal(t, 0, r.code, "%s", r)
 		assert.Equal(t, node.Enabled, d.showHost(t, ctx, h3.Name).Admin)
+
+		// host1 back in service: its agent must not start its stale
+		// copies of the rebuilt VMs (they would run twice).
+		r = d.op(t, ctx, operations.OpEnable, h1.Name)
+		require.Equal(t, 0, r.code, "%s", r)
+		time.Sleep(3 * time.Second) // many reconcile intervals
+		doms, err := d.l.Domains(ctx, h1)
+		require.NoError(t, err)
+		assert.NotContains(t, doms, "ma", "host1's stale copy is undefined")
+		assert.NotContains(t, doms, "mb", "host1's stale copy is undefined")
+		t.Logf("host1 after enable: domains %v (a drained VM is not restarted by enable)", doms)
+		assert.Equal(t, map[string][]string{"ma": {h2.Name}, "mb": {h2.Name}}, runningOn(ctx, d.l, "ma", "mb"),
+			"the rebuilt VMs still run exactly once after their old host is enabled")
 	})
 
 	t.Run("lock: a running fence holds the host, a second operation is refused naming it", func(t *testing.T) {
@@ -472,7 +485,8 @@ func TestOperationsCLI(t *testing.T) {
 // confirm-down and /metrics, on four hosts (two silent hosts of four stay
 // within the storm guard's 50%): host1 loses power and is fenced and
 // evacuated automatically; host3 loses power with its BMC unreachable, is
-// judged unprovable and left alone until an operator confirms it down.
+// judged unprovable and left alone until an operator confirms it down, and
+// when it comes back its stale copies are removed and it stays drained.
 func TestOperationsConfirmDownAndMetrics(t *testing.T) {
 	ctx := context.Background()
 	d := startDetectionLabWith(t, ctx, lab.Config{Name: "chopc", Hosts: 4}, func(*lab.Lab) labconfig.Options {
@@ -600,5 +614,22 @@ func TestOperationsConfirmDownAndMetrics(t *testing.T) {
 		assert.Equal(t, 1.0, metric(t, m, `chime_fence_fences_total{result="verified"}`), "a confirmation is not a fence run")
 		assert.Equal(t, 1.0, metric(t, m, `chime_fence_evacuations_total{state="done"}`), "host3's evacuation")
 		assert.Equal(t, float64(2+len(victims)), metric(t, m, `chime_fence_evacuated_vms_total{result="running"}`))
+
+		// host3 was in fact only cut off from its BMC: it comes back. Its
+		// agent starts nothing (drained) and its stale copies go.
+		require.NoError(t, d.l.UnblockBMC(ctx, h3))
+		require.NoError(t, d.l.PowerOn(ctx, h3))
+		d.waitHost(h3.Name, "heartbeating again", 60*time.Second, func(s daemon.HostStatus) bool { return s.Monitor == node.Normal })
+		time.Sleep(2 * time.Second) // reconcile intervals of the returned agent
+		for n, w := range runningOn(ctx, d.l, victims...) {
+			assert.Len(t, w, 1, "%s still runs exactly once", n)
+			assert.NotContains(t, w, h3.Name, n)
+		}
+		doms, err := d.l.Domains(ctx, h3)
+		require.NoError(t, err)
+		for _, n := range victims {
+			assert.NotContains(t, doms, n, "the stale copy of %s is undefined on the returning host", n)
+		}
+		assert.Equal(t, node.Drained, d.status(h3.Name).Admin, "it stays drained until an operator enables it")
 	})
 }

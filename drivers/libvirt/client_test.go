@@ -176,3 +176,9 @@ func TestStopReason(t *testing.T) {
 	assert.Equal(t, "reason-42", stopReason(int32(golibvirt.DomainShutoff), 42))
 	assert.Equal(t, "", stopReason(int32(golibvirt.DomainRunning), int32(golibvirt.DomainShutoffCrashed)), "only shut-off domains have a stop reason")
 }
+
+func TestOnlyASchemaLoadFailureIsDefinedAgain(t *testing.T) {
+	assert.True(t, schemaLoadFailed(errors.New("internal error: Unable to parse RNG /usr/share/libvirt/schemas/domain.rng: Error type 'unsignedInt' is not exported by type library")))
+	assert.False(t, schemaLoadFailed(errors.New("XML error: Invalid value for attribute 'type' in element 'disk'")),
+		"an XML the schema refuses is the caller's error, not retried")
+}

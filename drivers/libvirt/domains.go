@@ -87,12 +87,25 @@ func (c *Client) Domain(ctx context.Context, uuid string) (hypervisor.Domain, er
 // against libvirt's schema, and returns its UUID.
 func (c *Client) Define(ctx context.Context, xml string) (string, error) {
 	var uuid string
-	err := c.call(ctx, "libvirt: define", func(l *golibvirt.Libvirt) error {
-		d, err := l.DomainDefineXMLFlags(xml, golibvirt.DomainDefineValidate)
-		uuid = FormatUUID(d.UUID)
-		return err
-	})
-	return uuid, err
+	for try := 1; ; try++ {
+		err := c.call(ctx, "libvirt: define", func(l *golibvirt.Libvirt) error {
+			d, err := l.DomainDefineXMLFlags(xml, golibvirt.DomainDefineValidate)
+			uuid = FormatUUID(d.UUID)
+			return err
+		})
+		// A libvirtd that just started can fail to load its own schema
+		// when several validating defines arrive at once (libvirt 9.0 +
+		// libxml2 2.9: "Unable to parse RNG"); the XML was never judged,
+		// so asking again once is safe.
+		if err == nil || try == 2 || !schemaLoadFailed(err) || ctx.Err() != nil {
+			return uuid, err
+		}
+		c.log.Warn().Err(err).Msg("libvirtd could not load its domain schema; defining again")
+	}
+}
+
+func schemaLoadFailed(err error) bool {
+	return strings.Contains(err.Error(), "Unable to parse RNG")
 }
 
 // Start starts a defined domain.

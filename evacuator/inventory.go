@@ -28,7 +28,8 @@ var deliberateStops = map[string]bool{
 //     restarted, keeps its home: the agent may start it again.
 //   - On a drained host (drained is true) a stop is the drain's, not the
 //     owner's: the domain keeps its home, so a rebuild recreates it
-//     elsewhere (and enabling the host again starts it there).
+//     elsewhere. Enabling the host again starts nothing (the agent never
+//     restarts a deliberate stop), and its next report forgets them.
 //
 // The caller must only pass a report in which libvirtd answered; an empty
 // list from an unreachable libvirtd would otherwise forget every domain.

@@ -447,6 +447,10 @@ func (c *Coordinator) evacuate(ctx context.Context, rec store.FenceRecord, progr
 		log.Error().Msg("refusing to evacuate without a proven fence") // unreachable by construction
 		return EvacuationReport{}, errors.New("refusing to evacuate without a proven fence")
 	}
+	c.ensureDrained(rec, log)
+	if err := c.awaitSettled(ctx, rec.Host, log); err != nil {
+		return EvacuationReport{}, err
+	}
 	id := TaskID(rec)
 	rep, err := c.runEvacuation(ctx, EvacuationRequest{TaskID: id, Host: rec.Host, CorrelationID: rec.CorrelationID,
 		Fence: fenceProof(rec), Progress: progress}, log)
@@ -457,6 +461,57 @@ func (c *Coordinator) evacuate(ctx context.Context, rec store.FenceRecord, progr
 		}
 	}
 	return rep, err
+}
+
+// settleLimit bounds how long an evacuation waits for hosts the daemon
+// has not judged yet; after it, they are simply not candidates.
+const settleLimit = 2 * time.Minute
+
+// awaitSettled waits until no other host's monitor state is unknown. A
+// daemon that just (re)started knows nothing of its hosts for one window:
+// a plan made now would find no eligible host (and the split-brain guard
+// would wait on the dead host's libvirt); a task resumed from the journal
+// only has its VMs' steps to finish and waits too, for the guard's sake.
+func (c *Coordinator) awaitSettled(ctx context.Context, failed string, log zerolog.Logger) error {
+	deadline := c.deps.Now().Add(settleLimit)
+	logged := false
+	for {
+		var unknown []string
+		for _, h := range c.deps.Cluster.Status().Hosts {
+			if h.Name != failed && h.Monitor == node.Unknown {
+				unknown = append(unknown, h.Name)
+			}
+		}
+		if len(unknown) == 0 {
+			return nil
+		}
+		if !c.deps.Now().Before(deadline) {
+			log.Warn().Strs("unknown", unknown).Msg("hosts still not judged; evacuating without them")
+			return nil
+		}
+		if !logged {
+			log.Info().Strs("unknown", unknown).Msg("evacuation waits until the daemon has judged every host")
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("evacuation of %s: %w", failed, ctx.Err())
+		case <-time.After(c.cfg.Retry):
+		}
+	}
+}
+
+// ensureDrained drains a proven host whose drain was lost (the daemon
+// died between journaling the proof and changing the admin state).
+func (c *Coordinator) ensureDrained(rec store.FenceRecord, log zerolog.Logger) {
+	st, err := c.deps.Cluster.Host(rec.Host)
+	if err != nil || st.Admin == node.Drained {
+		return
+	}
+	if _, err := c.deps.Cluster.SetAdminState(rec.Host, node.Drained,
+		fmt.Sprintf("fenced by chime-fence (%s): %s (drained on resume)", rec.CorrelationID, fenceProof(rec))); err != nil {
+		log.Error().Err(err).Msg("fence proven but the host could not be marked drained")
+	}
 }
 
 // runEvacuation runs one evacuation task with its alerts, history record

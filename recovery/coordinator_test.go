@@ -44,7 +44,13 @@ func (c *fakeCluster) Host(name string) (daemon.HostStatus, error) {
 func (c *fakeCluster) Status() daemon.Status {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return daemon.Status{Storm: c.storm}
+	st := daemon.Status{Storm: c.storm}
+	for _, name := range []string{"a", "b", "c"} {
+		if h, ok := c.hosts[name]; ok {
+			st.Hosts = append(st.Hosts, h)
+		}
+	}
+	return st
 }
 
 func (c *fakeCluster) SetAdminState(host string, st node.AdminState, _ string) (store.Record, error) {
@@ -355,4 +361,33 @@ func TestVerifiedSummaryNamesTheLevelsThatFailedFirst(t *testing.T) {
 			{Level: "agent-drain", Try: 1, Err: "timeout"},
 			{Level: "redfish", Try: 1, Verified: true},
 		}), "each failed level once, with its last error, in order")
+}
+
+func TestResumeAfterACrashBetweenProofAndDrainWaitsForJudgedHosts(t *testing.T) {
+	r := newRig(t, true)
+	// The daemon died right after journaling the proof: host a is still
+	// enabled, and after the restart nobody has been judged yet.
+	require.NoError(t, r.st.PutFence(store.FenceRecord{Host: "a", CorrelationID: "a-1", State: store.FenceVerified, Level: "ipmi",
+		Started: t0, Finished: t0}))
+	r.set("a", func(h *daemonHost) { h.Admin, h.Monitor, h.LastHeartbeat = node.Enabled, node.Unknown, t0.Add(-time.Minute) })
+	r.set("b", func(h *daemonHost) { h.Monitor = node.Unknown })
+	r.set("c", func(h *daemonHost) { h.Monitor = node.Normal })
+	c, err := New(Config{Cluster: "test", Retry: time.Millisecond}, r.c.deps)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	require.Eventually(t, func() bool { h, _ := r.cl.Host("a"); return h.Admin == node.Drained }, 5*time.Second, time.Millisecond,
+		"the lost drain is redone on resume")
+	time.Sleep(20 * time.Millisecond) // many retry periods
+	r.ev.mu.Lock()
+	assert.Empty(t, r.ev.reqs, "no plan while host b is not judged: it would find no eligible host")
+	r.ev.mu.Unlock()
+
+	r.set("b", func(h *daemonHost) { h.Monitor = node.Normal })
+	require.Eventually(t, func() bool { r.ev.mu.Lock(); defer r.ev.mu.Unlock(); return len(r.ev.reqs) == 1 }, 5*time.Second, time.Millisecond)
+	assert.Equal(t, "evac-a-a-1", r.ev.reqs[0].TaskID)
+	assert.Empty(t, r.fences, "resumed, never fenced again")
 }

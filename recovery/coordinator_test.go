@@ -369,7 +369,9 @@ func TestResumeAfterACrashBetweenProofAndDrainWaitsForJudgedHosts(t *testing.T) 
 	// enabled, and after the restart nobody has been judged yet.
 	require.NoError(t, r.st.PutFence(store.FenceRecord{Host: "a", CorrelationID: "a-1", State: store.FenceVerified, Level: "ipmi",
 		Started: t0, Finished: t0}))
-	r.set("a", func(h *daemonHost) { h.Admin, h.Monitor, h.LastHeartbeat = node.Enabled, node.Unknown, t0.Add(-time.Minute) })
+	r.set("a", func(h *daemonHost) {
+		h.Admin, h.Monitor, h.LastHeartbeat = node.Enabled, node.Unknown, t0.Add(-time.Minute)
+	})
 	r.set("b", func(h *daemonHost) { h.Monitor = node.Unknown })
 	r.set("c", func(h *daemonHost) { h.Monitor = node.Normal })
 	c, err := New(Config{Cluster: "test", Retry: time.Millisecond}, r.c.deps)

@@ -508,6 +508,12 @@ func (c *Coordinator) ensureDrained(rec store.FenceRecord, log zerolog.Logger) {
 	if err != nil || st.Admin == node.Drained {
 		return
 	}
+	// The history record of the proof is written between the journal and
+	// the drain, so it was lost too.
+	if rec.State == store.FenceVerified {
+		c.record(store.Record{At: c.deps.Now(), Host: rec.Host, Kind: "fence", From: "fencing", To: "verified", CorrelationID: rec.CorrelationID,
+			Reason: fmt.Sprintf("%s fenced: %s (recorded after a daemon restart)", rec.Host, fenceProof(rec)), Evidence: rec.Attempts})
+	}
 	if _, err := c.deps.Cluster.SetAdminState(rec.Host, node.Drained,
 		fmt.Sprintf("fenced by chime-fence (%s): %s (drained on resume)", rec.CorrelationID, fenceProof(rec))); err != nil {
 		log.Error().Err(err).Msg("fence proven but the host could not be marked drained")

@@ -49,6 +49,7 @@ type fakeDaemon struct {
 	started []startCall
 	auth    []string // every Authorization header seen
 	drop    int      // the next task reads (after a task's first) get their connection closed
+	dropID  string   // if set, only reads of this task are dropped (a finished wait may still have a read in flight)
 }
 
 type refusal struct {
@@ -217,7 +218,7 @@ func (f *fakeDaemon) getTask(w http.ResponseWriter, r *http.Request) {
 		writeJSONResp(w, http.StatusNotFound, api.ErrorBody{Error: fmt.Sprintf("task %q: not found", r.PathValue("id"))})
 		return
 	}
-	if f.drop > 0 && s.gets > 0 { // the first read answers: the daemon was up
+	if f.drop > 0 && s.gets > 0 && (f.dropID == "" || f.dropID == r.PathValue("id")) { // the first read answers: the daemon was up
 		f.drop--
 		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
 			conn.Close()

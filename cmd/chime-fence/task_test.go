@@ -128,14 +128,16 @@ func TestTaskWaitGivesUpButTheTaskGoesOn(t *testing.T) {
 	// The daemon stops answering while followed: a few misses are
 	// tolerated (a restart), more are "unreachable".
 	f.addTask(task("TB", operations.OpMigrate, "h1", operations.TaskRunning), drainScript()[4])
-	f.drop = 2
+	f.mu.Lock()
+	f.drop, f.dropID = 2, "TB"
+	f.mu.Unlock()
 	code, _, errOut = runOp("", "task", "wait", "TB", "-c", f.file, "--poll-interval", "5ms")
 	assert.Equal(t, exitOK, code, errOut)
 	assert.Contains(t, errOut, "daemon not answering (1/10), still following task TB")
 
 	f.addTask(task("TC", operations.OpMigrate, "h1", operations.TaskRunning))
 	f.mu.Lock()
-	f.drop = 1000
+	f.drop, f.dropID = 1000, "TC"
 	f.mu.Unlock()
 	code, _, errOut = runOp("", "task", "wait", "TC", "-c", f.file, "--poll-interval", "5ms")
 	assert.Equal(t, exitUnreachable, code, errOut)

@@ -129,6 +129,7 @@ func TestEveryEndpointRefusesTheWrongToken(t *testing.T) {
 		{"GET", PathTasks + "/op-1", "", false, false},
 		{"GET", PathHistory, "", false, false},
 		{"GET", PathReadyz, "", false, false},
+		{"GET", PathMetrics, "", false, false},
 	}
 	for _, x := range eps {
 		t.Run(x.method+" "+x.path, func(t *testing.T) {

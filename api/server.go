@@ -1,7 +1,7 @@
 // Package api is the daemon's HTTP interface: the agent endpoints
 // (heartbeat, assignment) under the agent token; the operator endpoints
 // (status, hosts, operations, tasks, history, admin state, readiness) under
-// API tokens with roles; /v1/healthz without a token; and /metrics.
+// API tokens with roles (read-only suffices for /metrics); /v1/healthz without a token.
 //
 // Authentication: a request's bearer token is compared in constant time
 // with every configured token. No or an unknown token is 401. A known token
@@ -105,7 +105,10 @@ func New(b Backend, tok Tokens, reg *prometheus.Registry, log zerolog.Logger, op
 	s.mux.HandleFunc("GET "+PathHistory, s.reader(s.history))
 	s.mux.HandleFunc("GET "+PathHealthz, s.healthz)
 	s.mux.HandleFunc("GET "+PathReadyz, s.reader(s.readyz))
-	s.mux.Handle("GET "+PathMetrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	// Prometheus sends a bearer token (authorization: credentials_file);
+	// a read-only one is enough. Host names and states are not public.
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	s.mux.HandleFunc("GET "+PathMetrics, s.reader(func(w http.ResponseWriter, r *http.Request, _ principal) { metrics.ServeHTTP(w, r) }))
 	// Anything else is a JSON 404 too (a wrong method included), so every
 	// refusal has the same shape.
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -120,7 +120,11 @@ func TestHeartbeatRefusals(t *testing.T) {
 	}
 	code, _ := e.do("GET", PathStatus, apiTok, nil)
 	require.Equal(t, 200, code, "the daemon still serves after every refusal")
-	_, metrics := e.do("GET", PathMetrics, "", nil)
+	code, _ = e.do("GET", PathMetrics, "", nil)
+	assert.Equal(t, 401, code, "/metrics needs a token")
+	code, _ = e.do("GET", PathMetrics, agentTok, nil)
+	assert.Equal(t, 403, code, "not the agent's")
+	_, metrics := e.do("GET", PathMetrics, apiTok, nil)
 	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="unauthorized"} 2`)
 	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="malformed"} 7`)
 	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="unknown_host"} 1`)

@@ -170,8 +170,7 @@ func (d *detectionLab) scrapeMetrics(t *testing.T, ctx context.Context) map[stri
 	cl := nsHTTP(d.l.Controller().Netns)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.l.Controller().MgmtAddr+":7480/metrics", nil)
 	require.NoError(t, err)
-	// Prometheus can send a bearer token; the daemon serves /metrics with
-	// or without one today.
+	// /metrics takes an API token, as Prometheus' credentials_file sends.
 	req.Header.Set("Authorization", "Bearer "+d.client.Token)
 	resp, err := cl.Do(req)
 	require.NoError(t, err)

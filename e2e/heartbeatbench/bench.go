@@ -347,6 +347,7 @@ func (h *historyClient) metrics(ctx context.Context) (map[string]float64, error)
 	if err != nil {
 		return nil, err
 	}
+	req.Header.Set("Authorization", "Bearer "+h.token)
 	resp, err := h.http.Do(req)
 	if err != nil {
 		return nil, err

@@ -194,10 +194,41 @@ func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 	if accepted && len(hb.LocalMigrations) > 0 {
 		seen = d.localMigrations(hb)
 	}
+	if accepted && hb.LocalDrain != nil {
+		d.adoptLocalDrain(hb.Host, *hb.LocalDrain)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return heartbeat.Ack{AdminState: d.admin[hb.Host], AssignmentRevision: d.revision(hb.Host),
 		HeartbeatInterval: heartbeat.Duration(d.interval()), LocalMigrationsSeen: seen}, nil
+}
+
+// adoptLocalDrain makes the daemon's admin state agree with a drain the
+// agent did by itself (chime-agent drain, while the control plane could not
+// reach it): the host becomes drained, with a history record, unless an
+// admin state was set after the drain (which the agent also obeys: that is
+// what lifts its marker). A marker with no time (unreadable) counts as new.
+func (d *Daemon) adoptLocalDrain(host string, ld heartbeat.LocalDrain) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.admin[host] == node.Drained {
+		return
+	}
+	if since := d.adminSince[host]; !ld.Since.IsZero() && !since.IsZero() && !since.Before(ld.Since) {
+		return
+	}
+	from := d.admin[host]
+	reason := fmt.Sprintf("drained locally by chime-agent on %s (%s) at %s, reported by its heartbeat", host, ld.By, ld.Since.Format(time.RFC3339))
+	rec, err := d.st.SetAdminState(host, node.Drained, store.Record{At: d.clock(), Host: host, Kind: "admin", From: from.String(),
+		To: node.Drained.String(), Reason: reason})
+	if err != nil {
+		d.log.Error().Err(err).Str("host", host).Msg("the agent drained its host, but the admin state could not be recorded; next heartbeat retries")
+		return
+	}
+	d.admin[host] = node.Drained
+	d.adminSince[host] = rec.At
+	delete(d.rev, host)
+	d.log.Warn().Str("host", host).Str("from", from.String()).Msg(reason)
 }
 
 // LocalMigrationKind is the history kind of a migration an agent ran by

@@ -391,3 +391,38 @@ func TestLocalMigrationsAreRecordedOnceAndAcknowledged(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, ack.LocalMigrationsSeen)
 }
+
+func TestALocalDrainBecomesTheAdminStateUnlessAnOperatorSpokeLater(t *testing.T) {
+	f := newFixture(t)
+	drainedAt := t0.Add(-time.Minute)
+	beat := func(ld *heartbeat.LocalDrain) {
+		f.seq["h1"]++
+		_, err := f.d.Heartbeat(heartbeat.Heartbeat{Host: "h1", BootID: "b", Seq: f.seq["h1"],
+			Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirtd", OK: true}}, Domains: []heartbeat.Domain{}, LocalDrain: ld})
+		require.NoError(t, err)
+	}
+	admin := func() node.AdminState { h, err := f.d.Host("h1"); require.NoError(t, err); return h.Admin }
+
+	beat(&heartbeat.LocalDrain{Since: drainedAt, By: "cli"})
+	assert.Equal(t, node.Drained, admin())
+	recs, err := f.st.History(store.Query{Host: "h1", Kind: "admin"})
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	assert.Contains(t, recs[0].Reason, "drained locally by chime-agent on h1 (cli)")
+	beat(&heartbeat.LocalDrain{Since: drainedAt, By: "cli"})
+	recs, _ = f.st.History(store.Query{Host: "h1", Kind: "admin"})
+	assert.Len(t, recs, 1, "already drained: nothing more recorded")
+
+	// The operator enables it after the drain: the agent lifts its marker
+	// on that same rule; until its next heartbeat says so, the daemon
+	// must not drain it again.
+	*f.clock = t0.Add(time.Minute)
+	_, err = f.d.SetAdminState("h1", node.Enabled, "maintenance over")
+	require.NoError(t, err)
+	beat(&heartbeat.LocalDrain{Since: drainedAt, By: "cli"})
+	assert.Equal(t, node.Enabled, admin(), "an admin state newer than the drain wins")
+
+	// A new local drain (after the enable) drains it again.
+	beat(&heartbeat.LocalDrain{Since: t0.Add(2 * time.Minute), By: "api"})
+	assert.Equal(t, node.Drained, admin())
+}

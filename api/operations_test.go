@@ -29,6 +29,7 @@ import (
 	"github.com/chimestack/chime-fence/daemon"
 	"github.com/chimestack/chime-fence/detector"
 	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/hypervisor"
 	"github.com/chimestack/chime-fence/node"
 	"github.com/chimestack/chime-fence/operations"
 	"github.com/chimestack/chime-fence/store"
@@ -449,4 +450,21 @@ func TestTLS(t *testing.T) {
 	require.Error(t, err)
 	key, _ := os.ReadFile(keyFile)
 	assert.NotContains(t, err.Error(), string(key[40:80]), "no key material in the error")
+}
+
+func TestShowHostListsItsDomains(t *testing.T) {
+	e := newOpsEnv(t)
+	const u = "0b8a2c4e-1111-4d5e-8f00-0123456789ab"
+	code, body := e.do("POST", heartbeat.PathHeartbeat, agentTok,
+		beat("h1", 1, heartbeat.Domain{UUID: u, Name: "web", State: hypervisor.StateRunning}))
+	require.Equal(t, 200, code, body)
+	hi, err := e.client.ShowHost(context.Background(), "h1")
+	require.NoError(t, err)
+	assert.Equal(t, []heartbeat.AssignedDomain{{UUID: u, Name: "web"}}, hi.Assigned)
+	assert.Empty(t, hi.Evicted)
+	list, err := e.client.Hosts(context.Background())
+	require.NoError(t, err)
+	for _, h := range list {
+		assert.Empty(t, h.Assigned, "the list stays short: counts only")
+	}
 }

@@ -207,6 +207,9 @@ func (s *Server) host(w http.ResponseWriter, r *http.Request, _ principal) {
 		writeErr(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
+	if a, err := s.b.Assignment(h.Name); err == nil {
+		info[0].Assigned, info[0].Evicted = a.Domains, a.Evicted
+	}
 	writeJSON(w, http.StatusOK, info[0])
 }
 

@@ -6,6 +6,7 @@ import (
 
 	"github.com/chimestack/chime-fence/daemon"
 	"github.com/chimestack/chime-fence/detector"
+	"github.com/chimestack/chime-fence/heartbeat"
 	"github.com/chimestack/chime-fence/operations"
 )
 
@@ -56,6 +57,10 @@ type HostInfo struct {
 	daemon.HostStatus
 	Fence *FenceSummary      `json:"fence,omitempty"`
 	Lock  *operations.Holder `json:"lock,omitempty"`
+	// Assigned (show only) are the domains whose home is the host, and
+	// Evicted those it must destroy and undefine (they run elsewhere).
+	Assigned []heartbeat.AssignedDomain `json:"assigned,omitempty"`
+	Evicted  []heartbeat.AssignedDomain `json:"evicted,omitempty"`
 }
 
 // HostsBody is GET /v1/hosts.

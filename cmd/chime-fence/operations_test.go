@@ -1,12 +1,16 @@
 package main
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 
+	"github.com/chimestack/chime-fence/api"
+	"github.com/chimestack/chime-fence/daemon"
 	"github.com/chimestack/chime-fence/evacuator"
+	"github.com/chimestack/chime-fence/heartbeat"
 	"github.com/chimestack/chime-fence/operations"
 )
 
@@ -32,4 +36,17 @@ func TestVMProgressMapsEveryStep(t *testing.T) {
 		{UUID: "u6", Name: "f", State: operations.VMSkipped, Detail: "local disk /var/lib/x.qcow2"},
 	}
 	assert.Equal(t, want, got)
+}
+
+func TestHostShowListsDomains(t *testing.T) {
+	var b strings.Builder
+	h := api.HostInfo{HostStatus: daemon.HostStatus{Domains: 1, Active: 0},
+		Assigned: []heartbeat.AssignedDomain{{UUID: "u1", Name: "web"}},
+		Evicted:  []heartbeat.AssignedDomain{{UUID: "u2", Name: "db"}}}
+	h.Name = "h1"
+	printHost(&b, h)
+	out := b.String()
+	assert.Contains(t, out, "Active:")
+	assert.Regexp(t, `(?m)^  web +u1$`, out)
+	assert.Regexp(t, `(?m)^  db +u2 \(runs elsewhere: to be destroyed and undefined here\)$`, out)
 }

@@ -253,6 +253,15 @@ func printHost(w io.Writer, h api.HostInfo) {
 		fmt.Fprintf(tw, "Locked by:\tnothing\n")
 	}
 	fmt.Fprintf(tw, "Domains:\t%d\n", h.Domains)
+	if h.Active >= 0 {
+		fmt.Fprintf(tw, "Active:\t%d (last heartbeat)\n", h.Active)
+	}
+	for _, d := range h.Assigned {
+		fmt.Fprintf(tw, "  %s\t%s\n", d.Name, d.UUID)
+	}
+	for _, d := range h.Evicted {
+		fmt.Fprintf(tw, "  %s\t%s (runs elsewhere: to be destroyed and undefined here)\n", d.Name, d.UUID)
+	}
 	tw.Flush()
 }
 

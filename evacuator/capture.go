@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"path/filepath"
 	"sort"
@@ -56,6 +57,10 @@ type CaptureConfig struct {
 	CallTimeout time.Duration
 	// Storage is passed to ParseVM to size domains for HostLoad.
 	Storage StorageRules
+	// StartSpread spreads the hosts' first captures over this long (each
+	// host at a fixed offset from its name), so a daemon starting with
+	// thousands of hosts does not dial every libvirtd at once. Default 0.
+	StartSpread time.Duration
 }
 
 // InventoryStore is what Capture needs from the journal; *store.Store
@@ -161,7 +166,8 @@ func NewCapture(cfg CaptureConfig, deps CaptureDeps) (*Capture, error) {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"Interval", cfg.Interval}, {"Debounce", cfg.Debounce}, {"HealthPoll", cfg.HealthPoll}, {"CallTimeout", cfg.CallTimeout}} {
+	}{{"Interval", cfg.Interval}, {"Debounce", cfg.Debounce}, {"HealthPoll", cfg.HealthPoll}, {"CallTimeout", cfg.CallTimeout},
+		{"StartSpread", cfg.StartSpread}} {
 		if d.v < 0 {
 			return nil, fmt.Errorf("inventory capture: %s %s is negative", d.name, d.v)
 		}
@@ -311,18 +317,32 @@ func (c *Capture) loop(ctx context.Context, st *hostState) {
 		events = hv.Events(ectx)
 	}
 
-	subscribe()
-	next := c.clock.After(c.attempt(ctx, st))
+	// Lifecycle events are subscribed to once the host's libvirtd has
+	// answered a capture: a stream per host that cannot be reached would
+	// only redial it in the background.
+	if off := startOffset(st.name, c.cfg.StartSpread); off > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.clock.After(off):
+		}
+	}
+	wait, ok := c.attempt(ctx, st)
+	if ok {
+		subscribe()
+	}
+	next := c.clock.After(wait)
 	var debounce <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-next:
-			if events == nil {
+			wait, ok := c.attempt(ctx, st)
+			if ok && events == nil {
 				subscribe()
 			}
-			next = c.clock.After(c.attempt(ctx, st))
+			next = c.clock.After(wait)
 		case _, ok := <-events:
 			if !ok {
 				// The stream ended before ctx did: resubscribe at the next tick.
@@ -339,13 +359,24 @@ func (c *Capture) loop(ctx context.Context, st *hostState) {
 	}
 }
 
-// attempt captures st if it is healthy and returns how long to wait
-// before the next periodic look.
-func (c *Capture) attempt(ctx context.Context, st *hostState) time.Duration {
-	if err := c.capture(ctx, st); errors.Is(err, ErrCaptureUnhealthy) && ctx.Err() == nil {
-		return c.cfg.HealthPoll
+// startOffset is host's fixed place within spread.
+func startOffset(host string, spread time.Duration) time.Duration {
+	if spread <= 0 {
+		return 0
 	}
-	return c.cfg.Interval
+	h := fnv.New64a()
+	h.Write([]byte(host))
+	return time.Duration(h.Sum64() % uint64(spread))
+}
+
+// attempt captures st if it is healthy and returns how long to wait
+// before the next periodic look, and whether the capture worked.
+func (c *Capture) attempt(ctx context.Context, st *hostState) (time.Duration, bool) {
+	err := c.capture(ctx, st)
+	if errors.Is(err, ErrCaptureUnhealthy) && ctx.Err() == nil {
+		return c.cfg.HealthPoll, false
+	}
+	return c.cfg.Interval, err == nil
 }
 
 func (c *Capture) lockOf(host string) chan struct{} {

@@ -946,3 +946,50 @@ func BenchmarkCaptureUnchanged100(b *testing.B) {
 		}
 	}
 }
+
+func TestCaptureSubscribesOnlyOnceLibvirtAnswered(t *testing.T) {
+	e := newCapEnv(t, CaptureConfig{Interval: time.Minute}, "h1")
+	hv := e.hv["h1"]
+	var down atomic.Bool
+	down.Store(true)
+	d := &capDomains{}
+	d.set(capDom(cu1, "web", hypervisor.StateRunning, 2, 1024))
+	hv.domains = func(ctx context.Context) ([]hypervisor.Domain, error) {
+		if down.Load() {
+			return nil, &hypervisor.Error{Kind: hypervisor.KindUnreachable, Host: "h1", Step: "libvirt: list domains"}
+		}
+		return d.get(ctx)
+	}
+	e.run()
+	e.waitTimers(time.Minute)
+	assert.EqualValues(t, 0, hv.eventCalls.Load(), "no event stream to a libvirtd that does not answer")
+	down.Store(false)
+	e.clock.Advance(time.Minute)
+	e.waitTimers(time.Minute)
+	eventually(t, "subscribed after the first capture that worked", func() bool { return hv.eventCalls.Load() == 1 })
+	assert.Contains(t, e.records("h1"), cu1)
+}
+
+func TestCaptureStartSpread(t *testing.T) {
+	spread := 10 * time.Second
+	seen := map[time.Duration]bool{}
+	for i := range 200 {
+		off := startOffset(fmt.Sprintf("host%04d", i), spread)
+		assert.GreaterOrEqual(t, off, time.Duration(0))
+		assert.Less(t, off, spread)
+		assert.Equal(t, off, startOffset(fmt.Sprintf("host%04d", i), spread), "fixed per host")
+		seen[off.Truncate(time.Second)] = true
+	}
+	assert.Len(t, seen, 10, "200 hosts land in every second of the spread")
+	assert.Zero(t, startOffset("h1", 0))
+
+	e := newCapEnv(t, CaptureConfig{Interval: time.Minute, StartSpread: spread}, "h1")
+	e.doms["h1"].set(capDom(cu1, "web", hypervisor.StateRunning, 2, 1024))
+	e.run()
+	off := startOffset("h1", spread)
+	e.waitTimers(off)
+	assert.EqualValues(t, 0, e.hv["h1"].domainCalls.Load(), "nothing before the host's offset")
+	e.clock.Advance(off)
+	e.waitTimers(time.Minute)
+	assert.EqualValues(t, 1, e.hv["h1"].domainCalls.Load(), "captured at its offset")
+}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -53,6 +54,14 @@ SIGTERM or SIGINT stops it cleanly.`,
 				return usageErr(fmt.Errorf("--log-level %q: %w", level, err))
 			}
 			log := zerolog.New(cmd.ErrOrStderr()).Level(lvl).With().Timestamp().Logger()
+			// For benchmarks: CHIME_FENCE_CPUPROFILE=FILE profiles the whole run.
+			if f := os.Getenv("CHIME_FENCE_CPUPROFILE"); f != "" {
+				stopProfile, err := startCPUProfile(f)
+				if err != nil {
+					return failureErr(err)
+				}
+				defer stopProfile()
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			hup := make(chan os.Signal, 1)
@@ -292,4 +301,16 @@ func (a detectorAlerts) Alert(_ context.Context, al detector.Alert) {
 	if err := a.send(ev); err != nil {
 		a.log.Error().Err(err).Msg("alert not queued")
 	}
+}
+
+func startCPUProfile(file string) (func(), error) {
+	f, err := os.Create(file)
+	if err != nil {
+		return nil, fmt.Errorf("CHIME_FENCE_CPUPROFILE: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("CHIME_FENCE_CPUPROFILE: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }

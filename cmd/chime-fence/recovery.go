@@ -202,7 +202,10 @@ func captureConfig(cfg *configs.Config) evacuator.CaptureConfig {
 	if dir == "-" {
 		dir = ""
 	}
-	return evacuator.CaptureConfig{Interval: cfg.Storage.InventoryInterval, MirrorDir: dir, Storage: storageRules(cfg)}
+	// Spread the first captures: a daemon (re)starting with thousands of
+	// hosts would otherwise dial every libvirtd in the same second.
+	return evacuator.CaptureConfig{Interval: cfg.Storage.InventoryInterval, MirrorDir: dir, Storage: storageRules(cfg),
+		StartSpread: min(cfg.Storage.InventoryInterval, 30*time.Second)}
 }
 
 // crashEnv is for the lab's crash test only: the daemon SIGKILLs itself

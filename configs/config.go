@@ -18,6 +18,9 @@ type Config struct {
 	Storage    Storage       `mapstructure:"storage" json:"storage" yaml:"storage"`
 	Scheduler  Scheduler     `mapstructure:"scheduler" json:"scheduler" yaml:"scheduler"`
 	Alerts     Alerts        `mapstructure:"alerts" json:"alerts" yaml:"alerts"`
+
+	// hostIndex maps a host name to its index in Hosts; built by Load.
+	hostIndex map[string]int
 }
 
 // Cluster names the cluster, for alerts and history.

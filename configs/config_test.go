@@ -271,3 +271,24 @@ func TestRedactedMasksWebhookCredentials(t *testing.T) {
 	assert.Contains(t, r.Alerts.Webhooks[0].URL, "bot:REDACTED@hooks.example.invalid/x")
 	assert.Contains(t, c.Alerts.Webhooks[0].URL, "tok3n", "original untouched")
 }
+
+func TestHostLookupByIndexAgreesWithTheList(t *testing.T) {
+	c, err := Load("../examples/chime-fence.yaml")
+	require.NoError(t, err)
+	require.NotEmpty(t, c.Hosts)
+	for i := range c.Hosts {
+		h, ok := c.Host(c.Hosts[i].Name)
+		require.True(t, ok)
+		assert.Same(t, &c.Hosts[i], h)
+	}
+	_, ok := c.Host("no-such-host")
+	assert.False(t, ok)
+	// A config changed after loading (tests do) is still answered right.
+	c.Hosts[0], c.Hosts[len(c.Hosts)-1] = c.Hosts[len(c.Hosts)-1], c.Hosts[0]
+	c.Hosts = append(c.Hosts, Host{Name: "added"})
+	for i := range c.Hosts {
+		h, ok := c.Host(c.Hosts[i].Name)
+		require.True(t, ok, c.Hosts[i].Name)
+		assert.Same(t, &c.Hosts[i], h)
+	}
+}

@@ -101,13 +101,28 @@ func effectivePolicy(c *Config, h *Host) Policy {
 }
 
 func resolve(c *Config) {
+	c.hostIndex = make(map[string]int, len(c.Hosts))
 	for i := range c.Hosts {
 		c.Hosts[i].Effective = effectivePolicy(c, &c.Hosts[i])
+		c.hostIndex[c.Hosts[i].Name] = i
 	}
 }
 
-// Host returns the named host.
+// Host returns the named host. A loaded config finds it in its index (the
+// daemon asks for a host per heartbeat-sized event; 10,000 hosts made the
+// scan show in profiles); a hand-built one is scanned.
 func (c *Config) Host(name string) (*Host, bool) {
+	if c.hostIndex != nil {
+		i, ok := c.hostIndex[name]
+		if !ok || i >= len(c.Hosts) || c.Hosts[i].Name != name {
+			return c.scanHost(name)
+		}
+		return &c.Hosts[i], true
+	}
+	return c.scanHost(name)
+}
+
+func (c *Config) scanHost(name string) (*Host, bool) {
 	for i := range c.Hosts {
 		if c.Hosts[i].Name == name {
 			return &c.Hosts[i], true

@@ -62,6 +62,9 @@ SIGTERM or SIGINT stops it cleanly.`,
 				}
 				defer stopProfile()
 			}
+			if f := os.Getenv("CHIME_FENCE_MEMPROFILE"); f != "" {
+				defer writeHeapProfile(f, log)
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			hup := make(chan os.Signal, 1)
@@ -313,4 +316,17 @@ func startCPUProfile(file string) (func(), error) {
 		return nil, fmt.Errorf("CHIME_FENCE_CPUPROFILE: %w", err)
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+// writeHeapProfile writes the live heap as the daemon stops (benchmarks).
+func writeHeapProfile(file string, log zerolog.Logger) {
+	f, err := os.Create(file)
+	if err != nil {
+		log.Error().Err(err).Msg("CHIME_FENCE_MEMPROFILE")
+		return
+	}
+	defer f.Close()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		log.Error().Err(err).Msg("CHIME_FENCE_MEMPROFILE")
+	}
 }

@@ -26,11 +26,19 @@ type hostDrivers struct {
 	prober *probe.Prober
 	log    zerolog.Logger
 
+	now func() time.Time
+
 	mu    sync.RWMutex
 	cfg   *configs.Config
 	hosts map[string]*hostDriver
 	refs  []probe.Target
 }
+
+// authBackoff is how long the detector leaves a BMC that refused its
+// credentials alone: re-reading it every detection window would lock the
+// account on BMCs that count failures (and the fence level needs it). A
+// config reload (a corrected password) starts over.
+const authBackoff = 5 * time.Minute
 
 type hostDriver struct {
 	host *configs.Host
@@ -39,6 +47,9 @@ type hostDriver struct {
 	power    []fencer.PowerController
 	powerErr []error
 	targets  []probe.Target
+
+	mu         sync.Mutex
+	authFailed []time.Time // per power entry: when it last refused our credentials
 }
 
 var (
@@ -49,7 +60,7 @@ var (
 )
 
 func newHostDrivers(p *probe.Prober, log zerolog.Logger) *hostDrivers {
-	return &hostDrivers{prober: p, log: log, hosts: map[string]*hostDriver{}}
+	return &hostDrivers{prober: p, log: log, hosts: map[string]*hostDriver{}, now: time.Now}
 }
 
 func (d *hostDrivers) configure(cfg *configs.Config) {
@@ -61,6 +72,7 @@ func (d *hostDrivers) configure(cfg *configs.Config) {
 			pc, err := powerController(h, b, d.log)
 			hd.power, hd.powerErr = append(hd.power, pc), append(hd.powerErr, err)
 		}
+		hd.authFailed = make([]time.Time, len(hd.power))
 		hosts[h.Name] = hd
 	}
 	var refs []probe.Target
@@ -180,7 +192,25 @@ func (d *hostDrivers) ReadPower(ctx context.Context, host string) (power.State, 
 			errs = append(errs, hd.powerErr[i])
 			continue
 		}
+		now := d.now()
+		hd.mu.Lock()
+		failedAt := hd.authFailed[i]
+		hd.mu.Unlock()
+		if !failedAt.IsZero() && now.Sub(failedAt) < authBackoff {
+			errs = append(errs, &power.Error{Kind: power.KindAuth, Host: host, Step: "read power",
+				Err: fmt.Errorf("BMC %d refused our credentials at %s; not asked again for %s, to spare its account", i+1,
+					failedAt.Format(time.RFC3339), authBackoff)})
+			continue
+		}
 		st, err := pc.PowerStatus(ctx)
+		hd.mu.Lock()
+		switch {
+		case errors.Is(err, power.ErrAuth):
+			hd.authFailed[i] = now
+		case err == nil:
+			hd.authFailed[i] = time.Time{}
+		}
+		hd.mu.Unlock()
 		if err == nil {
 			return st, nil
 		}

@@ -142,15 +142,7 @@ alerts_since() {
 {
   cf history "$HOST1_NAME" -c "$CFG" --since "$T0" -o timeline
   cat "$DIR/vms.timeline"
-  # The plan is in the daemon's log (zerolog JSON), not in its history.
-  line=$(grep -m1 '"message":"evacuation plan for' "$DIR/daemon.log" || true)
-  if [ -n "$line" ]; then
-    at=$(sed -n 's/.*"time":"\([^"]*\)".*/\1/p' <<<"$line")
-    msg=$(sed -n 's/.*"message":"\([^"]*\)".*/\1/p' <<<"$line")
-    targets=$(grep -o '"name":"[^"]*","eligible":true,"placed":[1-9][0-9]*' <<<"$line" |
-      sed 's/"name":"\([^"]*\)".*"placed":\([0-9]*\)/\1 takes \2/' | paste -sd, - | sed 's/,/, /g')
-    printf '%9s  %-6s %-10s %s: %s (daemon log)\n' "$(offset_of "$at")" "$HOST1_NAME" plan "$msg" "$targets"
-  fi
+  # The plan (each VM → its new host) is the history's evacuation-plan record.
   alerts_since "$T0" "$HOST1_NAME"
 } | sort -s -g -k1,1 >"$DIR/timeline"
 cut -c1-220 "$DIR/timeline"

@@ -76,6 +76,12 @@ type Plan struct {
 	Rack   string
 	Action Action
 	Levels []LevelPlan
+	// StillNeeded, if set, is asked before every level after the first:
+	// a non-nil answer (the host heartbeats again, say) stops the fence
+	// there, not verified, with that reason. Without it a host powering
+	// back on while its first level failed could be "verified" by a later
+	// agent-drain and drained for nothing.
+	StillNeeded func() error
 }
 
 // LevelPlan is one fence level with its driver already built.

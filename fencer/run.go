@@ -61,6 +61,15 @@ func (r *runner) run(ctx context.Context, p Plan) {
 			}
 			break
 		}
+		if i > 0 && p.StillNeeded != nil {
+			if err := p.StillNeeded(); err != nil {
+				why = append(why, "fence stopped before "+l.label()+": no longer needed: "+err.Error())
+				for _, rest := range p.Levels[i+1:] {
+					why = append(why, rest.label()+": not tried")
+				}
+				break
+			}
+		}
 		verified, summary := r.level(ctx, l)
 		if verified {
 			r.res.Verified, r.res.Level, r.res.VerifiedAt = true, l.Name, r.clk.Now()

@@ -542,3 +542,37 @@ func TestActionText(t *testing.T) {
 	assert.EqualError(t, a.UnmarshalText([]byte("cycle")), `unknown fence action "cycle" (want off or reboot)`)
 	assert.Equal(t, ActionOff, Action(0), "the zero action is the conservative one")
 }
+
+func TestRunStopsBetweenLevelsWhenNoLongerNeeded(t *testing.T) {
+	clk := &vclock{now: t0}
+	ipmi := &fakePC{clk: clk, offErrs: []error{authErr("ipmi: open session")}}
+	ag := &fakeAgent{clk: clk, running: []count{{n: 0}}}
+	redfish := &fakePC{clk: clk, status: []reading{off()}}
+	asked := 0
+	p := Plan{Host: "n1", Rack: "r1", Levels: []LevelPlan{
+		ipmiLevel(ipmi, 0),
+		{Name: LevelAgentDrain, Drainer: ag, Timeout: time.Second, Poll: 250 * ms},
+		{Name: "redfish", Power: redfish, Timeout: time.Second},
+	}, StillNeeded: func() error {
+		asked++
+		return errors.New("host n1 heartbeats again")
+	}}
+	res := Run(context.Background(), p, clk, nolog())
+	assert.False(t, res.Verified)
+	assert.Equal(t, 1, asked, "asked once, before the second level; not before the first")
+	assert.Equal(t, 0, ag.drains, "a host that came back is not drained by the next level")
+	assert.Empty(t, redfish.calls)
+	require.Len(t, res.Attempts, 1)
+	assert.Contains(t, res.Reason, "ipmi: ")
+	assert.Contains(t, res.Reason, "; fence stopped before agent-drain: no longer needed: host n1 heartbeats again; redfish: not tried")
+
+	// Still needed: every level runs as before.
+	clk = &vclock{now: t0}
+	ipmi = &fakePC{clk: clk, offErrs: []error{authErr("ipmi: open session")}}
+	redfish = &fakePC{clk: clk, status: []reading{off()}}
+	p = Plan{Host: "n1", Rack: "r1", Levels: []LevelPlan{ipmiLevel(ipmi, 0), {Name: "redfish", Power: redfish, Timeout: time.Second}},
+		StillNeeded: func() error { return nil }}
+	res = Run(context.Background(), p, clk, nolog())
+	assert.True(t, res.Verified)
+	assert.Equal(t, "redfish", res.Level)
+}

@@ -283,6 +283,7 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 		c.mu.Unlock()
 	}()
 
+	setup.Plan.StillNeeded = c.stillNeeded(host, now)
 	rec, err := c.fence(ctx, host, st.Rack, ev.CorrelationID, ev.Reason, "unreachable", setup, log)
 	switch {
 	case errors.Is(err, errNotJournaled):
@@ -296,6 +297,23 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 		log.Warn().Msgf("policy says evacuate: false; %s's VMs wait for an operator", host)
 	}
 	return time.Time{}, ""
+}
+
+// stillNeeded is asked between fence levels: a host that heartbeats again
+// after the fence began came back (it was not dead), and a paused storm
+// guard means the daemon doubts its own view. Both stop the fence. A
+// verdict that merely wavers (one failed BMC read) does not: the next
+// level may be the one that works.
+func (c *Coordinator) stillNeeded(host string, began time.Time) func() error {
+	return func() error {
+		if st, err := c.deps.Cluster.Host(host); err == nil && st.LastHeartbeat.After(began) {
+			return fmt.Errorf("%s heartbeated again at %s, after the fence began", host, st.LastHeartbeat.Format(time.RFC3339Nano))
+		}
+		if storm := c.deps.Cluster.Status().Storm; storm.Paused {
+			return errors.New("storm guard paused: " + storm.Reason)
+		}
+		return nil
+	}
 }
 
 // errNotJournaled: the fence intent could not be journaled, so nothing

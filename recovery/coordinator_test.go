@@ -398,3 +398,33 @@ func TestResumeAfterACrashBetweenProofAndDrainWaitsForJudgedHosts(t *testing.T) 
 	assert.Equal(t, "verified", recs[0].To)
 	assert.Contains(t, recs[0].Reason, "ipmi verified power off")
 }
+
+func TestAFenceStopsBetweenLevelsWhenTheHostHeartbeatsAgain(t *testing.T) {
+	r := newRig(t, true)
+	var answers []error
+	deps := r.c.deps
+	deps.Fence = func(_ context.Context, p fencer.Plan) fencer.Result {
+		require.NotNil(t, p.StillNeeded, "an automatic fence can be stopped between levels")
+		answers = append(answers, p.StillNeeded()) // level 1 failed; still silent
+		r.set("a", func(h *daemonHost) { h.LastHeartbeat = t0.Add(time.Second) })
+		answers = append(answers, p.StillNeeded()) // it came back
+		return fencer.Result{Host: p.Host, Reason: "ipmi: timeout; fence stopped before redfish: no longer needed"}
+	}
+	c, err := New(Config{Cluster: "test"}, deps)
+	require.NoError(t, err)
+	retry, _ := c.incident(context.Background(), detector.DownEvent{Host: "a", Rack: "r1", CorrelationID: "a-1", Reason: "power off"})
+	assert.True(t, retry.IsZero())
+	require.Len(t, answers, 2)
+	assert.NoError(t, answers[0])
+	require.Error(t, answers[1])
+	assert.Contains(t, answers[1].Error(), "a heartbeated again")
+
+	r.cl.mu.Lock()
+	r.cl.storm = detector.StormStatus{Paused: true, Reason: "4 of 6 hosts silent"}
+	r.cl.mu.Unlock()
+	r.set("a", func(h *daemonHost) { h.LastHeartbeat = t0.Add(-time.Minute) })
+	assert.ErrorContains(t, c.stillNeeded("a", t0)(), "storm guard paused: 4 of 6 hosts silent")
+
+	out, err := r.c.FenceNow(context.Background(), "b", "T1", "alice", "")
+	require.NoError(t, err, out)
+}

@@ -249,6 +249,6 @@ func TestStatusWithoutDaemon(t *testing.T) {
 	dir := t.TempDir()
 	file := daemonConfig(t, dir, freePort(t))
 	code, _, errOut := runCLI("status", "-c", file)
-	assert.Equal(t, exitFailure, code)
+	assert.Equal(t, exitUnreachable, code, "the same code as the host and task commands")
 	assert.Contains(t, errOut, "not reachable")
 }

@@ -73,7 +73,7 @@ func newStatusCmd() *cobra.Command {
 			defer cancel()
 			st, err := c.Status(ctx)
 			if err != nil {
-				return failureErr(err)
+				return apiErr(err)
 			}
 			if output == "json" {
 				return writeJSONOut(cmd.OutOrStdout(), st)
@@ -166,7 +166,7 @@ func newHistoryCmd() *cobra.Command {
 			defer cancel()
 			recs, err := c.History(ctx, q)
 			if err != nil {
-				return failureErr(err)
+				return apiErr(err)
 			}
 			if output == "timeline" {
 				printTimeline(cmd.OutOrStdout(), recs, from)

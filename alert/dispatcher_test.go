@@ -473,6 +473,7 @@ func TestConfigValidation(t *testing.T) {
 		"no host":     {[]Webhook{{Name: "a", URL: "http:///x"}}, `webhook "a": url http:///*** has no host`},
 		"bad glob":    {[]Webhook{{Name: "a", URL: ok, Events: []string{"fence.["}}}, `webhook "a": events: pattern "fence.[": syntax error in pattern`},
 		"empty glob":  {[]Webhook{{Name: "a", URL: ok, Events: []string{""}}}, `webhook "a": events: empty pattern`},
+		"misspelt":    {[]Webhook{{Name: "a", URL: ok, Events: []string{"fence.*", "storm_guard.*"}}}, `webhook "a": events: pattern "storm_guard.*" matches no event type (they are ` + strings.Join(Types, ", ") + ")"},
 		"neg timeout": {[]Webhook{{Name: "a", URL: ok, Timeout: -time.Second}}, `webhook "a": timeout -1s is negative`},
 		"neg retries": {[]Webhook{{Name: "a", URL: ok, Retries: -1}}, `webhook "a": retries -1 is negative`},
 		"twice":       {[]Webhook{{Name: "a", URL: ok}, {Name: "a", URL: ok}}, `webhook "a" is configured twice`},

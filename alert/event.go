@@ -3,7 +3,10 @@ package alert
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"path"
+	"strings"
 	"time"
 )
 
@@ -30,6 +33,29 @@ const (
 
 	ConfigReloadFailed = "config.reload_failed"
 )
+
+// Types lists every event type the daemon sends.
+var Types = []string{HostUnreachable, HostVerdict, HostRebooted, HostReturned, FenceReadiness, FenceStarted, FenceSucceeded,
+	FenceFailed, EvacuationStarted, EvacuationFinished, EvacuationPartial, SplitBrainRefused, StormEngaged, StormCleared,
+	ConfigReloadFailed}
+
+// CheckPattern refuses a webhook filter that is not a valid glob or that
+// matches no event type: a misspelt filter ("storm_guard.*") would silence
+// a webhook without a word.
+func CheckPattern(p string) error {
+	if p == "" {
+		return errors.New("empty pattern")
+	}
+	if _, err := path.Match(p, ""); err != nil {
+		return fmt.Errorf("pattern %q: %w", p, err)
+	}
+	for _, t := range Types {
+		if ok, _ := path.Match(p, t); ok {
+			return nil
+		}
+	}
+	return fmt.Errorf("pattern %q matches no event type (they are %s)", p, strings.Join(Types, ", "))
+}
 
 // Severities.
 const (

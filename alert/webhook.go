@@ -81,11 +81,8 @@ func (w *Webhook) normalize() error {
 		return fmt.Errorf("webhook %q: url %s has no host", w.Name, RedactURL(w.URL))
 	}
 	for _, g := range w.Events {
-		if g == "" {
-			return fmt.Errorf("webhook %q: events: empty pattern", w.Name)
-		}
-		if _, err := path.Match(g, ""); err != nil {
-			return fmt.Errorf("webhook %q: events: pattern %q: %v", w.Name, g, err)
+		if err := CheckPattern(g); err != nil {
+			return fmt.Errorf("webhook %q: events: %w", w.Name, err)
 		}
 	}
 	switch {

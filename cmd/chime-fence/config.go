@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 	"gopkg.in/yaml.v3"
 
+	"github.com/chimestack/chime-fence/alert"
 	"github.com/chimestack/chime-fence/configs"
 )
 
@@ -18,11 +19,24 @@ func newConfigCmd() *cobra.Command {
 	return c
 }
 
-// loadConfig turns every configuration problem into a usage exit.
+// loadConfig turns every configuration problem into a usage exit. The
+// webhook filters are checked against the event types here (configs does
+// not know them): a misspelt one would silence its webhook.
 func loadConfig(path string) (*configs.Config, error) {
 	cfg, err := configs.Load(path)
 	if err != nil {
 		return nil, usageErr(err)
+	}
+	var errs []error
+	for i, w := range cfg.Alerts.Webhooks {
+		for j, p := range w.Events {
+			if err := alert.CheckPattern(p); err != nil {
+				errs = append(errs, fmt.Errorf("alerts.webhooks[%d].events[%d]: %w", i, j, err))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return nil, usageErr(fmt.Errorf("%s: %w", path, errors.Join(errs...)))
 	}
 	return cfg, nil
 }

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -41,6 +44,15 @@ func TestConfigValidate(t *testing.T) {
 
 	code, _, _ = runCLI("config", "validate")
 	assert.Equal(t, exitUsage, code, "missing argument is a usage error")
+
+	b, err := os.ReadFile(example)
+	require.NoError(t, err)
+	bad := filepath.Join(t.TempDir(), "chime-fence.yaml")
+	require.NoError(t, os.WriteFile(bad, []byte(strings.Replace(string(b), `"storm.*"`, `"storm_guard.*"`, 1)), 0o600))
+	code, out, errOut = runCLI("config", "validate", bad)
+	assert.Equal(t, exitUsage, code)
+	assert.Empty(t, out)
+	assert.Contains(t, errOut, `alerts.webhooks[0].events[2]: pattern "storm_guard.*" matches no event type (they are host.unreachable`)
 }
 
 func TestConfigShowHostYAML(t *testing.T) {

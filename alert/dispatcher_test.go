@@ -434,7 +434,11 @@ func TestReconfigure(t *testing.T) {
 	require.Eventually(t, func() bool { return h.pending(t) == 0 }, waitFor, time.Millisecond)
 	assert.Len(t, keep2.Requests(), 1, "the new filter applies")
 	assert.Len(t, keep1.Requests(), 2, "the old URL gets nothing more")
-	assert.Len(t, old.Requests(), seen, "the removed webhook gets nothing more")
+	// Reconfigure cancels the removed sender's POST and waits for it, but a
+	// request already on the wire may reach the receiver's handler just
+	// after: at most one more. Were the sender still running, its retries
+	// (After fires at once here) would pile up far beyond that.
+	assert.LessOrEqual(t, len(old.Requests()), seen+1, "the removed webhook gets nothing more")
 }
 
 func TestRunDropsEntriesOfUnconfiguredWebhooks(t *testing.T) {

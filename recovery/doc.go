@@ -24,4 +24,15 @@
 //     start) are alerted with every reason and leave the host unreachable
 //     and drained or as it was; nothing is retried behind the operator's
 //     back except what the fencer's levels retry themselves.
+//   - An automatic fence stops between levels when the host heartbeats
+//     again after it began, or the storm guard pauses (Plan.StillNeeded).
+//   - An evacuation waits (at most 2 minutes) until the daemon has judged
+//     every other host: a restarted daemon knows nobody for one window.
+//   - Deps.Lock, when set, is the operator operations' host lock: an
+//     incident for a host an operator's task holds waits for it.
+//   - FenceNow, ConfirmDown and Rebuild are the operator's entry points.
+//     Their caller holds the host's lock; they never take it. FenceNow
+//     drains but moves nothing; ConfirmDown journals a confirmed fence with
+//     who and why and runs the evacuation the policy wants; Rebuild needs
+//     a drained host and a proof that nothing runs there.
 package recovery

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"sort"
@@ -36,11 +35,11 @@ func (s *Store) PutOpTask(r OpTaskRecord) error {
 	}
 	r.Created = r.Created.UTC().Round(0)
 	r.Updated = r.Updated.UTC().Round(0)
-	var body bytes.Buffer
-	if err := json.Compact(&body, r.Body); err != nil {
-		return s.wrap(step, fmt.Errorf("%w: operation task %q: body: %v", ErrInvalid, r.ID, err))
+	body, err := compactBody("operation task", r.ID, r.Body)
+	if err != nil {
+		return s.wrap(step, err)
 	}
-	r.Body = body.Bytes()
+	r.Body = body
 	v, err := json.Marshal(r)
 	if err != nil {
 		return s.wrap(step, fmt.Errorf("encode operation task %q: %w", r.ID, err))
@@ -48,7 +47,7 @@ func (s *Store) PutOpTask(r OpTaskRecord) error {
 	return s.write(step, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bOpTasks)
 		if old := b.Get([]byte(r.ID)); old != nil {
-			prev, err := decodeOpTask([]byte(r.ID), old)
+			prev, err := decodeBodyRecord[OpTaskRecord]("operation task", []byte(r.ID), old)
 			if err != nil {
 				return err
 			}
@@ -75,19 +74,7 @@ func (s *Store) OpenOpTasks() ([]OpTaskRecord, error) {
 }
 
 func (s *Store) opTasks(step string, keep func(OpTaskRecord) bool) ([]OpTaskRecord, error) {
-	var out []OpTaskRecord
-	err := s.view(step, func(tx *bolt.Tx) error {
-		return tx.Bucket(bOpTasks).ForEach(func(k, v []byte) error {
-			r, err := decodeOpTask(k, v)
-			if err != nil {
-				return err
-			}
-			if keep(r) {
-				out = append(out, r)
-			}
-			return nil
-		})
-	})
+	out, err := readRecords(s, step, "operation task", bOpTasks, keep)
 	if err != nil {
 		return nil, err
 	}
@@ -102,34 +89,12 @@ func (s *Store) opTasks(step string, keep func(OpTaskRecord) bool) ([]OpTaskReco
 
 // OpTaskByID returns the operation task with this ID; ok is false when
 // there is none.
-func (s *Store) OpTaskByID(id string) (r OpTaskRecord, ok bool, err error) {
-	const step = "read operation task"
-	if id == "" {
-		return OpTaskRecord{}, false, s.wrap(step, fmt.Errorf("%w: operation task ID is empty", ErrInvalid))
-	}
-	if err := checkIndexable("operation task ID", id); err != nil {
-		return OpTaskRecord{}, false, s.wrap(step, err)
-	}
-	err = s.view(step, func(tx *bolt.Tx) error {
-		v := tx.Bucket(bOpTasks).Get([]byte(id))
-		if v == nil {
-			return nil
-		}
-		ok = true
-		r, err = decodeOpTask([]byte(id), v)
-		return err
-	})
-	if err != nil {
-		return OpTaskRecord{}, false, err
-	}
-	return r, ok, nil
+func (s *Store) OpTaskByID(id string) (OpTaskRecord, bool, error) {
+	return readRecord[OpTaskRecord](s, "read operation task", "operation task", bOpTasks, id)
 }
 
 func checkOpTask(r OpTaskRecord) error {
-	if r.ID == "" {
-		return fmt.Errorf("%w: operation task ID is empty", ErrInvalid)
-	}
-	if err := checkIndexable("operation task ID", r.ID); err != nil {
+	if err := checkRecordID("operation task", r.ID); err != nil {
 		return err
 	}
 	if err := checkHost(r.Host); err != nil {
@@ -138,23 +103,5 @@ func checkOpTask(r OpTaskRecord) error {
 	if r.Created.IsZero() || r.Updated.IsZero() {
 		return fmt.Errorf("%w: operation task %q: Created or Updated is zero", ErrInvalid, r.ID)
 	}
-	body := bytes.TrimSpace(r.Body)
-	if len(body) == 0 || body[0] != '{' || !json.Valid(body) {
-		return fmt.Errorf("%w: operation task %q: body is not a JSON object", ErrInvalid, r.ID)
-	}
-	return nil
-}
-
-func decodeOpTask(k, v []byte) (OpTaskRecord, error) {
-	var r OpTaskRecord
-	if err := json.Unmarshal(v, &r); err != nil {
-		return OpTaskRecord{}, fmt.Errorf("%w: operation task %q does not decode: %v", ErrCorrupt, k, err)
-	}
-	if r.ID != string(k) {
-		return OpTaskRecord{}, fmt.Errorf("%w: operation task under key %q says it is %q", ErrCorrupt, k, r.ID)
-	}
-	if len(r.Body) == 0 || !json.Valid(r.Body) {
-		return OpTaskRecord{}, fmt.Errorf("%w: operation task %q has no JSON body", ErrCorrupt, k)
-	}
-	return r, nil
+	return checkBodyObject("operation task", r.ID, r.Body)
 }

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"sort"
@@ -33,12 +32,11 @@ func (s *Store) PutTask(r TaskRecord) error {
 		return s.wrap(step, err)
 	}
 	r.Updated = r.Updated.UTC().Round(0)
-	// Compact so the stored copy does not alias the caller's slice.
-	var body bytes.Buffer
-	if err := json.Compact(&body, r.Body); err != nil {
-		return s.wrap(step, fmt.Errorf("%w: task %q: body: %v", ErrInvalid, r.ID, err))
+	body, err := compactBody("task", r.ID, r.Body)
+	if err != nil {
+		return s.wrap(step, err)
 	}
-	r.Body = body.Bytes()
+	r.Body = body
 	v, err := json.Marshal(r)
 	if err != nil {
 		return s.wrap(step, fmt.Errorf("encode task %q: %w", r.ID, err))
@@ -54,19 +52,7 @@ func (s *Store) PutTask(r TaskRecord) error {
 // Tasks returns the stored tasks (only the open ones when openOnly), oldest
 // Updated first, ties by ID.
 func (s *Store) Tasks(openOnly bool) ([]TaskRecord, error) {
-	var out []TaskRecord
-	err := s.view("read tasks", func(tx *bolt.Tx) error {
-		return tx.Bucket(bTasks).ForEach(func(k, v []byte) error {
-			r, err := decodeTask(k, v)
-			if err != nil {
-				return err
-			}
-			if r.Open || !openOnly {
-				out = append(out, r)
-			}
-			return nil
-		})
-	})
+	out, err := readRecords(s, "read tasks", "task", bTasks, func(r TaskRecord) bool { return r.Open || !openOnly })
 	if err != nil {
 		return nil, err
 	}
@@ -80,34 +66,12 @@ func (s *Store) Tasks(openOnly bool) ([]TaskRecord, error) {
 }
 
 // TaskByID returns the task with this ID; ok is false when there is none.
-func (s *Store) TaskByID(id string) (r TaskRecord, ok bool, err error) {
-	const step = "read task"
-	if id == "" {
-		return TaskRecord{}, false, s.wrap(step, fmt.Errorf("%w: task ID is empty", ErrInvalid))
-	}
-	if err := checkIndexable("task ID", id); err != nil {
-		return TaskRecord{}, false, s.wrap(step, err)
-	}
-	err = s.view(step, func(tx *bolt.Tx) error {
-		v := tx.Bucket(bTasks).Get([]byte(id))
-		if v == nil {
-			return nil
-		}
-		ok = true
-		r, err = decodeTask([]byte(id), v)
-		return err
-	})
-	if err != nil {
-		return TaskRecord{}, false, err
-	}
-	return r, ok, nil
+func (s *Store) TaskByID(id string) (TaskRecord, bool, error) {
+	return readRecord[TaskRecord](s, "read task", "task", bTasks, id)
 }
 
 func checkTask(r TaskRecord) error {
-	if r.ID == "" {
-		return fmt.Errorf("%w: task ID is empty", ErrInvalid)
-	}
-	if err := checkIndexable("task ID", r.ID); err != nil {
+	if err := checkRecordID("task", r.ID); err != nil {
 		return err
 	}
 	if err := checkHost(r.Host); err != nil {
@@ -116,25 +80,5 @@ func checkTask(r TaskRecord) error {
 	if r.Updated.IsZero() {
 		return fmt.Errorf("%w: task %q: Updated is zero", ErrInvalid, r.ID)
 	}
-	body := bytes.TrimSpace(r.Body)
-	if len(body) == 0 || body[0] != '{' || !json.Valid(body) {
-		return fmt.Errorf("%w: task %q: body is not a JSON object", ErrInvalid, r.ID)
-	}
-	return nil
-}
-
-// decodeTask reads a stored task (v is only valid inside the transaction,
-// and json.Unmarshal copies what it keeps).
-func decodeTask(k, v []byte) (TaskRecord, error) {
-	var r TaskRecord
-	if err := json.Unmarshal(v, &r); err != nil {
-		return TaskRecord{}, fmt.Errorf("%w: task %q does not decode: %v", ErrCorrupt, k, err)
-	}
-	if r.ID != string(k) {
-		return TaskRecord{}, fmt.Errorf("%w: task under key %q says it is %q", ErrCorrupt, k, r.ID)
-	}
-	if len(r.Body) == 0 || !json.Valid(r.Body) {
-		return TaskRecord{}, fmt.Errorf("%w: task %q has no JSON body", ErrCorrupt, k)
-	}
-	return r, nil
+	return checkBodyObject("task", r.ID, r.Body)
 }

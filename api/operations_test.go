@@ -26,8 +26,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chimestack/chime-fence/configs"
-	"github.com/chimestack/chime-fence/daemon"
-	"github.com/chimestack/chime-fence/detector"
 	"github.com/chimestack/chime-fence/heartbeat"
 	"github.com/chimestack/chime-fence/hypervisor"
 	"github.com/chimestack/chime-fence/node"
@@ -58,21 +56,10 @@ type opsEnv struct {
 // disable executor blocks until release is closed.
 func newOpsEnv(t *testing.T) *opsEnv {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "s.db")
-	st, err := store.Open(path, store.Options{})
-	require.NoError(t, err)
-	t.Cleanup(func() { st.Close() })
-	eng, err := detector.NewEngine(detector.EngineConfig{
-		Hosts: []detector.HostConfig{{Name: "h1", Rack: "r1"}, {Name: "h2", Rack: "r1"}},
-		Monitor: detector.MonitorConfig{Thresholds: detector.Thresholds{HeartbeatInterval: time.Second, MissedHeartbeats: 3, ProbeTimeout: time.Second},
-			RecoveryHeartbeats: 3, Settle: time.Second},
-		Storm: detector.StormGuard{MaxFraction: 0.5, Window: time.Minute},
-	}, detector.Deps{Prober: quiet{}, Power: quiet{}, Readiness: quiet{}, History: st, Memos: st, Alerter: quiet{}, Log: zerolog.Nop()}, nil)
-	require.NoError(t, err)
-	d, err := daemon.New(st, eng, func() time.Duration { return time.Second }, nil, zerolog.Nop())
-	require.NoError(t, err)
+	st, d := testDaemon(t, filepath.Join(t.TempDir(), "s.db"))
 	e := &opsEnv{release: make(chan struct{})}
 	t.Cleanup(e.unblock)
+	var err error
 	e.mgr, err = operations.New(operations.Config{}, operations.Deps{Store: st, View: operations.ClusterView(d, st), Now: time.Now, Log: zerolog.Nop(),
 		Executors: operations.Executors{
 			Enable:      operations.AdminExecutor(d.SetAdminState, node.Enabled),

@@ -43,7 +43,9 @@ type env struct {
 	st  *store.Store
 }
 
-func newEnv(t testing.TB, path string) *env {
+// testDaemon is a daemon over a store at path, knowing hosts h1 and h2 of
+// rack r1, whose probes and BMCs never answer anything.
+func testDaemon(t testing.TB, path string) (*store.Store, *daemon.Daemon) {
 	t.Helper()
 	st, err := store.Open(path, store.Options{})
 	require.NoError(t, err)
@@ -57,6 +59,12 @@ func newEnv(t testing.TB, path string) *env {
 	require.NoError(t, err)
 	d, err := daemon.New(st, eng, func() time.Duration { return time.Second }, nil, zerolog.Nop())
 	require.NoError(t, err)
+	return st, d
+}
+
+func newEnv(t testing.TB, path string) *env {
+	t.Helper()
+	st, d := testDaemon(t, path)
 	s, err := New(d, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
 	require.NoError(t, err)
 	srv := httptest.NewServer(s)

@@ -6,12 +6,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,50 +21,13 @@ import (
 	"github.com/chimestack/chime-fence/detector"
 	"github.com/chimestack/chime-fence/e2e/lab"
 	"github.com/chimestack/chime-fence/e2e/labconfig"
-	"github.com/chimestack/chime-fence/e2e/nsenter"
 	"github.com/chimestack/chime-fence/fencer"
 	"github.com/chimestack/chime-fence/node"
 	"github.com/chimestack/chime-fence/store"
 )
 
-// rawWebhook is startWebhook that also keeps every delivery's raw body, so
-// a test can assert what no alert ever carried (a password).
-type rawWebhook struct {
-	*webhook
-	bodies [][]byte // guarded by webhook.mu
-}
-
-func startRawWebhook(t *testing.T, l *lab.Lab) *rawWebhook {
-	t.Helper()
-	w := &rawWebhook{webhook: &webhook{secret: []byte("e2e-levels-secret-" + strconv.Itoa(os.Getpid()))}}
-	w.file = filepath.Join(t.TempDir(), "webhook-secret")
-	require.NoError(t, os.WriteFile(w.file, w.secret, 0o600))
-	var ln net.Listener
-	require.NoError(t, nsenter.Do(l.Controller().Netns, func() (err error) {
-		ln, err = net.Listen("tcp", net.JoinHostPort(l.Controller().MgmtAddr, "0"))
-		return err
-	}))
-	w.url = "http://" + ln.Addr().String() + "/hook"
-	srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		var ev alert.Event
-		err := json.Unmarshal(body, &ev)
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		w.bodies = append(w.bodies, body)
-		if !alert.Verify(w.secret, body, r.Header.Get("X-Chime-Signature")) || err != nil {
-			w.bad = append(w.bad, fmt.Sprintf("%s (%v)", body, err))
-			return
-		}
-		w.events = append(w.events, ev)
-	}), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return w
-}
-
 // eventsOf returns the received events of host with type typ, in order.
-func (w *rawWebhook) eventsOf(host, typ string) []alert.Event {
+func (w *webhook) eventsOf(host, typ string) []alert.Event {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var out []alert.Event
@@ -82,7 +41,7 @@ func (w *rawWebhook) eventsOf(host, typ string) []alert.Event {
 
 // assertSecretsAbsent checks the daemon log and every alert body for each
 // secret (the wrong IPMI password the test configured, the lab's real one).
-func (w *rawWebhook) assertSecretsAbsent(t *testing.T, d *detectionLab, secrets map[string]string) {
+func (w *webhook) assertSecretsAbsent(t *testing.T, d *detectionLab, secrets map[string]string) {
 	t.Helper()
 	logText := d.log()
 	require.NotEmpty(t, logText, "the daemon log is where a leak would be")
@@ -211,11 +170,11 @@ const bmcAuthFailed = "bmc-auth-failed"
 // appears in the daemon log or an alert.
 func TestRecoveryFenceLevelFallback(t *testing.T) {
 	ctx := context.Background()
-	var hook *rawWebhook
+	var hook *webhook
 	wrongFile, wrong := wrongPassword(t)
 	d := startDetectionLabWith(t, ctx, lab.Config{Name: "chlvl2", Hosts: 3, BMCTypes: []string{lab.BMCBoth}},
 		func(l *lab.Lab) labconfig.Options {
-			hook = startRawWebhook(t, l)
+			hook = startWebhook(t, l)
 			h1 := l.Hosts()[0]
 			return labconfig.Options{Mode: "enforce", Extra: hook.configBlock(),
 				BMCPasswordFiles: map[string]string{labconfig.BMCKey(h1.Name, lab.BMCIPMI): wrongFile}}
@@ -319,11 +278,11 @@ func TestRecoveryFenceLevelFallback(t *testing.T) {
 // most one (failing) fence per host-down verdict.
 func TestRecoveryEveryLevelFails(t *testing.T) {
 	ctx := context.Background()
-	var hook *rawWebhook
+	var hook *webhook
 	wrongFile, wrong := wrongPassword(t)
 	d := startDetectionLabWith(t, ctx, lab.Config{Name: "chlvl4", Hosts: 3, BMCTypes: []string{lab.BMCBoth}},
 		func(l *lab.Lab) labconfig.Options {
-			hook = startRawWebhook(t, l)
+			hook = startWebhook(t, l)
 			h1 := l.Hosts()[0]
 			return labconfig.Options{Mode: "enforce", Extra: hook.configBlock(),
 				BMCPasswordFiles: map[string]string{labconfig.BMCKey(h1.Name, lab.BMCIPMI): wrongFile},

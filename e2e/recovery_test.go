@@ -38,6 +38,7 @@ type webhook struct {
 	mu     sync.Mutex
 	events []alert.Event
 	bad    []string // deliveries whose signature did not verify
+	bodies [][]byte // every delivery as received, to assert what none carried
 }
 
 func startWebhook(t *testing.T, l *lab.Lab) *webhook {
@@ -56,6 +57,7 @@ func startWebhook(t *testing.T, l *lab.Lab) *webhook {
 		var ev alert.Event
 		err := json.Unmarshal(body, &ev)
 		w.mu.Lock()
+		w.bodies = append(w.bodies, body)
 		if !alert.Verify(w.secret, body, r.Header.Get("X-Chime-Signature")) || err != nil {
 			w.bad = append(w.bad, fmt.Sprintf("%s (%v)", body, err))
 		} else {

@@ -267,9 +267,7 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 		return time.Time{}, ""
 	}
 	now := c.deps.Now()
-	c.mu.Lock()
-	adm := c.gate.Admit(fencer.Request{Host: host, Rack: st.Rack, Limits: setup.Limits}, now)
-	c.mu.Unlock()
+	adm, done := c.admit(host, st.Rack, setup.Limits, now)
 	if !adm.OK {
 		retry := adm.RetryAt
 		if retry.IsZero() { // a concurrency limit: look again soon
@@ -277,11 +275,7 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 		}
 		return retry, adm.Reason
 	}
-	defer func() {
-		c.mu.Lock()
-		c.gate.Done(host, c.deps.Now())
-		c.mu.Unlock()
-	}()
+	defer done()
 
 	setup.Plan.StillNeeded = c.stillNeeded(host, now)
 	rec, err := c.fence(ctx, host, st.Rack, ev.CorrelationID, ev.Reason, "unreachable", setup, log)
@@ -297,6 +291,19 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 		log.Warn().Msgf("policy says evacuate: false; %s's VMs wait for an operator", host)
 	}
 	return time.Time{}, ""
+}
+
+// admit asks the gate whether host may be fenced now; when it may, done
+// tells the gate the fence is over.
+func (c *Coordinator) admit(host, rack string, limits fencer.Limits, now time.Time) (adm fencer.Admission, done func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	adm = c.gate.Admit(fencer.Request{Host: host, Rack: rack, Limits: limits}, now)
+	return adm, func() {
+		c.mu.Lock()
+		c.gate.Done(host, c.deps.Now())
+		c.mu.Unlock()
+	}
 }
 
 // stillNeeded is asked between fence levels: a host that heartbeats again

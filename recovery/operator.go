@@ -8,7 +8,6 @@ import (
 
 	"github.com/chimestack/chime-fence/alert"
 	"github.com/chimestack/chime-fence/evacuator"
-	"github.com/chimestack/chime-fence/fencer"
 	"github.com/chimestack/chime-fence/node"
 	"github.com/chimestack/chime-fence/store"
 )
@@ -36,18 +35,11 @@ func (c *Coordinator) FenceNow(ctx context.Context, host, taskID, actor, reason 
 	if err != nil {
 		return "", fmt.Errorf("fence setup of %s: %w", host, err)
 	}
-	now := c.deps.Now()
-	c.mu.Lock()
-	adm := c.gate.Admit(fencer.Request{Host: host, Rack: st.Rack, Limits: setup.Limits}, now)
-	c.mu.Unlock()
+	adm, done := c.admit(host, st.Rack, setup.Limits, c.deps.Now())
 	if !adm.OK {
 		return "", fmt.Errorf("%w: fence limits: %s", ErrRefused, adm.Reason)
 	}
-	defer func() {
-		c.mu.Lock()
-		c.gate.Done(host, c.deps.Now())
-		c.mu.Unlock()
-	}()
+	defer done()
 	why := fmt.Sprintf("operator %s asked (task %s): %s", actor, taskID, orNone(reason))
 	rec, err := c.fence(ctx, host, st.Rack, taskID, why, st.Monitor.String(), setup, log)
 	if err != nil {
@@ -120,8 +112,10 @@ func (c *Coordinator) Rebuild(ctx context.Context, host, target, taskID, actor s
 	switch prev, ok := fences[host]; {
 	case ok && prev.Proven() && provenSinceHeartbeat(prev, st):
 		proof = fenceProof(prev)
-	case st.Monitor == node.Unreachable:
-		return "", fmt.Errorf("%w: %s is unreachable and no fence proves it off since its last heartbeat: fence or confirm-down first", ErrRefused, host)
+	case st.Monitor != node.Normal && st.Monitor != node.Error:
+		// Without a fence, only the host's own word says nothing runs
+		// there, and a host that is not heartbeating now cannot give it.
+		return "", fmt.Errorf("%w: %s is %s and no fence proves it off since its last heartbeat: fence or confirm-down first", ErrRefused, host, st.Monitor)
 	case st.Active < 0:
 		return "", fmt.Errorf("%w: %s has not listed its domains since the daemon started: wait for its heartbeat", ErrRefused, host)
 	case st.Active > 0:

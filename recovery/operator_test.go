@@ -105,6 +105,12 @@ func TestRebuildNeedsADrainedHostThatRunsNothing(t *testing.T) {
 	_, err = r.c.Rebuild(ctx, "a", "", "T1", "alice", nil)
 	require.ErrorIs(t, err, ErrRefused)
 	assert.Contains(t, err.Error(), "fence or confirm-down first")
+
+	// Gone silent: its last "nothing active" is no proof any more.
+	r.set("a", func(h *daemonHost) { h.Monitor, h.Active = node.Suspect, 0 })
+	_, err = r.c.Rebuild(ctx, "a", "", "T1", "alice", nil)
+	require.ErrorIs(t, err, ErrRefused)
+	assert.Contains(t, err.Error(), "a is suspect and no fence proves it off")
 	assert.Empty(t, r.ev.reqs)
 
 	// Drained by an operator, agent reports nothing running: rebuild.

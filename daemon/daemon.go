@@ -217,18 +217,10 @@ func (d *Daemon) adoptLocalDrain(host string, ld heartbeat.LocalDrain) {
 	if since := d.adminSince[host]; !ld.Since.IsZero() && !since.IsZero() && !since.Before(ld.Since) {
 		return
 	}
-	from := d.admin[host]
 	reason := fmt.Sprintf("drained locally by chime-agent on %s (%s) at %s, reported by its heartbeat", host, ld.By, ld.Since.Format(time.RFC3339))
-	rec, err := d.st.SetAdminState(host, node.Drained, store.Record{At: d.clock(), Host: host, Kind: "admin", From: from.String(),
-		To: node.Drained.String(), Reason: reason})
-	if err != nil {
+	if _, err := d.setAdminLocked(host, node.Drained, reason); err != nil {
 		d.log.Error().Err(err).Str("host", host).Msg("the agent drained its host, but the admin state could not be recorded; next heartbeat retries")
-		return
 	}
-	d.admin[host] = node.Drained
-	d.adminSince[host] = rec.At
-	delete(d.rev, host)
-	d.log.Warn().Str("host", host).Str("from", from.String()).Msg(reason)
 }
 
 // LocalMigrationKind is the history kind of a migration an agent ran by
@@ -595,6 +587,12 @@ func (d *Daemon) SetAdminState(host string, st node.AdminState, reason string) (
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.setAdminLocked(host, st, reason)
+}
+
+// setAdminLocked persists host's admin state with its history record and
+// updates the cache; d.mu held.
+func (d *Daemon) setAdminLocked(host string, st node.AdminState, reason string) (store.Record, error) {
 	from := d.admin[host]
 	rec, err := d.st.SetAdminState(host, st, store.Record{At: d.clock(), Host: host, Kind: "admin", From: from.String(), To: st.String(), Reason: reason})
 	if err != nil {

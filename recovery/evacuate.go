@@ -113,14 +113,14 @@ func (e *Evacuation) Evacuate(ctx context.Context, req EvacuationRequest) (Evacu
 		t, p = BuildTask(PlanInput{Request: req, Now: start, Homes: e.D.Homes(req.Host), Saved: byUUID,
 			Storage: e.D.Storage, Candidates: cands, Limits: e.D.Limits})
 		plan, _ := json.Marshal(p.Hosts)
-		log.Warn().Int("vms", len(t.VMs)).Int("unplaced", len(t.Unplaced)).RawJSON("hosts", plan).
-			Msgf("evacuation plan for %s: %d to rebuild, %d stay", req.Host, len(t.VMs), len(t.Unplaced))
+		summary := PlanSummary(t)
+		log.Warn().Int("vms", len(t.VMs)).Int("unplaced", len(t.Unplaced)).RawJSON("hosts", plan).Msg(summary)
 		if err := e.D.Tasks.SaveTask(t); err != nil {
 			return EvacuationReport{}, fmt.Errorf("evacuate %s: journal the plan: %w", req.Host, err)
 		}
 		if e.D.Record != nil {
 			e.D.Record(store.Record{At: start, Host: req.Host, Kind: PlanKind, To: "planned", CorrelationID: req.CorrelationID,
-				Reason: PlanSummary(t), Evidence: plan})
+				Reason: summary, Evidence: plan})
 		}
 	} else if t.State != evacuator.TaskRunning {
 		r := report(t, start, e.D.Now())

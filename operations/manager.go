@@ -345,25 +345,32 @@ func Merge(cur, lines []VMProgress, now time.Time) []VMProgress {
 }
 
 func (m *Manager) finish(r *run, st TaskState, result, errText string) {
-	// The end and the lock's release are one step for observers: whoever
-	// sees the task done can start the next operation on the host.
-	m.mu.Lock()
+	// The record and the history come first: whoever sees the task done
+	// (and may start the next operation on the host) also finds its end in
+	// the store and in the history.
 	r.mu.Lock()
 	now := m.deps.Now()
-	r.finished = true
-	r.task.State, r.task.Result, r.task.Error = st, result, errText
-	r.task.Updated, r.task.Finished = now, now
 	t := cloneTask(r.task)
 	r.mu.Unlock()
-	if h, ok := m.locks[t.Host]; ok && h.TaskID == t.ID {
-		m.release(t.Host, h)
-	}
-	m.mu.Unlock()
+	t.State, t.Result, t.Error = st, result, errText
+	t.Updated, t.Finished = now, now
 	if err := m.persist(t); err != nil {
 		// The store keeps it "running": the next start marks it interrupted.
 		m.log.Error().Err(err).Str("host", t.Host).Str("task", t.ID).Msg("task result not persisted")
 	}
 	m.history(t, string(TaskRunning), "")
+
+	// The end and the lock's release are one step for observers.
+	m.mu.Lock()
+	r.mu.Lock()
+	r.finished = true
+	r.task.State, r.task.Result, r.task.Error = st, result, errText
+	r.task.Updated, r.task.Finished = now, now
+	r.mu.Unlock()
+	if h, ok := m.locks[t.Host]; ok && h.TaskID == t.ID {
+		m.release(t.Host, h)
+	}
+	m.mu.Unlock()
 	ev := m.log.Info()
 	if st != TaskSucceeded {
 		ev = m.log.Error()

@@ -246,17 +246,10 @@ func Decode(r io.Reader) (Heartbeat, error) {
 func decodeJSON(r io.Reader, v any) error {
 	dec := json.NewDecoder(io.LimitReader(r, MaxBodyBytes+1))
 	if err := dec.Decode(v); err != nil {
-		var se *json.SyntaxError
-		var te *json.UnmarshalTypeError
-		switch {
-		case errors.Is(err, io.EOF):
+		if errors.Is(err, io.EOF) {
 			return errors.New("empty body")
-		case errors.As(err, &se):
-			return fmt.Errorf("malformed JSON at byte %d: %w", se.Offset, err)
-		case errors.As(err, &te):
-			return fmt.Errorf("field %q: %s is not a %s", te.Field, te.Value, te.Type)
 		}
-		return fmt.Errorf("malformed JSON: %w", err)
+		return jsonError(err)
 	}
 	if dec.More() {
 		return errors.New("trailing data after the JSON object")

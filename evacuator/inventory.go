@@ -36,15 +36,17 @@ var deliberateStops = map[string]bool{
 // homes is every domain's home, keyed by UUID; mine is the subset living on
 // host (so the cost is the host's domains, not the cluster's).
 func ObserveDomains(homes, mine map[string]store.DomainHome, host string, doms []heartbeat.Domain, now time.Time, drained bool) (put []store.DomainHome, remove []string) {
-	var listed map[string]bool
-	if len(mine) > 0 {
-		listed = make(map[string]bool, len(doms))
-	}
+	// mine first: it is small and hot, homes is the whole cluster's.
+	// Every listed domain found in mine is counted; when all of mine were
+	// listed (the steady state) nothing needs a set of the listed UUIDs.
+	inMine := 0
 	for _, d := range doms {
-		if listed != nil {
-			listed[d.UUID] = true
+		h, known := mine[d.UUID]
+		if known {
+			inMine++
+		} else {
+			h, known = homes[d.UUID]
 		}
-		h, known := homes[d.UUID]
 		switch {
 		case d.State.Active():
 			if !known || h.Host != host || h.Name != d.Name {
@@ -58,9 +60,15 @@ func ObserveDomains(homes, mine map[string]store.DomainHome, host string, doms [
 			remove = append(remove, d.UUID)
 		}
 	}
-	for uuid := range mine {
-		if !listed[uuid] {
-			remove = append(remove, uuid)
+	if inMine < len(mine) {
+		listed := make(map[string]bool, len(doms))
+		for _, d := range doms {
+			listed[d.UUID] = true
+		}
+		for uuid := range mine {
+			if !listed[uuid] {
+				remove = append(remove, uuid)
+			}
 		}
 	}
 	if len(remove) > 1 {

@@ -18,6 +18,9 @@ func TestObserveDomains(t *testing.T) {
 	home := func(u, host string) map[string]store.DomainHome {
 		return map[string]store.DomainHome{u: {UUID: u, Name: "vm", Host: host, Since: before}}
 	}
+	both := func(host1, host2 string) map[string]store.DomainHome {
+		return map[string]store.DomainHome{u1: {UUID: u1, Name: "vm", Host: host1, Since: before}, u2: {UUID: u2, Name: "vm", Host: host2, Since: before}}
+	}
 	dom := func(u string, st hypervisor.DomainState, reason string) []heartbeat.Domain {
 		return []heartbeat.Domain{{UUID: u, Name: "vm", State: st, Reason: reason}}
 	}
@@ -47,6 +50,9 @@ func TestObserveDomains(t *testing.T) {
 		{"destroyed by the drain of its host: keep", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "destroyed"), nil, nil, true},
 		{"shut down on a drained host: keep", home(u1, "h1"), dom(u1, hypervisor.StateShutoff, "shutdown"), nil, nil, true},
 		{"undefined on a drained host: forget", home(u1, "h1"), nil, nil, []string{u1}, true},
+		{"one of two homes missing: forget that one", both("h1", "h1"), dom(u1, hypervisor.StateRunning, ""), nil, []string{u2}, false},
+		{"one of two homes missing, the other is another host's: forget mine", both("h1", "h2"), dom(u2, hypervisor.StateRunning, ""), []store.DomainHome{{UUID: u2, Name: "vm", Host: "h1", Since: now}}, []string{u1}, false},
+		{"both homes listed: nothing", both("h1", "h1"), append(dom(u2, hypervisor.StateRunning, ""), dom(u1, hypervisor.StateShutoff, "crashed")...), nil, nil, false},
 		{"running on a drained host it does not live on: moves the home", home(u1, "h2"), dom(u1, hypervisor.StateRunning, ""), []store.DomainHome{{UUID: u1, Name: "vm", Host: "h1", Since: now}}, nil, true},
 	}
 	for _, c := range cases {

@@ -27,6 +27,7 @@ func main() {
 	flag.DurationVar(&o.Warmup, "warmup", 10*time.Second, "start of the load left out of the steady-phase figures")
 	flag.IntVar(&o.Stop, "stop", 100, "agents stopped at the end")
 	flag.IntVar(&o.Domains, "domains", 4, "running domains listed in every heartbeat")
+	flag.StringVar(&o.Transport, "transport", heartbeatbench.TransportUDP, "heartbeat transport of the simulated agents: udp (as chime-agent) or http")
 	flag.DurationVar(&o.Interval, "heartbeat-interval", time.Second, "detection.heartbeat_interval")
 	flag.IntVar(&o.Missed, "missed-heartbeats", 3, "detection.missed_heartbeats")
 	flag.DurationVar(&o.ProbeTimeout, "probe-timeout", 200*time.Millisecond, "detection.probe_timeout")

@@ -32,6 +32,9 @@ type Options struct {
 	Warmup   time.Duration // excluded from the steady phase; default 10 s
 	Stop     int           // agents stopped at the end; default 100
 	Domains  int           // domains per heartbeat
+	// Transport the agents heartbeat over: TransportUDP (default), as
+	// chime-agent does, or TransportHTTP.
+	Transport string
 	// Detection settings written to the daemon's config; defaults 1 s, 3,
 	// 200 ms.
 	Interval     time.Duration
@@ -79,6 +82,12 @@ func (o *Options) defaults() error {
 	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
+	}
+	if o.Transport == "" {
+		o.Transport = TransportUDP
+	}
+	if err := checkTransport(o.Transport); err != nil {
+		return fmt.Errorf("--%w", err)
 	}
 	switch {
 	case o.Stop > o.Hosts:
@@ -173,20 +182,26 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 		return nil, err
 	}
 
+	// The daemon's UDP heartbeat address defaults to its API's.
 	gen, err := NewGenerator(GenOptions{BaseURL: "http://" + listen, Token: files.AgentToken, Hosts: files.Hosts,
-		Interval: o.Interval, Domains: o.Domains, Dial: dial, Seed: o.Seed})
+		Interval: o.Interval, Domains: o.Domains, Transport: o.Transport, Dial: dial, Seed: o.Seed})
 	if err != nil {
 		return nil, err
 	}
 	t0 := time.Now()
 	gen.Start(ctx)
 	defer gen.Close()
-	say("load started: %d agents, one heartbeat each per %v", o.Hosts, o.Interval)
+	say("load started: %d agents over %s, one heartbeat each per %v", o.Hosts, o.Transport, o.Interval)
 
 	steadyFrom := t0.Add(o.Warmup)
 	steadyTo := t0.Add(o.Duration)
 	if err := sleepUntil(ctx, steadyFrom, func() { progress(say, gen, d, t0) }); err != nil {
 		return nil, err
+	}
+	if gen.Window(t0, time.Now()).Acked == 0 {
+		// Every figure would be meaningless; say why now, not after the run.
+		return nil, fmt.Errorf("no heartbeat over %s was acknowledged in the %v warm-up (errors: %s); "+
+			"does this daemon take %s heartbeats? see %s", o.Transport, o.Warmup, errList(gen.Errors()), o.Transport, d.logPath)
 	}
 	cpu0, err := CPUTime(d.pid)
 	if err != nil {
@@ -204,9 +219,12 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	}
 	self1, _ := CPUTime(os.Getpid())
 	wall1 := time.Now()
-	metrics, err := hc.metrics(ctx)
-	if err != nil {
+	var metrics map[string]float64
+	var hbCounts HeartbeatCounts
+	if text, err := hc.scrape(ctx); err != nil {
 		say("daemon metrics: %v", err)
+	} else {
+		metrics, hbCounts = parseMetrics(text, daemonMetrics), parseHeartbeatCounts(text)
 	}
 
 	rng := rand.New(rand.NewPCG(o.Seed, 0x73746f70))
@@ -246,13 +264,13 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	w := gen.Window(steadyFrom, steadyTo)
 	steady := wall1.Sub(wall0)
 	rep = &Report{
-		DaemonPID: d.pid, Hosts: o.Hosts, Stopped: len(sample), Domains: o.Domains, Interval: o.Interval, Window: window,
+		DaemonPID: d.pid, Transport: o.Transport, Hosts: o.Hosts, Stopped: len(sample), Domains: o.Domains, Interval: o.Interval, Window: window,
 		ProbeTimeout: o.ProbeTimeout, Goal: window + o.ProbeTimeout,
 		Duration: o.Duration, Steady: steady,
 		DaemonCPU:     (cpu1 - cpu0).Seconds() / steady.Seconds(),
 		GeneratorCPU:  (self1 - self0).Seconds() / steady.Seconds(),
 		DaemonPeakRSS: mem.PeakRSS, DaemonRSS: mem.RSS,
-		Sent: gen.Sent(), Errors: gen.Errors(),
+		Sent: gen.Sent(), Errors: gen.Errors(), LateReplies: gen.LateReplies(), DaemonHeartbeats: hbCounts,
 		Throughput: float64(w.Acked) / steadyTo.Sub(steadyFrom).Seconds(),
 		AckLatency: Distribution(w.Latency), Lateness: Distribution(w.Late),
 		Detection: Distribution(det.DelayList()), Undetected: det.Undetected, Unmeasured: det.Unmeasured,
@@ -332,54 +350,6 @@ func nsDialer(ns string) func(ctx context.Context, network, addr string) (net.Co
 		})
 		return c, err
 	}
-}
-
-// daemonMetrics are the /metrics series the report keeps: where the
-// daemon's memory and descriptors go.
-var daemonMetrics = []string{
-	"go_goroutines", "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes",
-	"go_memstats_sys_bytes", "process_open_fds", "process_max_fds",
-}
-
-// metrics scrapes the daemon's Prometheus endpoint for daemonMetrics.
-func (h *historyClient) metrics(ctx context.Context) (map[string]float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.base+api.PathMetrics, nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+h.token)
-	resp, err := h.http.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: HTTP %d", api.PathMetrics, resp.StatusCode)
-	}
-	return parseMetrics(string(b), daemonMetrics), nil
-}
-
-// parseMetrics picks unlabelled samples out of the Prometheus text format.
-func parseMetrics(text string, names []string) map[string]float64 {
-	want := map[string]bool{}
-	for _, n := range names {
-		want[n] = true
-	}
-	out := map[string]float64{}
-	for line := range strings.SplitSeq(text, "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 || !want[f[0]] {
-			continue
-		}
-		if v, err := strconv.ParseFloat(f[1], 64); err == nil {
-			out[f[0]] = v
-		}
-	}
-	return out
 }
 
 type historyClient struct {

@@ -32,31 +32,42 @@ func TestRun(t *testing.T) {
 	out, err := build.CombinedOutput()
 	require.NoError(t, err, "build chime-fence: %s", out)
 
-	t.Run("small run meets the semantics", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		var progress strings.Builder
-		rep, err := Run(ctx, Options{Daemon: bin, Hosts: 300, Duration: 8 * time.Second, Warmup: 3 * time.Second,
-			Stop: 10, Domains: 1, Settle: 2 * time.Second, Seed: 3, Progress: &progress})
-		t.Log(progress.String())
-		require.NoError(t, err)
-		var table strings.Builder
-		require.NoError(t, rep.Print(&table))
-		t.Log("\n" + table.String())
+	for _, tr := range []string{TransportUDP, TransportHTTP} {
+		t.Run("small run over "+tr+" meets the semantics", func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			var progress strings.Builder
+			o := Options{Daemon: bin, Hosts: 300, Duration: 8 * time.Second, Warmup: 3 * time.Second,
+				Stop: 10, Domains: 1, Settle: 2 * time.Second, Seed: 3, Progress: &progress}
+			if tr != TransportUDP {
+				o.Transport = tr // UDP is the default
+			}
+			rep, err := Run(ctx, o)
+			t.Log(progress.String())
+			require.NoError(t, err)
+			var table strings.Builder
+			require.NoError(t, rep.Print(&table))
+			t.Log("\n" + table.String())
 
-		assert.Equal(t, 10, rep.Stopped)
-		assert.Equal(t, 10, rep.Detection.N, "undetected: %v, never acked: %v", rep.Undetected, rep.Unmeasured)
-		assert.Empty(t, rep.FalseUnreachable)
-		assert.Zero(t, rep.StormRecords)
-		assert.Empty(t, rep.Errors)
-		assert.GreaterOrEqual(t, rep.Detection.P50, rep.Window, "nothing is unreachable before the window has passed")
-		assert.Positive(t, rep.Throughput)
-		assert.Positive(t, rep.DaemonCPU)
-		assert.Positive(t, rep.DaemonPeakRSS)
-		assert.Positive(t, rep.AckLatency.N)
-		assert.Contains(t, rep.DaemonMetrics, "go_goroutines")
-		assertGone(t, rep.DaemonPID)
-	})
+			assert.Equal(t, tr, rep.Transport)
+			assert.Regexp(t, `(?m)^transport +`+tr+` \(`, table.String())
+			assert.Equal(t, 10, rep.Stopped)
+			assert.Equal(t, 10, rep.Detection.N, "undetected: %v, never acked: %v", rep.Undetected, rep.Unmeasured)
+			assert.Empty(t, rep.FalseUnreachable)
+			assert.Zero(t, rep.StormRecords)
+			assert.Empty(t, rep.Errors)
+			assert.GreaterOrEqual(t, rep.Detection.P50, rep.Window, "nothing is unreachable before the window has passed")
+			assert.Positive(t, rep.Throughput)
+			assert.Positive(t, rep.DaemonCPU)
+			assert.Positive(t, rep.DaemonPeakRSS)
+			assert.Positive(t, rep.AckLatency.N)
+			assert.Contains(t, rep.DaemonMetrics, "go_goroutines")
+			acc := rep.DaemonHeartbeats["accepted"]
+			assert.GreaterOrEqual(t, acc[tr], float64(rep.AckLatency.N), "the daemon counted every acked heartbeat of the steady phase, over %s", tr)
+			assert.Equal(t, acc[tr], rep.DaemonHeartbeats.Total("accepted"), "no heartbeat over another transport: %v", acc)
+			assertGone(t, rep.DaemonPID)
+		})
+	}
 
 	t.Run("cancel cleans up", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())

@@ -14,14 +14,22 @@
 //     daemon's). Nothing the bench or the daemon sends leaves that
 //     namespace: host addresses have no route there, so the daemon's
 //     probes fail at once with ENETUNREACH;
-//  3. starts the Generator: one goroutine and one keep-alive HTTP/1.1
-//     connection per agent, dialled inside the namespace (e2e/nsenter),
-//     each agent heartbeating every interval from a random start offset;
+//  3. starts the Generator: one goroutine and one socket per agent,
+//     dialled inside the namespace (e2e/nsenter), each agent heartbeating
+//     every interval from a random start offset. Over Options.Transport
+//     "udp" (default) the socket is a connected UDP socket to the daemon's
+//     API address (its default UDP heartbeat address); the agent seals
+//     each heartbeat with heartbeat.Sealer, as chime-agent does, and waits
+//     up to half the interval (at most 1 s) for the Reply that answers it.
+//     Over "http" it is a keep-alive HTTP/1.1 connection. A run whose
+//     warm-up saw no acknowledged heartbeat stops there, naming the errors;
 //  4. measures the steady phase (after Options.Warmup until
 //     Options.Duration): the daemon's CPU from /proc/PID/stat
 //     (utime+stime over wall time, as a share of one core) and the bench
-//     process's own CPU separately, ack throughput and latency, and how far
-//     behind schedule the generator sent (its own bottleneck check);
+//     process's own CPU separately, ack throughput and latency, how far
+//     behind schedule the generator sent (its own bottleneck check), failed
+//     heartbeats by cause, and the daemon's chime_fence_heartbeats_total by
+//     result and transport;
 //  5. stops a random sample of Options.Stop agents, keeping each one's last
 //     acknowledged heartbeat (its send time, so the delay is never
 //     flattered), and polls GET /v1/history?kind=monitor until each has an

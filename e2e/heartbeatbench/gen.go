@@ -2,16 +2,16 @@ package heartbeatbench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"math"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"net/url"
-	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,37 +20,71 @@ import (
 	"github.com/chimestack/chime-fence/hypervisor"
 )
 
+// Transports the generator speaks.
+const (
+	// TransportUDP sends sealed datagrams (heartbeat.Sealer), one UDP
+	// socket per agent, as chime-agent does by default.
+	TransportUDP = "udp"
+	// TransportHTTP posts heartbeats on one keep-alive HTTP/1.1
+	// connection per agent.
+	TransportHTTP = "http"
+)
+
+// checkTransport names what is wrong with t; "" is not accepted here.
+func checkTransport(t string) error {
+	switch t {
+	case TransportUDP, TransportHTTP:
+		return nil
+	}
+	return fmt.Errorf("transport %q: want %s or %s", t, TransportUDP, TransportHTTP)
+}
+
 // GenOptions configures the load generator.
 type GenOptions struct {
 	// BaseURL is the daemon, e.g. http://127.0.0.1:7480.
 	BaseURL string
-	// Token is the agent bearer token.
+	// Token is the agent token: the HTTP bearer token, and the key of the
+	// UDP datagrams' MAC.
 	Token string
 	Hosts []string
 	// Interval between one agent's heartbeats.
 	Interval time.Duration
 	// Domains listed (running) in every heartbeat of every agent.
 	Domains int
-	// Dial opens connections; nil dials from where we are. The bench
-	// passes one that dials inside its network namespace.
+	// Transport is TransportUDP (default) or TransportHTTP.
+	Transport string
+	// UDPAddr is the daemon's UDP heartbeat address; default the host and
+	// port of BaseURL, as the daemon's controller.heartbeat_udp_listen
+	// default.
+	UDPAddr string
+	// Dial opens connections and UDP sockets; nil dials from where we are.
+	// The bench passes one that dials inside its network namespace.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	// Timeout bounds one request; default 5 s.
+	// Timeout bounds one HTTP request and one dial; default 5 s.
 	Timeout time.Duration
+	// ReplyTimeout bounds the wait for a UDP heartbeat's reply; default
+	// half the interval, at most 1 s: when chime-agent (auto) would send
+	// the same heartbeat over HTTP instead.
+	ReplyTimeout time.Duration
 	// Seed makes start offsets reproducible.
 	Seed uint64
 }
 
-// Generator simulates agents: one goroutine and one keep-alive HTTP/1.1
-// connection each, as real agents have, speaking the wire protocol by hand
-// so that the generator costs far less CPU than the daemon it loads.
+// Generator simulates agents: one goroutine and one socket each (a UDP
+// socket, or a keep-alive HTTP/1.1 connection), as real agents have. It
+// reuses each agent's buffers and speaks HTTP by hand, so that it costs far
+// less CPU than the daemon it loads.
 type Generator struct {
-	o      GenOptions
-	req    []byte // request line and fixed headers, up to Content-Length
-	agents []*agent
-	byHost map[string]*agent
-	wg     sync.WaitGroup
+	o       GenOptions
+	req     []byte // HTTP request line and fixed headers, up to Content-Length
+	sealer  *heartbeat.Sealer
+	udpAddr string
+	agents  []*agent
+	byHost  map[string]*agent
+	wg      sync.WaitGroup
 
 	sent atomic.Int64
+	late atomic.Int64 // UDP replies to a beat already counted as "udp timeout"
 	mu   sync.Mutex
 	errs map[string]int64
 }
@@ -66,8 +100,12 @@ type agent struct {
 	once    sync.Once
 	done    chan struct{}
 
+	// Owned by the agent's goroutine.
 	conn net.Conn
-	br   *bufio.Reader
+	br   *bufio.Reader // HTTP responses
+	buf  bytes.Buffer  // JSON of the current heartbeat
+	enc  *json.Encoder
+	out  []byte // the datagram or request on the wire
 
 	mu      sync.Mutex
 	lastAck time.Time // send time of the last acknowledged heartbeat
@@ -90,18 +128,34 @@ func NewGenerator(o GenOptions) (*Generator, error) {
 	if o.Token == "" || len(o.Hosts) == 0 || o.Interval <= 0 {
 		return nil, errors.New("generator: token, hosts and a positive interval are required")
 	}
+	if o.Transport == "" {
+		o.Transport = TransportUDP
+	}
+	if err := checkTransport(o.Transport); err != nil {
+		return nil, fmt.Errorf("generator: %w", err)
+	}
 	if o.Timeout <= 0 {
 		o.Timeout = 5 * time.Second
+	}
+	if o.ReplyTimeout <= 0 {
+		o.ReplyTimeout = min(o.Interval/2, time.Second)
 	}
 	if o.Dial == nil {
 		var d net.Dialer
 		o.Dial = d.DialContext
 	}
-	g := &Generator{o: o, byHost: make(map[string]*agent, len(o.Hosts)), errs: map[string]int64{}}
+	g := &Generator{o: o, udpAddr: o.UDPAddr, byHost: make(map[string]*agent, len(o.Hosts)), errs: map[string]int64{}}
+	if g.udpAddr == "" {
+		g.udpAddr = u.Host
+	}
+	if g.sealer, err = heartbeat.NewSealer(o.Token); err != nil {
+		return nil, fmt.Errorf("generator: %w", err)
+	}
 	g.req = fmt.Appendf(nil, "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nUser-Agent: chime-heartbeat-bench\r\nContent-Length: ",
 		heartbeat.PathHeartbeat, u.Host, o.Token)
 	rng := rand.New(rand.NewPCG(o.Seed, 0x6865617274))
 	now := time.Now()
+	var longest *agent
 	for i, h := range o.Hosts {
 		if _, dup := g.byHost[h]; dup {
 			return nil, fmt.Errorf("generator: host %s listed twice", h)
@@ -109,6 +163,7 @@ func NewGenerator(o GenOptions) (*Generator, error) {
 		a := &agent{g: g, host: h, bootID: fmt.Sprintf("%08x-bench-boot", i), started: now,
 			offset: time.Duration(rng.Int64N(int64(o.Interval))),
 			stop:   make(chan struct{}), done: make(chan struct{})}
+		a.enc = json.NewEncoder(&a.buf)
 		for d := range o.Domains {
 			a.domains = append(a.domains, heartbeat.Domain{
 				UUID:  fmt.Sprintf("%08x-0000-4000-8000-%012x", i, d),
@@ -118,9 +173,27 @@ func NewGenerator(o GenOptions) (*Generator, error) {
 		}
 		g.agents = append(g.agents, a)
 		g.byHost[h] = a
+		if longest == nil || len(h) > len(longest.host) {
+			longest = a
+		}
+	}
+	if o.Transport == TransportUDP {
+		// chime-agent sends a heartbeat too large for a datagram over
+		// HTTP; a UDP bench of such heartbeats would measure nothing.
+		p, err := longest.encode(longest.heartbeat(math.MaxUint64, now))
+		if err != nil {
+			return nil, fmt.Errorf("generator: %w", err)
+		}
+		if n := heartbeat.DatagramHeaderLen + len(p); n > heartbeat.MaxDatagram {
+			return nil, fmt.Errorf("generator: a heartbeat with %d domains is a %d-byte datagram, over the %d-byte limit "+
+				"(chime-agent sends it over HTTP): use fewer domains or the http transport", o.Domains, n, heartbeat.MaxDatagram)
+		}
 	}
 	return g, nil
 }
+
+// Transport is the transport the agents speak.
+func (g *Generator) Transport() string { return g.o.Transport }
 
 // Start launches every agent; each sends its first heartbeat at a random
 // offset within one interval, then one per interval. Agents run until
@@ -137,9 +210,9 @@ func (g *Generator) Start(ctx context.Context) {
 }
 
 // Stop stops the named agents, as if their process died: each finishes a
-// request already on the wire (so its outcome is known), sends nothing
-// more and closes its connection. It returns, per host, the send time of
-// its last acknowledged heartbeat (zero when none was acknowledged).
+// heartbeat already on the wire (so its outcome is known), sends nothing
+// more and closes its socket. It returns, per host, the send time of its
+// last acknowledged heartbeat (zero when none was acknowledged).
 func (g *Generator) Stop(hosts []string) (map[string]time.Time, error) {
 	var as []*agent
 	for _, h := range hosts {
@@ -200,7 +273,13 @@ func (g *Generator) Window(from, to time.Time) Window {
 // Sent is how many heartbeats were attempted.
 func (g *Generator) Sent() int64 { return g.sent.Load() }
 
-// Errors counts failed heartbeats by cause ("dial", "http 401", …).
+// LateReplies counts UDP replies that came after their heartbeat was
+// counted as "udp timeout" (the agent was waiting for a later one): a
+// slow daemon rather than a lost datagram.
+func (g *Generator) LateReplies() int64 { return g.late.Load() }
+
+// Errors counts failed heartbeats by cause ("udp timeout", "refused: …",
+// "malformed reply", "http 401", "dial", …).
 func (g *Generator) Errors() map[string]int64 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -252,6 +331,44 @@ func (a *agent) run(ctx context.Context, first time.Time) {
 	}
 }
 
+// send sends one heartbeat and waits for its acknowledgement; a failure is
+// counted by cause before it returns.
+func (a *agent) send(ctx context.Context, seq uint64, at time.Time) (time.Duration, error) {
+	a.g.sent.Add(1)
+	if a.g.o.Transport == TransportHTTP {
+		return a.sendHTTP(ctx, seq, at)
+	}
+	return a.sendUDP(ctx, seq, at)
+}
+
+func (a *agent) heartbeat(seq uint64, at time.Time) heartbeat.Heartbeat {
+	return heartbeat.Heartbeat{
+		Host: a.host, BootID: a.bootID, Seq: seq, AgentStart: a.started, AgentVersion: "heartbeat-bench",
+		SentAt: at, Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirtd", OK: true}}, Domains: a.domains,
+	}
+}
+
+// encode is the JSON of hb, the same bytes as json.Marshal, in the agent's
+// reused buffer (valid until the next encode).
+func (a *agent) encode(hb heartbeat.Heartbeat) ([]byte, error) {
+	a.buf.Reset()
+	if err := a.enc.Encode(hb); err != nil {
+		return nil, fmt.Errorf("encode heartbeat of %s: %w", a.host, err)
+	}
+	return bytes.TrimSuffix(a.buf.Bytes(), []byte("\n")), nil
+}
+
+func (a *agent) dial(ctx context.Context, network, addr string) error {
+	dctx, cancel := context.WithTimeout(ctx, a.g.o.Timeout)
+	defer cancel()
+	c, err := a.g.o.Dial(dctx, network, addr)
+	if err != nil {
+		return err
+	}
+	a.conn = c
+	return nil
+}
+
 func (a *agent) closeConn() {
 	if a.conn != nil {
 		a.conn.Close()
@@ -259,68 +376,12 @@ func (a *agent) closeConn() {
 	}
 }
 
-// send posts one heartbeat and reads the Ack, reusing the connection.
-func (a *agent) send(ctx context.Context, seq uint64, at time.Time) (time.Duration, error) {
-	g := a.g
-	g.sent.Add(1)
-	body, err := json.Marshal(heartbeat.Heartbeat{
-		Host: a.host, BootID: a.bootID, Seq: seq, AgentStart: a.started, AgentVersion: "heartbeat-bench",
-		SentAt: at, Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirtd", OK: true}}, Domains: a.domains,
-	})
-	if err != nil {
-		g.fail("encode")
-		return 0, err
+// refusal is a Refused reply as an error cause: the host's name is taken
+// out so that 10,000 hosts refused alike count as one cause.
+func refusal(host, why string) string {
+	why = strings.ReplaceAll(why, host, "HOST")
+	if r := []rune(why); len(r) > 100 {
+		why = string(r[:100]) + "…"
 	}
-	if a.conn == nil {
-		dctx, cancel := context.WithTimeout(ctx, g.o.Timeout)
-		c, err := g.o.Dial(dctx, "tcp", hostOf(g.o.BaseURL))
-		cancel()
-		if err != nil {
-			g.fail("dial")
-			return 0, err
-		}
-		a.conn, a.br = c, bufio.NewReaderSize(c, 1024)
-	}
-	_ = a.conn.SetDeadline(at.Add(g.o.Timeout))
-	msg := make([]byte, 0, len(g.req)+len(body)+16)
-	msg = append(msg, g.req...)
-	msg = strconv.AppendInt(msg, int64(len(body)), 10)
-	msg = append(msg, "\r\n\r\n"...)
-	msg = append(msg, body...)
-	if _, err := a.conn.Write(msg); err != nil {
-		a.closeConn()
-		g.fail("write")
-		return 0, err
-	}
-	resp, err := http.ReadResponse(a.br, nil)
-	if err != nil {
-		a.closeConn()
-		g.fail("read")
-		return 0, err
-	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-	if err != nil {
-		a.closeConn()
-		g.fail("read")
-		return 0, err
-	}
-	if resp.Close {
-		a.closeConn()
-	}
-	if resp.StatusCode != http.StatusOK {
-		g.fail("http " + strconv.Itoa(resp.StatusCode))
-		return 0, fmt.Errorf("heartbeat %s: HTTP %d: %s", a.host, resp.StatusCode, b)
-	}
-	var ack heartbeat.Ack
-	if err := json.Unmarshal(b, &ack); err != nil || ack.HeartbeatInterval <= 0 {
-		g.fail("bad ack")
-		return 0, fmt.Errorf("heartbeat %s: not an ack: %q", a.host, b)
-	}
-	return time.Since(at), nil
-}
-
-func hostOf(base string) string {
-	u, _ := url.Parse(base) // checked by NewGenerator
-	return u.Host
+	return "refused: " + why
 }

@@ -22,7 +22,9 @@ var ErrGoalMissed = errors.New("goal missed")
 
 // Report is one bench run. Durations are in nanoseconds in JSON.
 type Report struct {
-	DaemonPID    int           `json:"daemon_pid"`
+	DaemonPID int `json:"daemon_pid"`
+	// Transport the agents heartbeated over: udp or http.
+	Transport    string        `json:"transport"`
 	Hosts        int           `json:"hosts"`
 	Stopped      int           `json:"stopped"`
 	Domains      int           `json:"domains_per_heartbeat"`
@@ -41,11 +43,17 @@ type Report struct {
 	// DaemonMetrics are Go runtime and process series scraped from the
 	// daemon's /metrics at the end of the steady phase.
 	DaemonMetrics map[string]float64 `json:"daemon_metrics,omitempty"`
+	// DaemonHeartbeats is the daemon's heartbeat counter by result and
+	// transport, scraped with DaemonMetrics (the whole run so far).
+	DaemonHeartbeats HeartbeatCounts `json:"daemon_heartbeats,omitempty"`
 
-	Sent       int64            `json:"heartbeats_sent"`
-	Errors     map[string]int64 `json:"errors"`
-	Throughput float64          `json:"acks_per_second"`
-	AckLatency Dist             `json:"ack_latency"`
+	Sent   int64            `json:"heartbeats_sent"`
+	Errors map[string]int64 `json:"errors"`
+	// LateReplies are UDP replies that came after their heartbeat had
+	// been counted as "udp timeout".
+	LateReplies int64   `json:"late_replies"`
+	Throughput  float64 `json:"acks_per_second"`
+	AckLatency  Dist    `json:"ack_latency"`
 	// Lateness is how far behind schedule the generator sent heartbeats:
 	// large values mean the generator, not the daemon, was the bottleneck.
 	Lateness Dist `json:"generator_lateness"`
@@ -107,6 +115,7 @@ func (r *Report) Print(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
 	row("agents", fmt.Sprintf("%d, heartbeat every %v, %d domains each; %d stopped", r.Hosts, r.Interval, r.Domains, r.Stopped))
+	row("transport", transportLine(r.Transport))
 	row("detection window", fmt.Sprintf("%v (+ probe timeout %v)", r.Window, r.ProbeTimeout))
 	row("steady phase", r.Steady.Round(time.Millisecond).String())
 	row("daemon CPU", fmt.Sprintf("%.3f core", r.DaemonCPU))
@@ -118,6 +127,12 @@ func (r *Report) Print(w io.Writer) error {
 	}
 	row("generator CPU", fmt.Sprintf("%.3f core (bench process, measured separately)", r.GeneratorCPU))
 	row("heartbeats", fmt.Sprintf("%.0f acked/s in the steady phase; %d sent in all; errors %s", r.Throughput, r.Sent, errList(r.Errors)))
+	if r.LateReplies > 0 {
+		row("late replies", fmt.Sprintf("%d (after their heartbeat's reply timeout)", r.LateReplies))
+	}
+	if r.DaemonHeartbeats != nil {
+		row("daemon counted", r.DaemonHeartbeats.String())
+	}
 	row("ack latency", dist(r.AckLatency))
 	row("generator lateness", dist(r.Lateness))
 	row("detection delay", dist(r.Detection)+"  (last acked heartbeat sent → unreachable recorded)")
@@ -140,6 +155,16 @@ func (r *Report) Print(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", g.Name, g.Want, g.Got, ok)
 	}
 	return tw.Flush()
+}
+
+func transportLine(t string) string {
+	switch t {
+	case TransportUDP:
+		return "udp (sealed datagrams, one socket per agent)"
+	case TransportHTTP:
+		return "http (one keep-alive connection per agent)"
+	}
+	return t
 }
 
 func errList(m map[string]int64) string {

@@ -218,16 +218,56 @@ func TestDetect(t *testing.T) {
 	assert.Equal(t, []time.Duration{3 * time.Second, 3100 * time.Millisecond, 3200 * time.Millisecond}, got)
 }
 
-func TestParseMetrics(t *testing.T) {
-	text := `# HELP go_goroutines Number of goroutines.
+const metricsText = `# HELP go_goroutines Number of goroutines.
 # TYPE go_goroutines gauge
 go_goroutines 10042
 go_memstats_heap_inuse_bytes 1.2345e+08
-chime_fence_heartbeats_total{result="accepted"} 99
+# HELP chime_fence_heartbeats_total Heartbeats received, by result and transport.
+# TYPE chime_fence_heartbeats_total counter
+chime_fence_heartbeats_total{result="accepted",transport="http"} 7
+chime_fence_heartbeats_total{result="accepted",transport="udp"} 590000
+chime_fence_heartbeats_total{transport="udp",result="unknown_host"} 2
+chime_fence_heartbeats_total{result="unknown_host",transport="http"} 1
+chime_fence_heartbeats_total{result="malformed",transport="udp"} 0
+chime_fence_heartbeats_total{result="unauthorized",transport="udp"} 3e+00
+chime_fence_heartbeats_total_created{result="accepted",transport="udp"} 1.7e+09
 process_open_fds 10021
 `
-	got := parseMetrics(text, daemonMetrics)
-	assert.Equal(t, map[string]float64{"go_goroutines": 10042, "go_memstats_heap_inuse_bytes": 1.2345e8, "process_open_fds": 10021}, got)
+
+func TestParseMetrics(t *testing.T) {
+	got := parseMetrics(metricsText, daemonMetrics)
+	assert.Equal(t, map[string]float64{"go_goroutines": 10042, "go_memstats_heap_inuse_bytes": 1.2345e8, "process_open_fds": 10021}, got,
+		"labelled series are not taken for unlabelled ones")
+}
+
+func TestParseHeartbeatCounts(t *testing.T) {
+	c := parseHeartbeatCounts(metricsText)
+	assert.Equal(t, HeartbeatCounts{
+		"accepted":     {"http": 7, "udp": 590000},
+		"unknown_host": {"udp": 2, "http": 1},
+		"malformed":    {"udp": 0},
+		"unauthorized": {"udp": 3},
+	}, c, "by result and transport, whatever the label order; _created is another series")
+	assert.Equal(t, 590007.0, c.Total("accepted"), "summed over transports")
+	assert.Equal(t, 3.0, c.Total("unknown_host"))
+	assert.Zero(t, c.Total("too_large"))
+	assert.Equal(t, "accepted 590007 (http 7, udp 590000); refused unauthorized=3 unknown_host=3", c.String())
+
+	// A daemon from before the transport label: one unlabelled transport.
+	old := parseHeartbeatCounts("chime_fence_heartbeats_total{result=\"accepted\"} 99\n")
+	assert.Equal(t, HeartbeatCounts{"accepted": {"": 99}}, old)
+	assert.Equal(t, "accepted 99 (unlabelled 99); refused none", old.String())
+
+	// Escapes in label values; lines that do not parse are skipped.
+	odd := parseHeartbeatCounts(`chime_fence_heartbeats_total{result="a\"b\\c",transport="u\nd"} 1
+chime_fence_heartbeats_total{result="accepted",transport="udp} 5
+chime_fence_heartbeats_total{result="accepted",transport="udp"} many
+chime_fence_heartbeats_total{transport="udp"} 4
+chime_fence_heartbeats_total{result="accepted",transport="udp\x"} 6
+chime_fence_heartbeats_total 8
+`)
+	assert.Equal(t, HeartbeatCounts{`a"b\c`: {"u\nd": 1}}, odd)
+	assert.Equal(t, "none", HeartbeatCounts{}.String())
 }
 
 func TestReportGoals(t *testing.T) {
@@ -238,6 +278,13 @@ func TestReportGoals(t *testing.T) {
 	var out strings.Builder
 	require.NoError(t, good.Print(&out))
 	assert.Contains(t, out.String(), "p99 3100.0 ms")
+	assert.NotContains(t, out.String(), "daemon counted", "no scrape, no line")
+	good.Transport = TransportUDP
+	good.DaemonHeartbeats = HeartbeatCounts{"accepted": {"udp": 42, "http": 0}}
+	out.Reset()
+	require.NoError(t, good.Print(&out))
+	assert.Regexp(t, `transport +udp \(sealed datagrams`, out.String())
+	assert.Regexp(t, `daemon counted +accepted 42 \(http 0, udp 42\); refused none`, out.String())
 	assert.NotContains(t, out.String(), "MISSED")
 
 	for _, tc := range []struct {
@@ -272,6 +319,10 @@ func TestOptionsDefaultsAndRefusals(t *testing.T) {
 	assert.Equal(t, 100, o.Stop)
 	assert.Equal(t, 6*time.Second, o.Settle)
 	assert.Equal(t, 33*time.Second, o.DetectTimeout)
+	assert.Equal(t, TransportUDP, o.Transport, "the bench speaks what chime-agent speaks by default")
+	o = Options{Daemon: "bin/chime-fence", Transport: TransportHTTP}
+	require.NoError(t, o.defaults())
+	assert.Equal(t, TransportHTTP, o.Transport)
 
 	for _, tc := range []struct {
 		o    Options
@@ -281,6 +332,7 @@ func TestOptionsDefaultsAndRefusals(t *testing.T) {
 		{Options{Daemon: "x", Hosts: 5, Stop: 6}, "--stop 6 is more than --hosts 5"},
 		{Options{Daemon: "x", Duration: time.Second, Warmup: 2 * time.Second}, "leaves no steady phase"},
 		{Options{Daemon: "x", Domains: -1}, "--domains -1"},
+		{Options{Daemon: "x", Transport: "UDP"}, `--transport "UDP": want udp or http`},
 	} {
 		o := tc.o
 		assert.ErrorContains(t, o.defaults(), tc.want)

@@ -136,7 +136,7 @@ func (f *fakeDaemon) last(host string) heartbeat.Heartbeat {
 
 // startFake serves HTTP and UDP on one port number of 127.0.0.1, as the
 // daemon does by default; opts set answer or known before it serves.
-func startFake(t *testing.T, token string, opts ...func(*fakeDaemon)) *fakeDaemon {
+func startFake(t testing.TB, token string, opts ...func(*fakeDaemon)) *fakeDaemon {
 	sealer, err := heartbeat.NewSealer(token)
 	require.NoError(t, err)
 	f := &fakeDaemon{token: token, sealer: sealer, got: map[string][]heartbeat.Heartbeat{}, srcs: map[string]map[string]bool{}}
@@ -282,7 +282,7 @@ func TestGeneratorHeartbeats(t *testing.T) {
 }
 
 // freeUDPAddr is a loopback UDP address nothing listens on.
-func freeUDPAddr(t *testing.T) string {
+func freeUDPAddr(t testing.TB) string {
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	require.NoError(t, err)
 	addr := c.LocalAddr().String()

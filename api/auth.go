@@ -129,7 +129,7 @@ func (s *Server) agent(h http.HandlerFunc) http.HandlerFunc {
 		p := s.identify(r)
 		if p.role != roleAgent {
 			if r.URL.Path == heartbeat.PathHeartbeat {
-				s.hbTotal.WithLabelValues("unauthorized").Inc()
+				s.hbHTTP.unauthorized.Inc()
 			}
 			if p.role == roleNone {
 				s.refuse(w, r, p, http.StatusUnauthorized, "missing or wrong agent token (Authorization: Bearer)")

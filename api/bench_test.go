@@ -2,8 +2,10 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -17,6 +19,7 @@ import (
 	"github.com/chimestack/chime-fence/detector"
 	"github.com/chimestack/chime-fence/heartbeat"
 	"github.com/chimestack/chime-fence/hypervisor"
+	"github.com/chimestack/chime-fence/node"
 	"github.com/chimestack/chime-fence/store"
 )
 
@@ -81,5 +84,88 @@ func BenchmarkHeartbeatHandler(b *testing.B) {
 	b.ResetTimer()
 	for n := 0; n < b.N; n++ {
 		beat(n)
+	}
+}
+
+// trivialBackend answers every heartbeat with the same Ack, so the
+// datagram benchmarks measure the transport, not the detector.
+type trivialBackend struct{ Backend }
+
+func (trivialBackend) Heartbeat(heartbeat.Heartbeat) (heartbeat.Ack, error) {
+	return heartbeat.Ack{AdminState: node.Enabled, AssignmentRevision: 7, HeartbeatInterval: heartbeat.Duration(time.Second)}, nil
+}
+
+// benchBeat is a sealed heartbeat with four domains, as an agent sends it.
+func benchBeat(b *testing.B) (*heartbeat.Sealer, []byte) {
+	sealer, err := heartbeat.NewSealer(agentTok)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var doms []heartbeat.Domain
+	for j := range 4 {
+		doms = append(doms, heartbeat.Domain{UUID: fmt.Sprintf("00000001-0000-4000-8000-%012x", j), Name: fmt.Sprintf("vm-%d", j), State: hypervisor.StateRunning})
+	}
+	dg, err := sealer.SealHeartbeat(heartbeat.Heartbeat{Host: "h1", BootID: "boot", Seq: 1, AgentStart: time.Unix(1, 0),
+		AgentVersion: "v1", SentAt: time.Now(), Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirt", OK: true},
+			Storage: []heartbeat.Check{{Name: "/mnt/shared", OK: true}}}, Domains: doms})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return sealer, dg
+}
+
+// BenchmarkHeartbeatDatagram is one heartbeat round trip over loopback UDP
+// (agent write, daemon read, open, decode, ack, seal, write, agent read)
+// against a trivial backend. allocs/op are the daemon's: the agent's
+// connected socket reads and writes allocate nothing.
+func BenchmarkHeartbeatDatagram(b *testing.B) {
+	s, err := New(trivialBackend{}, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	conn, err := ListenHeartbeats("127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.ServeHeartbeats(ctx, conn) }()
+	defer func() { cancel(); <-done }()
+	c, err := net.DialUDP("udp", nil, conn.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	_, dg := benchBeat(b)
+	buf := make([]byte, heartbeat.MaxDatagram+1)
+	if err := c.SetReadDeadline(time.Now().Add(time.Minute)); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for n := 0; n < b.N; n++ {
+		if _, err := c.Write(dg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Read(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkHeartbeatDatagramHandler is the daemon's work on one datagram
+// without the sockets: open, decode, backend, seal the reply.
+func BenchmarkHeartbeatDatagramHandler(b *testing.B) {
+	s, err := New(trivialBackend{}, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, dg := benchBeat(b)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for n := 0; n < b.N; n++ {
+		if s.heartbeatDatagram(dg, peer{}) == nil {
+			b.Fatal("no reply")
+		}
 	}
 }

@@ -123,3 +123,60 @@ func daemonOf(tb testing.TB, e *env) *daemon.Daemon {
 	}
 	return d
 }
+
+// FuzzHeartbeatDatagram feeds the UDP intake raw datagrams and, with seal,
+// payloads sealed with the agent token under any kind. It never panics; a
+// reply is sent only to an authentic heartbeat datagram and is a sealed
+// Reply naming that heartbeat, carrying an Ack or a reason.
+func FuzzHeartbeatDatagram(f *testing.F) {
+	_, d := testDaemon(f, filepath.Join(f.TempDir(), "s.db"))
+	s, err := New(d, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
+	if err != nil {
+		f.Fatal(err)
+	}
+	sealer, err := heartbeat.NewSealer(agentTok)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(beat("h1", 1), true, heartbeat.KindHeartbeat)
+	f.Add(beat("h9", 2), true, heartbeat.KindHeartbeat)
+	f.Add([]byte(`{"host":"h1","boot_id":"b","seq":3,"domains":[{"uuid":"nope","state":"running"}]}`), true, heartbeat.KindHeartbeat)
+	f.Add([]byte(`{"host":"h1","seq":"one"}`), true, heartbeat.KindHeartbeat)
+	f.Add(beat("h1", 4), true, heartbeat.KindReply)
+	f.Add(sealer.Seal(nil, heartbeat.KindHeartbeat, beat("h2", 5)), false, byte(0))
+	f.Add([]byte("CFHB\x01\x01\x00\x00"), false, byte(0))
+	f.Fuzz(func(t *testing.T, data []byte, seal bool, kind byte) {
+		b := data
+		if seal {
+			b = sealer.Seal(nil, kind, data)
+		}
+		out := s.heartbeatDatagram(b, peer{})
+		k, payload, err := sealer.Open(b)
+		if err != nil || k != heartbeat.KindHeartbeat {
+			if out != nil {
+				t.Fatalf("replied to a datagram that is not an authentic heartbeat (%v, kind %d)", err, k)
+			}
+			return
+		}
+		if out == nil {
+			return // a refusal that could not name its heartbeat, or the reply would not fit
+		}
+		if len(out) > heartbeat.MaxDatagram {
+			t.Fatalf("reply of %d bytes", len(out))
+		}
+		rk, rp, err := sealer.Open(out)
+		if err != nil || rk != heartbeat.KindReply {
+			t.Fatalf("reply does not open: %v, kind %d", err, rk)
+		}
+		r, err := heartbeat.DecodeReply(rp)
+		if err != nil {
+			t.Fatalf("reply %q: %v", rp, err)
+		}
+		if r.Ack != nil {
+			hb, err := heartbeat.DecodeBytes(payload)
+			if err != nil || !r.Answers(hb) || r.Ack.AssignmentRevision == 0 {
+				t.Fatalf("ack %+v for a heartbeat that is invalid (%v) or another one", r, err)
+			}
+		}
+	})
+}

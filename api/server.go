@@ -13,6 +13,10 @@
 // was wrong; nothing a client sends can crash the daemon or change state
 // half-way. Operation requests map operations' errors: ErrInvalid 400,
 // ErrNotFound 404, ErrConflict 409, ErrUnavailable 501.
+//
+// Heartbeats also arrive as UDP datagrams (ServeHeartbeats, udp.go): sealed
+// with a key derived from the agent token, answered only when authentic, to
+// the datagram's source, with the Ack or the reason HTTP would give in a 4xx.
 package api
 
 import (
@@ -22,7 +26,10 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -59,7 +66,17 @@ type Server struct {
 	log     zerolog.Logger
 	mux     *http.ServeMux
 	hbTotal *prometheus.CounterVec
+	hbHTTP  hbCounts
+	hbUDP   hbCounts
 	reg     *prometheus.Registry
+
+	// sealer opens heartbeat datagrams and seals replies (agent token).
+	sealer *heartbeat.Sealer
+	// now is the clock of the datagram logs' rate limits.
+	now                               func() time.Time
+	udpDropped, udpRefused, udpFailed everySecond
+	// readers overrides ServeHeartbeats' reader count (tests: 1 keeps order).
+	readers int
 
 	ops    Operations
 	fences Fences
@@ -76,17 +93,21 @@ func New(b Backend, tok Tokens, reg *prometheus.Registry, log zerolog.Logger, op
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	s := &Server{b: b, creds: creds, log: log.With().Str("component", "api").Logger(), mux: http.NewServeMux(), reg: reg}
+	sealer, err := heartbeat.NewSealer(tok.Agent)
+	if err != nil {
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	s := &Server{b: b, creds: creds, log: log.With().Str("component", "api").Logger(), mux: http.NewServeMux(), reg: reg,
+		sealer: sealer, now: time.Now,
+		udpDropped: newEverySecond(), udpRefused: newEverySecond(), udpFailed: newEverySecond()}
 	for _, o := range opts {
 		o(s)
 	}
 	s.hbTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "chime_fence_heartbeats_total",
-		Help: "Heartbeats received, by result: accepted, malformed, unauthorized, unknown_host, too_large.",
-	}, []string{"result"})
-	for _, r := range []string{"accepted", "malformed", "unauthorized", "unknown_host", "too_large"} {
-		s.hbTotal.WithLabelValues(r)
-	}
+		Help: "Heartbeats received, by transport (http, udp) and result: accepted, malformed, unauthorized, unknown_host, too_large.",
+	}, []string{"result", "transport"})
+	s.hbHTTP, s.hbUDP = newHBCounts(s.hbTotal, "http"), newHBCounts(s.hbTotal, "udp")
 	if err := reg.Register(s.hbTotal); err != nil {
 		return nil, fmt.Errorf("api: register metrics: %w", err)
 	}
@@ -119,6 +140,43 @@ func New(b Backend, tok Tokens, reg *prometheus.Registry, log zerolog.Logger, op
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
+// hbCounts are one transport's heartbeat counters, resolved once: the
+// datagram path runs 10,000 times a second.
+type hbCounts struct {
+	accepted, malformed, unauthorized, unknownHost, tooLarge prometheus.Counter
+}
+
+func newHBCounts(v *prometheus.CounterVec, transport string) hbCounts {
+	return hbCounts{
+		accepted:     v.WithLabelValues("accepted", transport),
+		malformed:    v.WithLabelValues("malformed", transport),
+		unauthorized: v.WithLabelValues("unauthorized", transport),
+		unknownHost:  v.WithLabelValues("unknown_host", transport),
+		tooLarge:     v.WithLabelValues("too_large", transport),
+	}
+}
+
+// everySecond lets a log line through at most once a second and counts the
+// ones it held back, so a flood of bad datagrams cannot flood the log.
+type everySecond struct {
+	lim        *rate.Limiter
+	suppressed *atomic.Uint64
+}
+
+func newEverySecond() everySecond {
+	return everySecond{lim: rate.NewLimiter(rate.Every(time.Second), 1), suppressed: new(atomic.Uint64)}
+}
+
+// allow reports whether to log now and how many lines were held back since
+// the last one logged.
+func (e everySecond) allow(now time.Time) (ok bool, suppressed uint64) {
+	if e.lim.AllowN(now, 1) {
+		return true, e.suppressed.Swap(0)
+	}
+	e.suppressed.Add(1)
+	return false, 0
+}
+
 // ErrorBody is every error response.
 type ErrorBody struct {
 	Error string `json:"error"`
@@ -136,7 +194,7 @@ func writeErr(w http.ResponseWriter, code int, format string, args ...any) {
 
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength > heartbeat.MaxBodyBytes {
-		s.hbTotal.WithLabelValues("too_large").Inc()
+		s.hbHTTP.tooLarge.Inc()
 		writeErr(w, http.StatusRequestEntityTooLarge, "heartbeat of %d bytes exceeds %d", r.ContentLength, heartbeat.MaxBodyBytes)
 		return
 	}
@@ -144,18 +202,18 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			s.hbTotal.WithLabelValues("too_large").Inc()
+			s.hbHTTP.tooLarge.Inc()
 			writeErr(w, http.StatusRequestEntityTooLarge, "heartbeat exceeds %d bytes", heartbeat.MaxBodyBytes)
 			return
 		}
-		s.hbTotal.WithLabelValues("malformed").Inc()
+		s.hbHTTP.malformed.Inc()
 		s.log.Warn().Str("remote", r.RemoteAddr).Err(err).Msg("refused malformed heartbeat")
 		writeErr(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	ack, err := s.b.Heartbeat(hb)
 	if errors.Is(err, daemon.ErrUnknownHost) {
-		s.hbTotal.WithLabelValues("unknown_host").Inc()
+		s.hbHTTP.unknownHost.Inc()
 		s.log.Warn().Str("remote", r.RemoteAddr).Str("host", hb.Host).Msg("refused heartbeat from a host not in the configuration")
 		writeErr(w, http.StatusNotFound, "host %q is not in the daemon's configuration", hb.Host)
 		return
@@ -164,7 +222,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	s.hbTotal.WithLabelValues("accepted").Inc()
+	s.hbHTTP.accepted.Inc()
 	writeJSON(w, http.StatusOK, ack)
 }
 

@@ -133,11 +133,12 @@ func TestHeartbeatRefusals(t *testing.T) {
 	code, _ = e.do("GET", PathMetrics, agentTok, nil)
 	assert.Equal(t, 403, code, "not the agent's")
 	_, metrics := e.do("GET", PathMetrics, apiTok, nil)
-	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="unauthorized"} 2`)
-	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="malformed"} 7`)
-	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="unknown_host"} 1`)
-	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="too_large"} 1`)
-	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="accepted"} 0`)
+	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="unauthorized",transport="http"} 2`)
+	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="malformed",transport="http"} 7`)
+	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="unknown_host",transport="http"} 1`)
+	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="too_large",transport="http"} 1`)
+	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="accepted",transport="http"} 0`)
+	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="malformed",transport="udp"} 0`, "HTTP refusals are not counted as UDP")
 	for _, tok := range []string{agentTok, apiTok} {
 		assert.NotContains(t, metrics, tok)
 	}

@@ -2,6 +2,7 @@ package configs
 
 import (
 	"fmt"
+	"net"
 	"time"
 )
 
@@ -33,6 +34,11 @@ type Controller struct {
 	// Listen is the API address; loopback by default so the API is never
 	// exposed by accident.
 	Listen string `mapstructure:"listen" json:"listen" yaml:"listen"`
+	// HeartbeatUDPListen is where agents' heartbeat datagrams arrive: ""
+	// (default) is Listen's address and port (the port actually bound),
+	// HeartbeatUDPOff takes heartbeats over HTTP only, anything else is
+	// host:port. See HeartbeatUDPAddr.
+	HeartbeatUDPListen string `mapstructure:"heartbeat_udp_listen" json:"heartbeat_udp_listen" yaml:"heartbeat_udp_listen"`
 	// StateDir holds the journal (bbolt file).
 	StateDir string `mapstructure:"state_dir" json:"state_dir" yaml:"state_dir"`
 	// APITokenFile holds the operator token for the CLI and API.
@@ -47,6 +53,22 @@ type Controller struct {
 	// HTTPS with this certificate chain and key (PEM).
 	TLSCertFile string `mapstructure:"tls_cert_file" json:"tls_cert_file,omitempty" yaml:"tls_cert_file,omitempty"`
 	TLSKeyFile  string `mapstructure:"tls_key_file" json:"tls_key_file,omitempty" yaml:"tls_key_file,omitempty"`
+}
+
+// HeartbeatUDPOff is the controller.heartbeat_udp_listen that turns UDP
+// heartbeats off.
+const HeartbeatUDPOff = "off"
+
+// HeartbeatUDPAddr is the address to take UDP heartbeats on, given the
+// address the API listener bound (tcp); ok is false when they are off.
+func (c Controller) HeartbeatUDPAddr(api net.Addr) (addr string, ok bool) {
+	switch c.HeartbeatUDPListen {
+	case HeartbeatUDPOff:
+		return "", false
+	case "":
+		return api.String(), true
+	}
+	return c.HeartbeatUDPListen, true
 }
 
 // APITokenName is the name of the token in controller.api_token_file.

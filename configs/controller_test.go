@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -59,6 +60,47 @@ func TestAPITokensMistakesAreNamed(t *testing.T) {
 			assert.Contains(t, err.Error(), key+" (line ")
 			assert.Contains(t, err.Error(), strings.TrimSpace(msg))
 			assert.NotContains(t, err.Error(), "s3cret")
+		})
+	}
+}
+
+func TestHeartbeatUDPListen(t *testing.T) {
+	api := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 7480}
+	c, err := Parse("/etc/chime/c.yaml", []byte(minimal), noEnv)
+	require.NoError(t, err)
+	assert.Equal(t, "", c.Controller.HeartbeatUDPListen, "default: the API listener's address")
+	addr, on := c.Controller.HeartbeatUDPAddr(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 41234})
+	assert.True(t, on)
+	assert.Equal(t, "127.0.0.1:41234", addr, "the port the API actually bound")
+
+	c, err = Parse("/etc/chime/c.yaml", []byte(minimal+"controller:\n  heartbeat_udp_listen: off\n"), noEnv)
+	require.NoError(t, err)
+	_, on = c.Controller.HeartbeatUDPAddr(api)
+	assert.False(t, on)
+
+	c, err = Parse("/etc/chime/c.yaml", []byte(minimal+"controller:\n  heartbeat_udp_listen: 0.0.0.0:7490\n"), noEnv)
+	require.NoError(t, err)
+	addr, on = c.Controller.HeartbeatUDPAddr(api)
+	assert.True(t, on)
+	assert.Equal(t, "0.0.0.0:7490", addr)
+
+	env := func(k string) (string, bool) { return "off", k == "CHIME_FENCE_CONTROLLER_HEARTBEAT_UDP_LISTEN" }
+	c, err = Parse("/etc/chime/c.yaml", []byte(minimal), env)
+	require.NoError(t, err)
+	assert.Equal(t, HeartbeatUDPOff, c.Controller.HeartbeatUDPListen, "the environment may turn it off")
+
+	for _, tc := range []struct{ value, want string }{
+		{"Off", `"Off" is not host:port (or "" for controller.listen's address, "off" for no UDP heartbeats)`},
+		{"127.0.0.1", `"127.0.0.1" is not host:port`},
+		{"'127.0.0.1:0'", `"127.0.0.1:0": port must be 1-65535`},
+		{"'[::1]:70000'", `"[::1]:70000": port must be 1-65535`},
+		{"'bad_host:7480'", `"bad_host" is not an IP address or host name`},
+	} {
+		t.Run(tc.value, func(t *testing.T) {
+			_, err := Parse("/etc/chime/c.yaml", []byte(minimal+"controller:\n  heartbeat_udp_listen: "+tc.value+"\n"), noEnv)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), "controller.heartbeat_udp_listen (line 15)")
+			assert.Contains(t, err.Error(), tc.want)
 		})
 	}
 }

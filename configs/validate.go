@@ -37,6 +37,13 @@ func validate(c *Config, root *yaml.Node, ps *problems) {
 		v.add("cluster.name", "%q: use letters, digits, '.', '_' and '-' (at most 63)", c.Cluster.Name)
 	}
 	v.hostPort("controller.listen", c.Controller.Listen)
+	if u := c.Controller.HeartbeatUDPListen; u != "" && u != HeartbeatUDPOff {
+		if _, _, err := net.SplitHostPort(u); err != nil {
+			v.add("controller.heartbeat_udp_listen", "%q is not host:port (or \"\" for controller.listen's address, %q for no UDP heartbeats)", u, HeartbeatUDPOff)
+		} else {
+			v.hostPort("controller.heartbeat_udp_listen", u)
+		}
+	}
 	if !filepath.IsAbs(c.Controller.StateDir) {
 		v.add("controller.state_dir", "%q must be an absolute path", c.Controller.StateDir)
 	}

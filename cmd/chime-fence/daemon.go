@@ -115,6 +115,19 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 	if tlsCfg != nil {
 		ln = tls.NewListener(ln, tlsCfg)
 	}
+	// Agents' heartbeat datagrams; "" shares the API's address and the
+	// port it actually bound.
+	var hbConn *net.UDPConn
+	if addr, on := cfg.Controller.HeartbeatUDPAddr(ln.Addr()); on {
+		if hbConn, err = api.ListenHeartbeats(addr); err != nil {
+			how := ""
+			if cfg.Controller.HeartbeatUDPListen == "" {
+				how = ` is "": controller.listen's address`
+			}
+			return failureErr(fmt.Errorf("listen for UDP heartbeats on %s (controller.heartbeat_udp_listen%s; \"off\" takes heartbeats over HTTP only): %w", addr, how, err))
+		}
+		defer hbConn.Close()
+	}
 
 	st, err := store.Open(store.Path(cfg.Controller.StateDir), store.Options{})
 	if err != nil {
@@ -205,12 +218,20 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 	go func() { defer close(engDone); defer engRunning.Store(false); _ = eng.Run(ctx) }()
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- hs.Serve(ln) }()
+	var udpErr chan error // nil (never ready) when UDP heartbeats are off
+	udpAddr := "off"
+	if hbConn != nil {
+		udpErr, udpAddr = make(chan error, 1), hbConn.LocalAddr().String()
+		udpDone := make(chan struct{})
+		go func() { defer close(udpDone); udpErr <- srv.ServeHeartbeats(ctx, hbConn) }()
+		defer func() { cancel(); <-udpDone }()
+	}
 
 	dlog := log.With().Str("component", "daemon").Logger()
 	if cfg.Mode != configs.ModeEnforce {
 		dlog.Warn().Msg("mode observe: host-down verdicts are recorded as \"would fence\"; nothing is fenced or moved")
 	}
-	dlog.Info().Str("listen", ln.Addr().String()).Int("hosts", len(cfg.Hosts)).Str("mode", string(cfg.Mode)).
+	dlog.Info().Str("listen", ln.Addr().String()).Str("heartbeat_udp", udpAddr).Int("hosts", len(cfg.Hosts)).Str("mode", string(cfg.Mode)).
 		Str("state", st.Path()).Msg("daemon started")
 	for {
 		select {
@@ -244,6 +265,11 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 			cancel()
 			<-engDone
 			return failureErr(fmt.Errorf("API server: %w", err))
+		case err := <-udpErr:
+			cancel()
+			_ = hs.Close()
+			<-engDone
+			return failureErr(fmt.Errorf("UDP heartbeats: %w", err))
 		case <-ctx.Done():
 			sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 			_ = hs.Shutdown(sctx)

@@ -1,0 +1,257 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/chimestack/chime-fence/daemon"
+	"github.com/chimestack/chime-fence/heartbeat"
+)
+
+// The UDP heartbeat intake: a few reader goroutines share one socket, so
+// 10,000 agents cost the daemon no goroutine, buffer or TCP write each.
+
+// udpWriteTimeout bounds a reply's write: a full send buffer must not hold
+// a reader that the next datagrams wait for.
+const udpWriteTimeout = 100 * time.Millisecond
+
+// maxRefusedText bounds a reply's reason: a heartbeat listing thousands of
+// bad domains must not make a reply larger than a datagram.
+const maxRefusedText = 1024
+
+// udpReadBuffer is the receive buffer ListenHeartbeats asks for: room for a
+// second's burst of 10,000 beats while the readers are busy. The kernel
+// caps it at net.core.rmem_max.
+const udpReadBuffer = 4 << 20
+
+// ListenHeartbeats opens the UDP socket for ServeHeartbeats on addr
+// (host:port) and asks for a large receive buffer (best effort).
+func ListenHeartbeats(addr string) (*net.UDPConn, error) {
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	uc := pc.(*net.UDPConn)
+	_ = uc.SetReadBuffer(udpReadBuffer)
+	return uc, nil
+}
+
+// ServeHeartbeats reads heartbeat datagrams from conn until ctx ends, then
+// closes conn and returns nil once every reader stopped. It returns an
+// error when conn fails for another reason (closed by someone else).
+//
+// Each datagram is opened with the agent token's key; one that is not
+// authentic, not a heartbeat, malformed or too large is counted and
+// dropped without a reply, so a forged source address is never sent
+// anything. An authentic heartbeat goes to the Backend like an HTTP one and
+// is answered, to the datagram's source, with the Ack, or with Refused
+// saying why (unknown host, invalid heartbeat) when the reply can name the
+// heartbeat it answers.
+func (s *Server) ServeHeartbeats(ctx context.Context, conn net.PacketConn) error {
+	n := s.readers
+	if n <= 0 {
+		n = max(runtime.GOMAXPROCS(0), 2)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Closing the socket is what unblocks the readers.
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	defer stop()
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			if err := s.readHeartbeats(ctx, conn); err != nil {
+				errs <- err
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
+}
+
+// peer is a datagram's source: ap on a *net.UDPConn (no allocation),
+// addr on any other PacketConn.
+type peer struct {
+	ap   netip.AddrPort
+	addr net.Addr
+}
+
+func (p peer) String() string {
+	if p.addr != nil {
+		return p.addr.String()
+	}
+	return netip.AddrPortFrom(p.ap.Addr().Unmap(), p.ap.Port()).String()
+}
+
+func (s *Server) readHeartbeats(ctx context.Context, conn net.PacketConn) error {
+	// One byte more than a datagram may have: a read that fills it was
+	// too large (the kernel truncated it).
+	buf := make([]byte, heartbeat.MaxDatagram+1)
+	uc, _ := conn.(*net.UDPConn)
+	for {
+		var (
+			n   int
+			p   peer
+			err error
+		)
+		if uc != nil {
+			n, p.ap, err = uc.ReadFromUDPAddrPort(buf)
+		} else {
+			n, p.addr, err = conn.ReadFrom(buf)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("UDP heartbeats on %s: socket closed: %w", conn.LocalAddr(), err)
+			}
+			s.failed(err, "reading a heartbeat datagram failed")
+			// A failing socket must not spin a core.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
+		}
+		reply := s.heartbeatDatagram(buf[:n], p)
+		if reply == nil {
+			continue
+		}
+		_ = conn.SetWriteDeadline(time.Now().Add(udpWriteTimeout))
+		if uc != nil {
+			_, err = uc.WriteToUDPAddrPort(reply, p.ap)
+		} else {
+			_, err = conn.WriteTo(reply, p.addr)
+		}
+		if err != nil && ctx.Err() == nil {
+			s.failed(err, "heartbeat reply to "+p.String()+" not sent")
+		}
+	}
+}
+
+// heartbeatDatagram handles one datagram from p and returns the sealed
+// reply to send, or nil for none.
+func (s *Server) heartbeatDatagram(b []byte, p peer) []byte {
+	kind, payload, err := s.sealer.Open(b)
+	switch {
+	case errors.Is(err, heartbeat.ErrDatagramTooLarge):
+		s.hbUDP.tooLarge.Inc()
+		s.dropped(p, "too_large", err)
+		return nil
+	case errors.Is(err, heartbeat.ErrDatagramAuth):
+		s.hbUDP.unauthorized.Inc()
+		s.dropped(p, "unauthorized", err)
+		return nil
+	case err != nil:
+		s.hbUDP.malformed.Inc()
+		s.dropped(p, "malformed", err)
+		return nil
+	case kind != heartbeat.KindHeartbeat:
+		// Never answer a reply: two daemons (or a forged reflection) must
+		// not ping-pong.
+		s.hbUDP.malformed.Inc()
+		s.dropped(p, "malformed", fmt.Errorf("datagram of kind %d; the daemon reads only heartbeats (kind %d)", kind, heartbeat.KindHeartbeat))
+		return nil
+	}
+	hb, err := heartbeat.DecodeBytes(payload)
+	if err != nil {
+		s.hbUDP.malformed.Inc()
+		return s.refused(p, named(payload), err.Error())
+	}
+	ack, err := s.b.Heartbeat(hb)
+	switch {
+	case errors.Is(err, daemon.ErrUnknownHost):
+		s.hbUDP.unknownHost.Inc()
+		return s.refused(p, heartbeat.ReplyTo(hb), fmt.Sprintf("host %q is not in the daemon's configuration", hb.Host))
+	case err != nil:
+		// What HTTP answers with a 500: no reply, so the agent tries HTTP.
+		s.failed(err, "heartbeat datagram from "+p.String()+" not taken")
+		return nil
+	}
+	s.hbUDP.accepted.Inc()
+	r := heartbeat.ReplyTo(hb)
+	r.Ack = &ack
+	return s.seal(p, r)
+}
+
+// named is the reply skeleton of a heartbeat payload that did not decode or
+// validate, from whatever of host, agent_start and seq it has.
+func named(payload []byte) heartbeat.Reply {
+	var id struct {
+		Host       string    `json:"host"`
+		AgentStart time.Time `json:"agent_start"`
+		Seq        uint64    `json:"seq"`
+	}
+	_ = json.Unmarshal(payload, &id)
+	return heartbeat.Reply{Host: id.Host, AgentStart: id.AgentStart, Seq: id.Seq}
+}
+
+// refused logs why a heartbeat was refused and returns the reply saying so.
+// A reply that cannot name its heartbeat (no host or seq) is not sent: the
+// agent could not match it, and its HTTP retry gets the same reason.
+func (s *Server) refused(p peer, r heartbeat.Reply, why string) []byte {
+	if len(why) > maxRefusedText {
+		why = why[:maxRefusedText] + "…"
+	}
+	r.Refused = why
+	answer := r.Host != "" && r.Seq != 0
+	if ok, n := s.udpRefused.allow(s.now()); ok {
+		s.log.Warn().Str("remote", p.String()).Str("transport", "udp").Str("host", trim(r.Host)).Uint64("seq", r.Seq).
+			Bool("answered", answer).Uint64("suppressed", n).Msg("refused heartbeat: " + why)
+	}
+	if !answer {
+		return nil
+	}
+	return s.seal(p, r)
+}
+
+func (s *Server) seal(p peer, r heartbeat.Reply) []byte {
+	out, err := s.sealer.SealReply(r)
+	if err == nil && len(out) > heartbeat.MaxDatagram {
+		err = fmt.Errorf("reply of %d bytes exceeds %d", len(out), heartbeat.MaxDatagram)
+	}
+	if err != nil {
+		// The agent hears nothing and sends the beat over HTTP.
+		s.failed(err, "heartbeat reply to "+p.String()+" not sent")
+		return nil
+	}
+	return out
+}
+
+// dropped logs a datagram that gets no reply, at most once a second.
+func (s *Server) dropped(p peer, result string, err error) {
+	if ok, n := s.udpDropped.allow(s.now()); ok {
+		s.log.Warn().Str("remote", p.String()).Str("transport", "udp").Str("result", result).Err(err).
+			Uint64("suppressed", n).Msg("dropped heartbeat datagram")
+	}
+}
+
+func (s *Server) failed(err error, msg string) {
+	if ok, n := s.udpFailed.allow(s.now()); ok {
+		s.log.Error().Err(err).Str("transport", "udp").Uint64("suppressed", n).Msg(msg)
+	}
+}
+
+// trim bounds a client-supplied string in a log line.
+func trim(v string) string {
+	if len(v) > 256 {
+		return v[:256] + "…"
+	}
+	return v
+}

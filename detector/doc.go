@@ -40,4 +40,10 @@
 //     over all hosts that the daemon applies on top of the per-host verdicts.
 //   - Thresholds that fail Validate make Decide return Unprovable with the
 //     problem in the Reason (never a fence); validate them at config load.
+//
+// The Engine runs a Monitor per host around Decide. Its Step (every tick)
+// and Reconfigure are serialised; Heartbeat may be called concurrently with
+// both. Step decides exactly what ticking every host would, but visits only
+// the hosts that can change at that tick (schedule.go), so its cost follows
+// the hosts that are silent or due, not the cluster's size.
 package detector

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
-	"sort"
 	"sync"
 	"time"
 
@@ -149,6 +148,21 @@ type hostEntry struct {
 	readiness    *Readiness
 	nextCheck    time.Time
 	dirty        bool
+
+	// Step's bookkeeping (schedule.go): idx is set with stepMu held, rack
+	// with stepMu and mu; the rest is under mu, except silentPos, under
+	// Engine.sum.mu.
+	idx          int32
+	rack         int
+	gone         bool // removed by Reconfigure
+	asleep       bool
+	wakeAt       time.Time // visit at or after
+	sleptAt      time.Time // the Step that found it idle
+	sleepCfg     MonitorConfig
+	tallied      bool // in the silent tally, as of talliedSince and talliedRack
+	talliedSince time.Time
+	talliedRack  int
+	silentPos    int
 }
 
 // Engine runs every host's Monitor against real time and real probes.
@@ -157,9 +171,17 @@ type Engine struct {
 	deps Deps
 	log  zerolog.Logger
 
+	// stepMu serialises Step and Reconfigure; it guards sched, order's
+	// indexes and the rack totals.
+	stepMu     sync.Mutex
+	sched      schedule
+	sum        summary
+	rackNames  []string
+	rackTotals []int
+
 	hostsMu sync.RWMutex
 	hosts   map[string]*hostEntry
-	order   []string
+	order   []*hostEntry // by name
 
 	stormMu  sync.Mutex
 	storm    StormState
@@ -209,10 +231,7 @@ func NewEngine(cfg EngineConfig, deps Deps, memos map[string]store.HostMemo) (*E
 	e.sem.bmc = make(chan struct{}, cfg.MaxBMCReads)
 	e.sem.ready = make(chan struct{}, cfg.MaxReadiness)
 	e.hosts = e.buildHosts(cfg.Hosts, nil, memos, deps.Clock.Now())
-	for n := range e.hosts {
-		e.order = append(e.order, n)
-	}
-	sort.Strings(e.order)
+	e.setRoster(e.hosts)
 	return e, nil
 }
 
@@ -250,7 +269,7 @@ func (e *Engine) buildHosts(cfgs []HostConfig, old map[string]*hostEntry, memos 
 				m.Verdict, m.VerdictAt, m.VerdictReason = v, memo.LastVerdictAt, "restored from before the daemon restarted"
 			}
 		}
-		h := &hostEntry{cfg: hc, m: m}
+		h := &hostEntry{cfg: hc, m: m, silentPos: -1}
 		h.nextCheck = now.Add(e.jitter(min(hc.ReadinessInterval, 30*time.Second)))
 		hosts[hc.Name] = h
 	}
@@ -263,17 +282,21 @@ func (e *Engine) Reconfigure(cfg EngineConfig) error {
 	if err := cfg.Monitor.Validate(); err != nil {
 		return fmt.Errorf("detector: %w", err)
 	}
+	e.stepMu.Lock()
+	defer e.stepMu.Unlock()
 	e.hostsMu.Lock()
 	defer e.hostsMu.Unlock()
 	cfg.Tick, cfg.MemoEvery = e.cfg.Tick, e.cfg.MemoEvery
 	cfg.MaxProbes, cfg.MaxBMCReads, cfg.MaxReadiness = e.cfg.MaxProbes, e.cfg.MaxBMCReads, e.cfg.MaxReadiness
 	e.cfg = cfg
-	e.hosts = e.buildHosts(cfg.Hosts, e.hosts, nil, e.deps.Clock.Now())
-	e.order = e.order[:0]
-	for n := range e.hosts {
-		e.order = append(e.order, n)
+	old := e.hosts
+	e.hosts = e.buildHosts(cfg.Hosts, old, nil, e.deps.Clock.Now())
+	for n, h := range old {
+		if e.hosts[n] != h {
+			e.forget(h)
+		}
 	}
-	sort.Strings(e.order)
+	e.setRoster(e.hosts)
 	return nil
 }
 
@@ -315,6 +338,7 @@ func (e *Engine) Heartbeat(hb heartbeat.Heartbeat) (accepted bool, err error) {
 		if !hb.SentAt.IsZero() {
 			h.skew = hb.SentAt.Sub(now)
 		}
+		e.touched(h)
 	}
 	recs := e.stamp(h, ch)
 	h.mu.Unlock()
@@ -349,45 +373,60 @@ func (e *Engine) Run(ctx context.Context) error {
 }
 
 // Step is one tick at now: storm guard, every host's monitor, and the
-// checks they ask for. Exported so tests drive it with a fake clock.
+// checks they ask for. Exported so tests drive it with a fake clock. Calls
+// are serialised. A host that is healthy and fresh, with no readiness check
+// due, is not visited until that can change (schedule.go): the outcome is
+// the same as ticking it.
 func (e *Engine) Step(ctx context.Context, now time.Time) {
+	e.stepMu.Lock()
+	defer e.stepMu.Unlock()
 	e.hostsMu.RLock()
-	hosts, order, cfg := e.hosts, e.order, e.cfg
+	order, cfg := e.order, e.cfg
 	e.hostsMu.RUnlock()
 
-	sh := make([]StormHost, 0, len(order))
-	for _, n := range order {
-		h := hosts[n]
-		h.mu.Lock()
-		sh = append(sh, StormHost{Rack: h.cfg.Rack, Silent: h.m.Silent(), SilentSince: h.m.SilentSince})
-		h.mu.Unlock()
-	}
-	paused := e.updateStorm(ctx, sh, cfg, now)
+	paused := e.updateStorm(ctx, cfg, now, func(refs References, wasPaused bool) StormState {
+		all, racks := e.stormCounts(cfg.Storm, now)
+		return decideStorm(all, racks, refs, cfg.Storm, wasPaused)
+	})
 
-	for _, n := range order {
-		h := hosts[n]
+	for _, i := range e.dueHosts(now, len(order)) {
+		h := order[i]
 		h.mu.Lock()
-		prev := h.m.Verdict
-		st := h.m.Tick(now, cfg.Monitor, paused)
-		recs := e.stamp(h, st.Changes)
-		if h.m.Verdict != prev {
-			e.onVerdict(ctx, h, prev, now, &recs)
+		if wake, idle := h.idleUntil(now, cfg.Monitor); idle {
+			e.settle(h, now, cfg.Monitor, wake, true)
+			h.mu.Unlock()
+			continue
 		}
-		if st.NeedProbe && !h.probing && !now.Before(h.nextProbe) {
-			h.probing = true
-			e.probe(ctx, h, st.SilentSince, cfg.Monitor.ProbeTimeout)
-		}
-		if st.NeedBMC && !h.readingBMC {
-			h.readingBMC = true
-			e.readBMC(ctx, h, st.SilentSince, cfg.Monitor.ProbeTimeout)
-		}
-		if h.cfg.ReadinessInterval > 0 && !h.checking && !now.Before(h.nextCheck) {
-			h.checking = true
-			e.checkReadiness(ctx, h)
-		}
+		recs := e.tickHost(ctx, h, now, cfg, paused)
+		e.touched(h)
+		wake, idle := h.idleUntil(now, cfg.Monitor)
+		e.settle(h, now, cfg.Monitor, wake, idle)
 		h.mu.Unlock()
 		e.record(recs)
 	}
+}
+
+// tickHost is one host's part of a tick. Called with h.mu held.
+func (e *Engine) tickHost(ctx context.Context, h *hostEntry, now time.Time, cfg EngineConfig, paused bool) []store.Record {
+	prev := h.m.Verdict
+	st := h.m.Tick(now, cfg.Monitor, paused)
+	recs := e.stamp(h, st.Changes)
+	if h.m.Verdict != prev {
+		e.onVerdict(ctx, h, prev, now, &recs)
+	}
+	if st.NeedProbe && !h.probing && !now.Before(h.nextProbe) {
+		h.probing = true
+		e.probe(ctx, h, st.SilentSince, cfg.Monitor.ProbeTimeout)
+	}
+	if st.NeedBMC && !h.readingBMC {
+		h.readingBMC = true
+		e.readBMC(ctx, h, st.SilentSince, cfg.Monitor.ProbeTimeout)
+	}
+	if h.cfg.ReadinessInterval > 0 && !h.checking && !now.Before(h.nextCheck) {
+		h.checking = true
+		e.checkReadiness(ctx, h)
+	}
+	return recs
 }
 
 // stamp turns a host's changes into records with evidence and the

@@ -37,6 +37,7 @@ func (e *Engine) probe(ctx context.Context, h *hostEntry, silentSince time.Time,
 			h.nextProbe = at.Add(timeout)
 			e.log.Warn().Str("host", h.cfg.Name).Msg("probe round inconclusive: " + detail)
 		}
+		e.touched(h)
 		h.mu.Unlock()
 	}()
 }
@@ -65,6 +66,7 @@ func (e *Engine) readBMC(ctx context.Context, h *hostEntry, silentSince time.Tim
 		if ctx.Err() == nil {
 			h.m.BMCResult(silentSince, r)
 		}
+		e.touched(h)
 		h.mu.Unlock()
 	}()
 }
@@ -88,6 +90,7 @@ func (e *Engine) checkReadiness(ctx context.Context, h *hostEntry) {
 		interval := h.cfg.ReadinessInterval
 		// ±10 % so thousands of hosts do not line up.
 		h.nextCheck = r.At.Add(interval - interval/10 + e.jitter(interval/5))
+		e.touched(h)
 		incident := h.m.Incident
 		h.mu.Unlock()
 		if ctx.Err() != nil {
@@ -118,20 +121,24 @@ func acquire(ctx context.Context, sem chan struct{}) bool {
 }
 
 // updateStorm re-evaluates the storm guard, records and alerts on a change,
-// and probes the reference addresses when they are configured.
-func (e *Engine) updateStorm(ctx context.Context, sh []StormHost, cfg EngineConfig, now time.Time) bool {
+// and probes the reference addresses when they are configured. decide is
+// Storm over every host, given the references and whether the guard was
+// paused; it is called with stormMu held.
+func (e *Engine) updateStorm(ctx context.Context, cfg EngineConfig, now time.Time, decide func(refs References, wasPaused bool) StormState) bool {
 	e.stormMu.Lock()
 	if cfg.References > 0 && e.deps.Refs != nil && !e.refsBusy &&
 		(e.refs.At.IsZero() || now.Sub(e.refs.At) >= cfg.Monitor.HeartbeatInterval) {
 		e.refsBusy = true
 		e.wg.Add(1)
+		// Only what it needs: capturing cfg would put it on the heap every tick.
+		configured, timeout := cfg.References, cfg.Monitor.ProbeTimeout
 		go func() {
 			defer e.wg.Done()
-			pctx, cancel := context.WithTimeout(ctx, cfg.Monitor.ProbeTimeout)
+			pctx, cancel := context.WithTimeout(ctx, timeout)
 			ok, _ := e.deps.Refs.ProbeReferences(pctx)
 			cancel()
 			e.stormMu.Lock()
-			e.refs = References{Configured: cfg.References, Answered: ok, At: e.deps.Clock.Now()}
+			e.refs = References{Configured: configured, Answered: ok, At: e.deps.Clock.Now()}
 			e.refsBusy = false
 			e.stormMu.Unlock()
 		}()
@@ -139,7 +146,7 @@ func (e *Engine) updateStorm(ctx context.Context, sh []StormHost, cfg EngineConf
 	refs := e.refs
 	refs.Configured = cfg.References
 	prev := e.storm
-	next := Storm(sh, refs, cfg.Storm, prev.Paused, now)
+	next := decide(refs, prev.Paused)
 	e.storm = next
 	if next.Paused == prev.Paused {
 		if next.Paused {
@@ -284,11 +291,11 @@ type StormStatus struct {
 func (e *Engine) Status() ([]HostStatus, StormStatus) {
 	now := e.deps.Clock.Now()
 	e.hostsMu.RLock()
-	hosts, order := e.hosts, e.order
+	order := e.order
 	e.hostsMu.RUnlock()
 	out := make([]HostStatus, 0, len(order))
-	for _, n := range order {
-		out = append(out, hosts[n].status(now))
+	for _, h := range order {
+		out = append(out, h.status(now))
 	}
 	e.stormMu.Lock()
 	s := StormStatus{Paused: e.storm.Paused, Reason: e.storm.Reason}

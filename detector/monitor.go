@@ -163,7 +163,8 @@ func (m *Monitor) Heartbeat(b Beat, cfg MonitorConfig) ([]Change, bool) {
 		ch = append(ch, Change{At: b.At, Kind: ChangeMonitor, From: from.String(), To: to.String(), Reason: reason})
 		m.State = to
 	}
-	ch = append(ch, m.judge(b.At, cfg, false)...)
+	jc, _ := m.judge(b.At, cfg, false)
+	ch = append(ch, jc...)
 	return ch, true
 }
 
@@ -229,19 +230,32 @@ type Step struct {
 	SilentSince        time.Time
 }
 
+// Quiet reports whether the host is in the common case, healthy with a
+// heartbeat received since the daemon started and no reboot to report, and
+// then the span [from, until] (the heartbeat ± one window) over which Tick
+// returns an empty Step and changes nothing. Any other call on the monitor
+// may end it early: ask again after each. The engine uses it to leave a host
+// alone between heartbeats instead of ticking it every 50 ms.
+func (m *Monitor) Quiet(cfg MonitorConfig) (from, until time.Time, ok bool) {
+	if !m.SilentSince.IsZero() || m.Verdict != Healthy || m.PrevBootID != "" || m.LastHeartbeat.Before(m.WatchSince) {
+		return time.Time{}, time.Time{}, false
+	}
+	w := cfg.Window()
+	return m.LastHeartbeat.Add(-w), m.LastHeartbeat.Add(w), true
+}
+
 // Tick advances the host to now: notices a heartbeat going stale, moves the
 // monitor state, and recomputes the verdict. paused is the storm guard.
 func (m *Monitor) Tick(now time.Time, cfg MonitorConfig, paused bool) Step {
 	var st Step
+	if from, until, ok := m.Quiet(cfg); ok && !now.Before(from) && !now.After(until) {
+		return st // fast path: a healthy host with a fresh heartbeat, the common case
+	}
 	last := m.LastHeartbeat
 	if last.Before(m.WatchSince) {
 		last = m.WatchSince
 	}
 	window := cfg.Window()
-	if age := now.Sub(m.LastHeartbeat); m.SilentSince.IsZero() && m.Verdict == Healthy && m.PrevBootID == "" &&
-		last.Equal(m.LastHeartbeat) && age <= window && age >= -window {
-		return st // fast path: a healthy host with a fresh heartbeat, the common case
-	}
 	if now.Sub(last) > window && m.SilentSince.IsZero() {
 		m.SilentSince = last.Add(window)
 		from := m.State
@@ -254,9 +268,9 @@ func (m *Monitor) Tick(now time.Time, cfg MonitorConfig, paused bool) Step {
 			st.Changes = append(st.Changes, Change{At: now, Kind: ChangeMonitor, From: from.String(), To: m.State.String(), Reason: reason})
 		}
 	}
-	st.Changes = append(st.Changes, m.judge(now, cfg, paused)...)
+	ch, d := m.judge(now, cfg, paused)
+	st.Changes = append(st.Changes, ch...)
 	if !m.SilentSince.IsZero() {
-		d := m.decide(now, cfg)
 		st.NeedProbe, st.NeedBMC, st.SilentSince = d.NeedProbe, d.NeedBMC, m.SilentSince
 	}
 	return st
@@ -282,15 +296,18 @@ func actionable(v Verdict) bool { return v == HostDown || v == IsolatedOrHung ||
 // conclusive verdicts are the ones about a silent host that evidence settled.
 func conclusive(v Verdict) bool { return v != Suspect && v != Healthy && v != Rebooted }
 
-// judge recomputes the verdict and the monitor state that follows from it.
-func (m *Monitor) judge(now time.Time, cfg MonitorConfig, paused bool) []Change {
-	var ch []Change
-	d := m.decide(now, cfg)
+// judge recomputes the verdict and the monitor state that follows from it,
+// and returns the Decision it judged on. Its NeedProbe and NeedBMC are what
+// Decide says after judging too: the one input judging changes is a
+// reported reboot, which only a fresh heartbeat yields, and a fresh
+// heartbeat needs neither.
+func (m *Monitor) judge(now time.Time, cfg MonitorConfig, paused bool) (ch []Change, d Decision) {
+	d = m.decide(now, cfg)
 
 	// Not heard from since the daemon started, and not silent for a window
 	// yet: nothing to judge.
 	if m.SilentSince.IsZero() && m.LastHeartbeat.Before(m.WatchSince) {
-		return nil
+		return nil, d
 	}
 
 	// The monitor state follows the latest countable probe round: no answer
@@ -333,7 +350,7 @@ func (m *Monitor) judge(now time.Time, cfg MonitorConfig, paused bool) []Change 
 		m.Verdict, m.VerdictAt = v, now
 	}
 	m.VerdictReason = reason
-	return ch
+	return ch, d
 }
 
 func (m *Monitor) probeReason(to node.MonitorState) string {

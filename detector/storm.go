@@ -50,13 +50,12 @@ type StormState struct {
 // partition of the daemon that lasts longer than the window must not look
 // like its end.
 func Storm(hosts []StormHost, refs References, g StormGuard, wasPaused bool, now time.Time) StormState {
-	type count struct{ total, recent, silent int }
-	all := count{}
-	racks := map[string]*count{}
+	all := stormCount{}
+	racks := map[string]*stormCount{}
 	for _, h := range hosts {
 		rc := racks[h.Rack]
 		if rc == nil {
-			rc = &count{}
+			rc = &stormCount{}
 			racks[h.Rack] = rc
 		}
 		all.total++
@@ -64,37 +63,62 @@ func Storm(hosts []StormHost, refs References, g StormGuard, wasPaused bool, now
 		if !h.Silent {
 			continue
 		}
-		all.silent++
-		rc.silent++
-		if !h.SilentSince.After(now) && now.Sub(h.SilentSince) <= g.Window {
-			all.recent++
-			rc.recent++
-		}
+		all.addSilent(h.SilentSince, g, now)
+		rc.addSilent(h.SilentSince, g, now)
 	}
+	names := make([]string, 0, len(racks))
+	for r := range racks {
+		names = append(names, r)
+	}
+	sort.Strings(names)
+	byName := make([]rackCount, 0, len(names))
+	for _, r := range names {
+		byName = append(byName, rackCount{name: r, stormCount: *racks[r]})
+	}
+	return decideStorm(all, byName, refs, g, wasPaused)
+}
+
+// stormCount is the guard's tally of one population of hosts: all of them,
+// or one rack.
+type stormCount struct{ total, recent, silent int }
+
+// addSilent counts one silent host; it is recent when its silence began
+// within the window and not in the future.
+func (c *stormCount) addSilent(since time.Time, g StormGuard, now time.Time) {
+	c.silent++
+	if !since.After(now) && now.Sub(since) <= g.Window {
+		c.recent++
+	}
+}
+
+type rackCount struct {
+	name string
+	stormCount
+}
+
+// decideStorm is Storm over counts already taken; racks are the racks that
+// have hosts, sorted by name. The engine feeds it from a tally kept on every
+// host's transitions instead of a snapshot of every host.
+func decideStorm(all stormCount, racks []rackCount, refs References, g StormGuard, wasPaused bool) StormState {
 	var why []string
 	over := func(n, total int, limit float64, what string) {
 		if total > 0 && float64(n)/float64(total) > limit {
 			why = append(why, fmt.Sprintf("%s: %d of %d hosts silent (limit %.0f%%)", what, n, total, limit*100))
 		}
 	}
-	pick := func(c count) int {
+	pick := func(c stormCount) int {
 		if wasPaused {
 			return c.silent
 		}
 		return c.recent
 	}
 	over(pick(all), all.total, g.MaxFraction, "cluster")
-	names := make([]string, 0, len(racks))
-	for r := range racks {
-		names = append(names, r)
-	}
-	sort.Strings(names)
-	for _, r := range names {
-		limit, ok := g.MaxRackFraction[r]
+	for _, r := range racks {
+		limit, ok := g.MaxRackFraction[r.name]
 		if !ok {
 			continue
 		}
-		over(pick(*racks[r]), racks[r].total, limit, "rack "+r)
+		over(pick(r.stormCount), r.total, limit, "rack "+r.name)
 	}
 	if refs.Configured > 0 && !refs.At.IsZero() && !refs.Answered {
 		why = append(why, fmt.Sprintf("none of the daemon's %d reference addresses answers", refs.Configured))

@@ -288,10 +288,12 @@ func bmcWhy(r *BMCReading, e evidence, now time.Time) string {
 
 func fresh(s Signals, age, window time.Duration) Decision {
 	d := Decision{Verdict: Healthy}
+	// Every heartbeat is judged here: concatenation, not fmt, for the
+	// same text at a fraction of the cost.
 	if age < 0 {
-		d.Reason = fmt.Sprintf("last heartbeat dated %s in the future, within the %s window", -age, window)
+		d.Reason = "last heartbeat dated " + (-age).String() + " in the future, within the " + window.String() + " window"
 	} else {
-		d.Reason = fmt.Sprintf("last heartbeat %s ago (window %s)", age, window)
+		d.Reason = "last heartbeat " + age.String() + " ago (window " + window.String() + ")"
 	}
 	if s.BootID != "" && s.PrevBootID != "" && s.BootID != s.PrevBootID {
 		d.Verdict = Rebooted

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -38,6 +39,7 @@ func main() {
 	flag.StringVar(&o.DaemonLogLevel, "daemon-log-level", "info", "the daemon's --log-level")
 	asJSON := flag.Bool("json", false, "print the report as JSON")
 	quiet := flag.Bool("q", false, "no progress lines on stderr")
+	cpuProfile := flag.String("cpuprofile", "", "write the bench process's own CPU profile (the generator's cost) to this file; the daemon's: CHIME_FENCE_CPUPROFILE")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "chime-heartbeat-bench: unexpected arguments %q\n", flag.Args())
@@ -47,16 +49,34 @@ func main() {
 		o.Progress = os.Stderr
 	}
 
+	exit := os.Exit
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "chime-heartbeat-bench: --cpuprofile:", err)
+			os.Exit(2)
+		}
+		// Stopped before every exit but a crash: os.Exit skips defers.
+		exit = func(code int) {
+			pprof.StopCPUProfile()
+			f.Close()
+			os.Exit(code)
+		}
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rep, err := heartbeatbench.Run(ctx, o)
 	if errors.Is(err, context.Canceled) {
 		fmt.Fprintln(os.Stderr, "chime-heartbeat-bench: interrupted; the daemon is stopped and the namespace removed")
-		os.Exit(130)
+		exit(130)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chime-heartbeat-bench:", err)
-		os.Exit(2)
+		exit(2)
 	}
 	if *asJSON {
 		enc := json.NewEncoder(os.Stdout)
@@ -67,13 +87,14 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chime-heartbeat-bench:", err)
-		os.Exit(2)
+		exit(2)
 	}
 	if err := rep.Check(); err != nil {
 		fmt.Fprintln(os.Stderr, "chime-heartbeat-bench:", err)
 		if errors.Is(err, heartbeatbench.ErrGoalMissed) {
-			os.Exit(1)
+			exit(1)
 		}
-		os.Exit(2)
+		exit(2)
 	}
+	exit(0)
 }

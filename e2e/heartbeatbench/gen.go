@@ -103,8 +103,8 @@ type agent struct {
 	// Owned by the agent's goroutine.
 	conn net.Conn
 	br   *bufio.Reader // HTTP responses
-	buf  bytes.Buffer  // JSON of the current heartbeat
-	enc  *json.Encoder
+	tmpl template
+	json []byte // the current heartbeat's JSON
 	out  []byte // the datagram or request on the wire
 
 	mu      sync.Mutex
@@ -163,7 +163,6 @@ func NewGenerator(o GenOptions) (*Generator, error) {
 		a := &agent{g: g, host: h, bootID: fmt.Sprintf("%08x-bench-boot", i), started: now,
 			offset: time.Duration(rng.Int64N(int64(o.Interval))),
 			stop:   make(chan struct{}), done: make(chan struct{})}
-		a.enc = json.NewEncoder(&a.buf)
 		for d := range o.Domains {
 			a.domains = append(a.domains, heartbeat.Domain{
 				UUID:  fmt.Sprintf("%08x-0000-4000-8000-%012x", i, d),
@@ -171,19 +170,24 @@ func NewGenerator(o GenOptions) (*Generator, error) {
 				State: hypervisor.StateRunning,
 			})
 		}
+		if a.tmpl, err = newTemplate(a); err != nil {
+			return nil, fmt.Errorf("generator: %w", err)
+		}
 		g.agents = append(g.agents, a)
 		g.byHost[h] = a
 		if longest == nil || len(h) > len(longest.host) {
 			longest = a
 		}
 	}
+	// The template must write what the agent's encoder would.
+	a := g.agents[0]
+	if want, err := json.Marshal(a.heartbeat(1, now)); err != nil || !bytes.Equal(a.encode(1, now), want) {
+		return nil, fmt.Errorf("generator: the heartbeat template of %s does not write what json.Marshal does (%v): %s", a.host, err, want)
+	}
 	if o.Transport == TransportUDP {
 		// chime-agent sends a heartbeat too large for a datagram over
 		// HTTP; a UDP bench of such heartbeats would measure nothing.
-		p, err := longest.encode(longest.heartbeat(math.MaxUint64, now))
-		if err != nil {
-			return nil, fmt.Errorf("generator: %w", err)
-		}
+		p := longest.encode(math.MaxUint64, now)
 		if n := heartbeat.DatagramHeaderLen + len(p); n > heartbeat.MaxDatagram {
 			return nil, fmt.Errorf("generator: a heartbeat with %d domains is a %d-byte datagram, over the %d-byte limit "+
 				"(chime-agent sends it over HTTP): use fewer domains or the http transport", o.Domains, n, heartbeat.MaxDatagram)
@@ -339,23 +343,6 @@ func (a *agent) send(ctx context.Context, seq uint64, at time.Time) (time.Durati
 		return a.sendHTTP(ctx, seq, at)
 	}
 	return a.sendUDP(ctx, seq, at)
-}
-
-func (a *agent) heartbeat(seq uint64, at time.Time) heartbeat.Heartbeat {
-	return heartbeat.Heartbeat{
-		Host: a.host, BootID: a.bootID, Seq: seq, AgentStart: a.started, AgentVersion: "heartbeat-bench",
-		SentAt: at, Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirtd", OK: true}}, Domains: a.domains,
-	}
-}
-
-// encode is the JSON of hb, the same bytes as json.Marshal, in the agent's
-// reused buffer (valid until the next encode).
-func (a *agent) encode(hb heartbeat.Heartbeat) ([]byte, error) {
-	a.buf.Reset()
-	if err := a.enc.Encode(hb); err != nil {
-		return nil, fmt.Errorf("encode heartbeat of %s: %w", a.host, err)
-	}
-	return bytes.TrimSuffix(a.buf.Bytes(), []byte("\n")), nil
 }
 
 func (a *agent) dial(ctx context.Context, network, addr string) error {

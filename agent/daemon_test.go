@@ -19,7 +19,7 @@ import (
 
 const testToken = "s3cret-agent-token-0123"
 
-func httpServer(t *testing.T, h http.HandlerFunc) string {
+func httpServer(t testing.TB, h http.HandlerFunc) string {
 	s := httptest.NewServer(h)
 	t.Cleanup(s.Close)
 	return s.URL

@@ -13,6 +13,16 @@
 //     Hypervisor (drivers/libvirt.Client) and Daemon (DaemonClient). Give
 //     health checks their own libvirt connection (Config.Checks): the
 //     driver drops a connection whose call timed out.
+//   - UDPClient (udp.go) is the Daemon that sends heartbeats as sealed
+//     UDP datagrams (heartbeat.Sealer) over one connected socket and the
+//     rest through the DaemonClient it wraps: the assignment, heartbeats
+//     too large for a datagram, and in auto mode a beat UDP does not
+//     answer within half the interval (at most 1 s). transportPolicy
+//     (transport.go, pure, clock passed in) makes HTTP sticky for 10
+//     minutes after 3 such beats in a row that HTTP delivered. A reply
+//     counts only if it opens with the token's key and answers the beat
+//     sent (host, agent start, seq); its ack is applied as an HTTP ack is,
+//     and its refusal is an error as an HTTP 4xx is (no HTTP retry).
 //   - NewHandler/Serve (server.go) is the HTTP API (GET /v1/status and
 //     POST /v1/drain with a bearer token, GET /healthz).
 //   - evict.go gets rid of evicted domains (Assignment.Evicted: rebuilt

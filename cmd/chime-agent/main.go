@@ -87,6 +87,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 type flags struct {
 	host, daemon, tokenFile, bootIDFile, listen string
 	libvirt, libvirtURI, logLevel, stateDir     string
+	hbTransport, hbUDP                          string
 	interfaces, storage                         []string
 	heartbeat, reconcile                        time.Duration
 	version                                     bool
@@ -104,6 +105,9 @@ and restarts domains the daemon assigns to this host when their QEMU died or the
 host restarted — never while the host is drained, and never before the daemon
 has told it the host's admin state. Domains the daemon rebuilt elsewhere while
 this host was fenced are destroyed and undefined before the first heartbeat.
+Heartbeats are UDP datagrams (sealed with a key derived from the token) to the
+daemon's host and port; a beat UDP does not answer goes over HTTP (see
+--heartbeat-transport).
 
 chime-agent drain stops every domain and keeps this host drained locally, even
 when the daemon cannot be reached (see chime-agent drain --help).
@@ -135,6 +139,9 @@ when the daemon cannot be reached (see chime-agent migrate --help).`,
 	fs.StringArrayVar(&f.interfaces, "interface", nil, "network interface that must be up (repeatable)")
 	fs.StringArrayVar(&f.storage, "storage", nil, "directory that must be writable, e.g. shared VM storage (repeatable)")
 	fs.DurationVar(&f.heartbeat, "heartbeat-interval", 5*time.Second, "heartbeat interval until the daemon names its own")
+	fs.StringVar(&f.hbTransport, "heartbeat-transport", agent.TransportAuto.String(),
+		"how heartbeats travel: auto (UDP; HTTP for a beat UDP does not answer within half the interval, and for 10 minutes after 3 such beats in a row), udp or http")
+	fs.StringVar(&f.hbUDP, "heartbeat-udp", "", "the daemon's UDP heartbeat address HOST:PORT (default: host and port of --daemon)")
 	fs.DurationVar(&f.reconcile, "reconcile-interval", 60*time.Second, "how often domains that should run are checked")
 	fs.StringVar(&f.stateDir, "state-dir", agent.DefaultStateDir, "directory of the local drain marker (persistent, per host)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -157,6 +164,19 @@ func serve(ctx context.Context, f flags, stderr io.Writer) error {
 	}
 	if !filepath.IsAbs(f.stateDir) {
 		problems = append(problems, fmt.Errorf("--state-dir %q: want an absolute path", f.stateDir))
+	}
+	transport, err := agent.ParseTransport(f.hbTransport)
+	if err != nil {
+		problems = append(problems, fmt.Errorf("--heartbeat-transport %q: want auto, udp or http", f.hbTransport))
+	}
+	switch {
+	case f.hbUDP == "":
+	case err == nil && transport == agent.TransportHTTP:
+		problems = append(problems, errors.New("--heartbeat-udp is of no use with --heartbeat-transport http"))
+	default:
+		if err := agent.CheckUDPAddress(f.hbUDP); err != nil {
+			problems = append(problems, fmt.Errorf("--heartbeat-udp: %w", err))
+		}
 	}
 	if len(problems) > 0 {
 		return usageErr(errors.Join(problems...))
@@ -190,12 +210,29 @@ func serve(ctx context.Context, f flags, stderr io.Writer) error {
 	if err != nil {
 		return usageErr(fmt.Errorf("--daemon: %w", err))
 	}
+	var daemon agent.Daemon = dc
+	if transport != agent.TransportHTTP {
+		uc, err := agent.NewUDPClient(dc, agent.UDPConfig{Address: f.hbUDP, Transport: transport}, log)
+		if err != nil {
+			if f.hbUDP == "" {
+				return usageErr(fmt.Errorf("--heartbeat-udp (from --daemon): %w", err))
+			}
+			return usageErr(fmt.Errorf("--heartbeat-udp: %w", err))
+		}
+		defer uc.Close()
+		daemon = uc
+		log.Info().Str("component", "heartbeat").Str("host", f.host).Str("transport", transport.String()).
+			Str("udp", uc.Address()).Msg("heartbeats over UDP")
+	} else {
+		log.Info().Str("component", "heartbeat").Str("host", f.host).Str("transport", transport.String()).
+			Msg("heartbeats over HTTP")
+	}
 	a, err := agent.New(agent.Config{
 		Host: f.host, BootID: bootID, Version: versionString(),
 		Interfaces: f.interfaces, Storage: f.storage,
 		HeartbeatInterval: f.heartbeat, ReconcileInterval: f.reconcile,
 		StateDir: f.stateDir, Checks: lvChecks,
-	}, lv, dc, log)
+	}, lv, daemon, log)
 	if err != nil {
 		return usageErr(err)
 	}

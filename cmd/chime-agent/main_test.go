@@ -92,6 +92,12 @@ func TestUsageErrors(t *testing.T) {
 		{"bad storage", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--boot-id-file", boot, "--storage", "relative/dir"}, []string{`storage path "relative/dir" is not absolute`}},
 		{"bad log level", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--log-level", "loud"}, []string{`--log-level "loud"`}},
 		{"relative state dir", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--state-dir", "var/lib"}, []string{`--state-dir "var/lib": want an absolute path`}},
+		{"bad transport", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--heartbeat-transport", "tcp"}, []string{`--heartbeat-transport "tcp": want auto, udp or http`}},
+		{"udp address without port", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--heartbeat-udp", "10.0.0.2"}, []string{`--heartbeat-udp: UDP address "10.0.0.2" is not HOST:PORT like 10.0.0.2:7480`}},
+		{"udp address bad port", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--heartbeat-udp", "10.0.0.2:99999"}, []string{`--heartbeat-udp: UDP address "10.0.0.2:99999": port "99999" is not a number in 1..65535`}},
+		{"udp address without host", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--heartbeat-udp", ":7480"}, []string{`--heartbeat-udp: UDP address ":7480" names no host`}},
+		{"udp address with http", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--heartbeat-transport", "http", "--heartbeat-udp", "10.0.0.2:7480"}, []string{"--heartbeat-udp is of no use with --heartbeat-transport http"}},
+		{"every flag problem at once", []string{"--heartbeat-transport", "", "--heartbeat-udp", "x"}, []string{"--daemon is required", `--heartbeat-transport "": want`, `--heartbeat-udp: UDP address "x" is not HOST:PORT`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, out, errOut := runCLI(t, tc.args...)
@@ -189,6 +195,10 @@ func TestRunsAndStopsCleanly(t *testing.T) {
 	logs := stderr.String()
 	assert.Contains(t, logs, `"component":"heartbeat"`)
 	assert.Contains(t, logs, `"message":"agent stopped"`)
+	// Auto mode, and nothing listens for UDP on the daemon's port: every
+	// beat went over HTTP; after 3, HTTP is sticky, logged once.
+	assert.Contains(t, logs, `"transport":"auto"`)
+	assert.Equal(t, 1, strings.Count(logs, `"message":"heartbeats over HTTP: UDP did not answer`), logs)
 	seen, err := os.ReadFile(filepath.Join(stateDir, agent.AdminFile))
 	require.NoError(t, err, "the admin state fetched is kept in --state-dir")
 	assert.Contains(t, string(seen), `"state": "disabled"`)
@@ -221,4 +231,107 @@ func TestSystemdUnit(t *testing.T) {
 	cmd := newRoot(&lockedBuf{}, &lockedBuf{})
 	require.NoError(t, cmd.ParseFlags(exec[1:]), "every flag in ExecStart exists")
 	assert.Equal(t, "http://10.0.0.2:7480", cmd.Flag("daemon").Value.String())
+}
+
+// TestHeartbeatsOverUDP: by default heartbeats are datagrams to the host
+// and port of --daemon (a UDP socket on the fake daemon's port); HTTP
+// carries only the assignment. With --heartbeat-transport http, no
+// datagram is sent.
+func TestHeartbeatsOverUDP(t *testing.T) {
+	var mu sync.Mutex
+	var httpBeats int
+	var udpBeats []heartbeat.Heartbeat
+	var daemon *httptest.Server
+	var pc net.PacketConn
+	for range 5 { // the UDP port of the same number may be taken
+		daemon = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch r.URL.Path {
+			case heartbeat.PathHeartbeat:
+				mu.Lock()
+				httpBeats++
+				mu.Unlock()
+				_ = json.NewEncoder(w).Encode(heartbeat.Ack{AdminState: node.Disabled, AssignmentRevision: 1})
+			case heartbeat.PathAssignment:
+				_ = json.NewEncoder(w).Encode(heartbeat.Assignment{Host: r.URL.Query().Get("host"), AdminState: node.Disabled, Revision: 1})
+			}
+		}))
+		var err error
+		if pc, err = net.ListenPacket("udp", daemon.Listener.Addr().String()); err == nil {
+			break
+		}
+		daemon.Close()
+	}
+	require.NotNil(t, pc, "a UDP socket on the daemon's port")
+	defer daemon.Close()
+	sealer, err := heartbeat.NewSealer(token)
+	require.NoError(t, err)
+	served := make(chan struct{})
+	defer func() { _ = pc.Close(); <-served }()
+	go func() {
+		defer close(served)
+		buf := make([]byte, heartbeat.MaxDatagram)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, payload, err := sealer.Open(buf[:n])
+			if !assert.NoError(t, err) {
+				continue
+			}
+			hb, err := heartbeat.DecodeBytes(payload)
+			if !assert.NoError(t, err) {
+				continue
+			}
+			mu.Lock()
+			udpBeats = append(udpBeats, hb)
+			mu.Unlock()
+			r := heartbeat.ReplyTo(hb)
+			r.Ack = &heartbeat.Ack{AdminState: node.Disabled, AssignmentRevision: 1}
+			b, _ := sealer.SealReply(r)
+			_, _ = pc.WriteTo(b, from)
+		}
+	}()
+	count := func() (int, int) { mu.Lock(); defer mu.Unlock(); return len(udpBeats), httpBeats }
+
+	for _, tc := range []struct {
+		transport string
+		overUDP   bool
+	}{{"auto", true}, {"udp", true}, {"http", false}} {
+		t.Run(tc.transport, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			udp0, http0 := count()
+			var stderr lockedBuf
+			done := make(chan int, 1)
+			go func() {
+				done <- run(ctx, []string{"--host", "n1", "--daemon", daemon.URL, "--token-file", tokenFile(t, 0o600),
+					"--boot-id-file", bootIDFile(t, "boot-abc\n"), "--listen", "127.0.0.1:0",
+					"--libvirt", "unix:" + filepath.Join(t.TempDir(), "no-libvirt-sock"),
+					"--heartbeat-interval", "50ms", "--state-dir", t.TempDir(), "--heartbeat-transport", tc.transport}, &lockedBuf{}, &stderr)
+			}()
+			require.Eventually(t, func() bool { u, h := count(); return u+h >= udp0+http0+3 }, 10*time.Second, 10*time.Millisecond)
+			cancel()
+			select {
+			case code := <-done:
+				assert.Equal(t, exitOK, code, stderr.String())
+			case <-time.After(15 * time.Second):
+				t.Fatal("chime-agent did not stop after cancel")
+			}
+			u, h := count()
+			if tc.overUDP {
+				assert.Equal(t, http0, h, "no heartbeat over HTTP")
+				mu.Lock()
+				hb := udpBeats[len(udpBeats)-1]
+				mu.Unlock()
+				assert.Equal(t, "n1", hb.Host)
+				assert.Equal(t, "boot-abc", hb.BootID)
+				assert.Contains(t, stderr.String(), `"udp":"`+pc.LocalAddr().String()+`"`, "the default address: --daemon's")
+			} else {
+				assert.Equal(t, udp0, u, "no datagram")
+				assert.Contains(t, stderr.String(), `"message":"heartbeats over HTTP"`)
+			}
+			assert.NotContains(t, stderr.String(), token)
+		})
+	}
 }

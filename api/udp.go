@@ -11,6 +11,9 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+
 	"github.com/chimestack/chime-fence/daemon"
 	"github.com/chimestack/chime-fence/heartbeat"
 )
@@ -59,6 +62,12 @@ func (s *Server) ServeHeartbeats(ctx context.Context, conn net.PacketConn) error
 	if n <= 0 {
 		n = max(runtime.GOMAXPROCS(0), 2)
 	}
+	uc, _ := conn.(*net.UDPConn)
+	v6, pktinfo, err := enablePktinfo(uc)
+	if err != nil {
+		s.log.Warn().Err(err).Str("transport", "udp").Str("listen", conn.LocalAddr().String()).
+			Msg("heartbeat replies leave from the address the route picks: an agent that sends to another of this host's addresses hears no reply and falls back to HTTP")
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// Closing the socket is what unblocks the readers.
@@ -68,7 +77,11 @@ func (s *Server) ServeHeartbeats(ctx context.Context, conn net.PacketConn) error
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
-			if err := s.readHeartbeats(ctx, conn); err != nil {
+			var src *replySource
+			if pktinfo {
+				src = newReplySource(v6)
+			}
+			if err := s.readHeartbeats(ctx, conn, src); err != nil {
 				errs <- err
 				cancel()
 			}
@@ -97,20 +110,25 @@ func (p peer) String() string {
 	return netip.AddrPortFrom(p.ap.Addr().Unmap(), p.ap.Port()).String()
 }
 
-func (s *Server) readHeartbeats(ctx context.Context, conn net.PacketConn) error {
+// readHeartbeats is one reader. src is nil unless the socket delivers each
+// datagram's destination address (a wildcard-bound *net.UDPConn).
+func (s *Server) readHeartbeats(ctx context.Context, conn net.PacketConn, src *replySource) error {
 	// One byte more than a datagram may have: a read that fills it was
 	// too large (the kernel truncated it).
 	buf := make([]byte, heartbeat.MaxDatagram+1)
 	uc, _ := conn.(*net.UDPConn)
 	for {
 		var (
-			n   int
-			p   peer
-			err error
+			n, oobn int
+			p       peer
+			err     error
 		)
-		if uc != nil {
+		switch {
+		case src != nil:
+			n, oobn, _, p.ap, err = uc.ReadMsgUDPAddrPort(buf, src.oob)
+		case uc != nil:
 			n, p.ap, err = uc.ReadFromUDPAddrPort(buf)
-		} else {
+		default:
 			n, p.addr, err = conn.ReadFrom(buf)
 		}
 		if err != nil {
@@ -134,15 +152,110 @@ func (s *Server) readHeartbeats(ctx context.Context, conn net.PacketConn) error 
 			continue
 		}
 		_ = conn.SetWriteDeadline(time.Now().Add(udpWriteTimeout))
-		if uc != nil {
+		switch {
+		case src != nil:
+			// No usable destination in the datagram's control
+			// message: nil, and the route picks the source as before.
+			_, _, err = uc.WriteMsgUDPAddrPort(reply, src.from(src.oob[:oobn]), p.ap)
+		case uc != nil:
 			_, err = uc.WriteToUDPAddrPort(reply, p.ap)
-		} else {
+		default:
 			_, err = conn.WriteTo(reply, p.addr)
 		}
 		if err != nil && ctx.Err() == nil {
 			s.failed(err, "heartbeat reply to "+p.String()+" not sent")
 		}
 	}
+}
+
+// enablePktinfo asks a wildcard-bound socket for each datagram's
+// destination address (IP_PKTINFO, IPV6_RECVPKTINFO), so a reply can leave
+// from it: the route's choice of source on a multi-homed host is often
+// another address, which the agent's connected socket (and a stateful
+// firewall) drops. v6 says which control messages the socket speaks. A
+// socket bound to one address answers from it anyway: pktinfo is false.
+func enablePktinfo(uc *net.UDPConn) (v6, pktinfo bool, err error) {
+	if uc == nil {
+		return false, false, nil
+	}
+	local, ok := uc.LocalAddr().(*net.UDPAddr)
+	if !ok || !local.IP.IsUnspecified() {
+		return false, false, nil
+	}
+	// Go opens 0.0.0.0 on "udp" as a dual-stack IPv6 socket and reports
+	// it as [::]; only an IPv4 socket says 0.0.0.0.
+	if local.IP.To4() != nil {
+		err = ipv4.NewPacketConn(uc).SetControlMessage(ipv4.FlagDst, true)
+	} else {
+		v6 = true
+		err = ipv6.NewPacketConn(uc).SetControlMessage(ipv6.FlagDst, true)
+	}
+	if err != nil {
+		return false, false, fmt.Errorf("asking for datagrams' destination addresses on %s: %w", local, err)
+	}
+	return v6, true, nil
+}
+
+// replySource is one reader's control-message state: the receive buffer
+// and the last reply control message, reused while beats keep arriving at
+// the same address (the usual case), so it is marshalled once per address,
+// not per beat. (Parse still allocates one small slice a datagram.)
+type replySource struct {
+	v6   bool
+	oob  []byte
+	cm4  ipv4.ControlMessage
+	cm6  ipv6.ControlMessage
+	addr netip.Addr // the source out says
+	out  []byte
+}
+
+// limitedBroadcast is 255.255.255.255, never a source address.
+var limitedBroadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+
+func newReplySource(v6 bool) *replySource {
+	// Room for more than the one packet-info message asked for: a
+	// truncated buffer would lose it.
+	return &replySource{v6: v6, oob: make([]byte, 256)}
+}
+
+// from returns the control message that makes a reply leave from the
+// address the datagram with control message oob was sent to, or nil when
+// oob names none usable (multicast, broadcast: the route picks).
+func (r *replySource) from(oob []byte) []byte {
+	var dst net.IP
+	// A message without packet info must not leave the last one's
+	// address in place: Parse keeps the buffer, zeroed means none.
+	if r.v6 {
+		clear(r.cm6.Dst)
+		if r.cm6.Parse(oob) != nil {
+			return nil
+		}
+		dst = r.cm6.Dst
+	} else {
+		clear(r.cm4.Dst)
+		if r.cm4.Parse(oob) != nil {
+			return nil
+		}
+		dst = r.cm4.Dst
+	}
+	a, ok := netip.AddrFromSlice(dst)
+	// A dual-stack socket reports an IPv4 destination v4-mapped.
+	a = a.Unmap()
+	if !ok || a.IsUnspecified() || a.IsMulticast() || a == limitedBroadcast {
+		return nil
+	}
+	if a != r.addr {
+		// An IPv4 source goes in IP_PKTINFO on an IPv6 socket too: the
+		// kernel takes it for a v4-mapped peer, and ipv6.ControlMessage
+		// does not marshal a v4-mapped source.
+		if a.Is4() {
+			r.out = (&ipv4.ControlMessage{Src: a.AsSlice()}).Marshal()
+		} else {
+			r.out = (&ipv6.ControlMessage{Src: a.AsSlice()}).Marshal()
+		}
+		r.addr = a
+	}
+	return r.out
 }
 
 // heartbeatDatagram handles one datagram from p and returns the sealed

@@ -9,12 +9,16 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -22,6 +26,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
+
+	"github.com/chimestack/chime-fence/e2e/nsenter"
 	"github.com/chimestack/chime-fence/heartbeat"
 	"github.com/chimestack/chime-fence/node"
 )
@@ -446,4 +454,286 @@ func TestUDPHeartbeatMetrics(t *testing.T) {
 	} {
 		assert.Contains(t, m, want)
 	}
+}
+
+// serveOn serves heartbeat datagrams on a socket listened on network and
+// addr, for a daemon knowing h1 and h2, and returns the port and the sealer.
+func serveOn(t *testing.T, network, addr string) (int, *heartbeat.Sealer) {
+	t.Helper()
+	_, d := testDaemon(t, filepath.Join(t.TempDir(), "s.db"))
+	s, err := New(d, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
+	require.NoError(t, err)
+	pc, err := net.ListenPacket(network, addr)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.ServeHeartbeats(ctx, pc) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			assert.NoError(t, err)
+		case <-time.After(10 * time.Second):
+			t.Error("ServeHeartbeats did not return after its context ended")
+		}
+	})
+	sealer, err := heartbeat.NewSealer(agentTok)
+	require.NoError(t, err)
+	return pc.LocalAddr().(*net.UDPAddr).Port, sealer
+}
+
+// beatFrom sends one beat to target from an unconnected socket on local
+// and returns where the reply came from, after checking it answers the beat.
+func beatFrom(t *testing.T, sealer *heartbeat.Sealer, local string, target netip.AddrPort, seq uint64) netip.AddrPort {
+	t.Helper()
+	u, err := net.ListenPacket("udp", local)
+	require.NoError(t, err)
+	t.Cleanup(func() { u.Close() })
+	uc := u.(*net.UDPConn)
+	hb := hbOf("h1", seq)
+	dg, err := sealer.SealHeartbeat(hb)
+	require.NoError(t, err)
+	_, err = uc.WriteToUDPAddrPort(dg, target)
+	require.NoError(t, err)
+	require.NoError(t, uc.SetReadDeadline(time.Now().Add(5*time.Second)))
+	buf := make([]byte, heartbeat.MaxDatagram+1)
+	n, from, err := uc.ReadFromUDPAddrPort(buf)
+	require.NoError(t, err, "no reply to a beat sent to %s", target)
+	_, payload, err := sealer.Open(buf[:n])
+	require.NoError(t, err)
+	r, err := heartbeat.DecodeReply(payload)
+	require.NoError(t, err)
+	require.True(t, r.Answers(hb), "reply %+v", r)
+	return netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+}
+
+// beatConnected is what the agent does: a socket connected to target,
+// which takes only datagrams from target, gets the reply.
+func beatConnected(t *testing.T, sealer *heartbeat.Sealer, target netip.AddrPort, seq uint64) {
+	t.Helper()
+	c, err := net.Dial("udp", target.String())
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	hb := hbOf("h2", seq)
+	dg, err := sealer.SealHeartbeat(hb)
+	require.NoError(t, err)
+	_, err = c.Write(dg)
+	require.NoError(t, err)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(2*time.Second)))
+	buf := make([]byte, heartbeat.MaxDatagram+1)
+	n, err := c.Read(buf)
+	require.NoError(t, err, "a socket connected to %s got no reply", target)
+	_, payload, err := sealer.Open(buf[:n])
+	require.NoError(t, err)
+	r, err := heartbeat.DecodeReply(payload)
+	require.NoError(t, err)
+	assert.True(t, r.Answers(hb), "reply %+v", r)
+}
+
+// A daemon on a wildcard address answers from the address each beat was
+// sent to, not the one the route to the agent would pick (127.0.0.1 for
+// every loopback peer): a multi-homed host's VIP or secondary address works
+// for agents, whose connected sockets drop datagrams from anyone else.
+func TestUDPReplyLeavesFromTheAddressTheBeatWasSentTo(t *testing.T) {
+	for _, tc := range []struct {
+		name, network, listen string
+		targets               []string
+		local                 string
+	}{
+		// What ListenHeartbeats makes of 0.0.0.0: Go opens a dual-stack
+		// IPv6 socket, IPv4 peers arrive v4-mapped.
+		{"0.0.0.0 dual-stack", "udp", "0.0.0.0:0", []string{"127.0.0.2", "127.0.0.1", "127.0.0.3"}, "127.0.0.1:0"},
+		{"0.0.0.0 IPv4 socket", "udp4", "0.0.0.0:0", []string{"127.0.0.2", "127.0.0.1", "127.0.0.3"}, "127.0.0.1:0"},
+		{"[::] dual-stack, IPv4 peers", "udp", "[::]:0", []string{"127.0.0.2", "127.0.0.1"}, "127.0.0.1:0"},
+		{"[::] IPv6", "udp6", "[::]:0", []string{"::1"}, "[::1]:0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if strings.Contains(tc.listen, "::") || strings.Contains(tc.local, "::") {
+				requireIPv6Loopback(t)
+			}
+			port, sealer := serveOn(t, tc.network, tc.listen)
+			for i, target := range tc.targets {
+				to := netip.AddrPortFrom(netip.MustParseAddr(target), uint16(port))
+				from := beatFrom(t, sealer, tc.local, to, uint64(i+1))
+				assert.Equal(t, to.String(), from.String(), "the source of the reply to a beat sent to %s", to)
+				beatConnected(t, sealer, to, uint64(i+1))
+			}
+		})
+	}
+}
+
+// requireIPv6Loopback skips when this machine cannot bind [::1].
+func requireIPv6Loopback(t *testing.T) {
+	t.Helper()
+	c, err := net.ListenPacket("udp6", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback on this machine (binding [::1]: %v)", err)
+	}
+	c.Close()
+}
+
+// A socket bound to one address answers from it, as it always did.
+func TestUDPReplyFromASpecificAddress(t *testing.T) {
+	port, sealer := serveOn(t, "udp", "127.0.0.2:0")
+	to := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), uint16(port))
+	assert.Equal(t, to.String(), beatFrom(t, sealer, "127.0.0.1:0", to, 1).String())
+	beatConnected(t, sealer, to, 1)
+}
+
+// BenchmarkHeartbeatDatagramWildcard is BenchmarkHeartbeatDatagram with
+// the daemon on 0.0.0.0 (a dual-stack socket, as ListenHeartbeats opens
+// it), where each reply's source address is set from the beat's.
+func BenchmarkHeartbeatDatagramWildcard(b *testing.B) {
+	s, err := New(trivialBackend{}, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	conn, err := ListenHeartbeats("0.0.0.0:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.ServeHeartbeats(ctx, conn) }()
+	defer func() { cancel(); <-done }()
+	c, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: conn.LocalAddr().(*net.UDPAddr).Port})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	_, dg := benchBeat(b)
+	buf := make([]byte, heartbeat.MaxDatagram+1)
+	if err := c.SetReadDeadline(time.Now().Add(time.Minute)); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for n := 0; n < b.N; n++ {
+		if _, err := c.Write(dg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Read(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// IPv6 loopback has one address, so the [::] case above cannot tell the
+// route's source from the beat's destination. A network namespace of the
+// test's own gives lo a second one (root and ip(8) needed, else skipped).
+func TestUDPReplyFromASecondIPv6Address(t *testing.T) {
+	ns := netnsWithLoopback(t, "fd63:6869:6d65::2/128")
+	require.NoError(t, nsenter.Do(ns, func() error {
+		port, sealer := serveOn(t, "udp", "[::]:0")
+		for i, target := range []string{"fd63:6869:6d65::2", "::1", "127.0.0.1"} {
+			to := netip.AddrPortFrom(netip.MustParseAddr(target), uint16(port))
+			local := "[::1]:0"
+			if to.Addr().Is4() {
+				local = "127.0.0.1:0"
+			}
+			from := beatFrom(t, sealer, local, to, uint64(i+1))
+			assert.Equal(t, to.String(), from.String(), "the source of the reply to a beat sent to %s", to)
+			beatConnected(t, sealer, to, uint64(i+1))
+		}
+		return nil
+	}))
+}
+
+// netnsWithLoopback makes a network namespace, removed at cleanup, whose lo
+// is up with the extra addresses, and returns its name.
+func netnsWithLoopback(t *testing.T, addrs ...string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make a network namespace")
+	}
+	ipCmd, err := exec.LookPath("ip")
+	if err != nil {
+		t.Skip("needs ip(8) to make a network namespace")
+	}
+	ns := fmt.Sprintf("chime-api-udp-%d-%d", os.Getpid(), time.Now().UnixNano()%1e6)
+	ip := func(args ...string) {
+		t.Helper()
+		out, err := exec.Command(ipCmd, args...).CombinedOutput()
+		require.NoError(t, err, "ip %s: %s", strings.Join(args, " "), out)
+	}
+	ip("netns", "add", ns)
+	t.Cleanup(func() {
+		if out, err := exec.Command(ipCmd, "netns", "del", ns).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", ns, err, out)
+		}
+	})
+	ip("-n", ns, "link", "set", "lo", "up")
+	for _, a := range addrs {
+		ip("-n", ns, "addr", "add", a, "dev", "lo", "nodad")
+	}
+	return ns
+}
+
+// pktinfo4 is the IP_PKTINFO control message a datagram to dst arrives with.
+func pktinfo4(dst [4]byte) []byte {
+	b := make([]byte, unix.CmsgSpace(unix.SizeofInet4Pktinfo))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+	h.Level, h.Type = unix.IPPROTO_IP, unix.IP_PKTINFO
+	h.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
+	pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&b[unix.CmsgLen(0)]))
+	pi.Ifindex, pi.Spec_dst, pi.Addr = 1, dst, dst
+	return b
+}
+
+// Control messages that name no usable source give no reply control
+// message (the route picks), never a stale one, and never a crash.
+func TestReplySourceControlMessages(t *testing.T) {
+	r := newReplySource(false)
+	want := (&ipv4.ControlMessage{Src: net.IPv4(127, 0, 0, 5)}).Marshal()
+	got := r.from(pktinfo4([4]byte{127, 0, 0, 5}))
+	assert.Equal(t, want, got)
+	again := r.from(pktinfo4([4]byte{127, 0, 0, 5}))
+	assert.Same(t, &got[0], &again[0], "the same destination reuses the reply's control message")
+	assert.Equal(t, (&ipv4.ControlMessage{Src: net.IPv4(127, 0, 0, 6)}).Marshal(), r.from(pktinfo4([4]byte{127, 0, 0, 6})))
+
+	for name, oob := range map[string][]byte{
+		"none":              nil,
+		"short":             {1, 2, 3},
+		"truncated":         pktinfo4([4]byte{127, 0, 0, 5})[:unix.CmsgLen(0)+4],
+		"multicast":         pktinfo4([4]byte{224, 0, 0, 1}),
+		"limited broadcast": pktinfo4([4]byte{255, 255, 255, 255}),
+		"unspecified":       pktinfo4([4]byte{}),
+		"other level (IPv6 on v4)": func() []byte {
+			b := pktinfo4([4]byte{127, 0, 0, 5})
+			(*unix.Cmsghdr)(unsafe.Pointer(&b[0])).Level = unix.IPPROTO_IPV6
+			return b
+		}(),
+	} {
+		assert.Nil(t, r.from(oob), name)
+	}
+	// An IPv6 socket's reader reads only IPV6_PKTINFO.
+	assert.Nil(t, newReplySource(true).from(pktinfo4([4]byte{127, 0, 0, 5})))
+}
+
+func TestEnablePktinfo(t *testing.T) {
+	for _, tc := range []struct {
+		network, addr string
+		v6, on        bool
+	}{
+		{"udp4", "0.0.0.0:0", false, true},
+		{"udp", "0.0.0.0:0", true, true}, // Go's dual-stack socket
+		{"udp4", "127.0.0.1:0", false, false},
+	} {
+		pc, err := net.ListenPacket(tc.network, tc.addr)
+		require.NoError(t, err)
+		v6, on, err := enablePktinfo(pc.(*net.UDPConn))
+		require.NoError(t, err)
+		assert.Equal(t, tc.v6, v6, "%s %s", tc.network, tc.addr)
+		assert.Equal(t, tc.on, on, "%s %s", tc.network, tc.addr)
+		// Closed: the socket option cannot be set, and the error says where.
+		require.NoError(t, pc.Close())
+		_, on, err = enablePktinfo(pc.(*net.UDPConn))
+		assert.False(t, on)
+		if tc.on {
+			assert.ErrorContains(t, err, "destination addresses on "+pc.LocalAddr().String())
+		}
+	}
+	_, on, err := enablePktinfo(nil)
+	assert.False(t, on)
+	assert.NoError(t, err)
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"sync"
 	"time"
 
@@ -33,6 +32,15 @@ const maxRefusedText = 1024
 // second's burst of 10,000 beats while the readers are busy. The kernel
 // caps it at net.core.rmem_max.
 const udpReadBuffer = 4 << 20
+
+// udpReaders is ServeHeartbeats' reader count. Reads on one socket are
+// serialised anyway; the readers are there for the handling, which can wait
+// on the store: a host's first heartbeat records where its domains live,
+// and the store batches concurrent writes into one fsync. With a reader per
+// core, 10,000 hosts starting at once got ~750 heartbeats a second through,
+// the socket overflowed and every host looked silent. A parked reader costs
+// a small stack.
+const udpReaders = 64
 
 // ListenHeartbeats opens the UDP socket for ServeHeartbeats on addr
 // (host:port) and asks for a large receive buffer (best effort).
@@ -60,7 +68,7 @@ func ListenHeartbeats(addr string) (*net.UDPConn, error) {
 func (s *Server) ServeHeartbeats(ctx context.Context, conn net.PacketConn) error {
 	n := s.readers
 	if n <= 0 {
-		n = max(runtime.GOMAXPROCS(0), 2)
+		n = udpReaders
 	}
 	uc, _ := conn.(*net.UDPConn)
 	v6, pktinfo, err := enablePktinfo(uc)

@@ -56,7 +56,7 @@ func newUDPDaemonAt(t testing.TB, addr string, answer func(hb heartbeat.Heartbea
 			if !assert.NoError(t, err, "the agent's datagram opens with the token's key") || !assert.Equal(t, heartbeat.KindHeartbeat, kind) {
 				continue
 			}
-			hb, err := heartbeat.DecodeBytes(payload)
+			hb, err := heartbeat.DecodeHeartbeatPayload(payload)
 			if !assert.NoError(t, err) {
 				continue
 			}

@@ -138,12 +138,14 @@ func FuzzHeartbeatDatagram(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Add(beat("h1", 1), true, heartbeat.KindHeartbeat)
-	f.Add(beat("h9", 2), true, heartbeat.KindHeartbeat)
-	f.Add([]byte(`{"host":"h1","boot_id":"b","seq":3,"domains":[{"uuid":"nope","state":"running"}]}`), true, heartbeat.KindHeartbeat)
-	f.Add([]byte(`{"host":"h1","seq":"one"}`), true, heartbeat.KindHeartbeat)
-	f.Add(beat("h1", 4), true, heartbeat.KindReply)
-	f.Add(sealer.Seal(nil, heartbeat.KindHeartbeat, beat("h2", 5)), false, byte(0))
+	wire := func(hb heartbeat.Heartbeat) []byte { return heartbeat.AppendHeartbeatPayload(nil, hb) }
+	f.Add(wire(hbOf("h1", 1)), true, heartbeat.KindHeartbeat)
+	f.Add(wire(hbOf("h9", 2)), true, heartbeat.KindHeartbeat)
+	f.Add(wire(heartbeat.Heartbeat{Host: "h1", BootID: "b", Seq: 3, Domains: []heartbeat.Domain{{UUID: "nope"}}}), true, heartbeat.KindHeartbeat)
+	f.Add(wire(heartbeat.Heartbeat{Host: "h1"}), true, heartbeat.KindHeartbeat)
+	f.Add([]byte{0x0a, 0x80}, true, heartbeat.KindHeartbeat)
+	f.Add(wire(hbOf("h1", 4)), true, heartbeat.KindReply)
+	f.Add(sealer.Seal(nil, heartbeat.KindHeartbeat, wire(hbOf("h2", 5))), false, byte(0))
 	f.Add([]byte("CFHB\x01\x01\x00\x00"), false, byte(0))
 	f.Fuzz(func(t *testing.T, data []byte, seal bool, kind byte) {
 		b := data
@@ -173,7 +175,7 @@ func FuzzHeartbeatDatagram(f *testing.F) {
 			t.Fatalf("reply %q: %v", rp, err)
 		}
 		if r.Ack != nil {
-			hb, err := heartbeat.DecodeBytes(payload)
+			hb, err := heartbeat.DecodeHeartbeatPayload(payload)
 			if err != nil || !r.Answers(hb) || r.Ack.AssignmentRevision == 0 {
 				t.Fatalf("ack %+v for a heartbeat that is invalid (%v) or another one", r, err)
 			}

@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -290,10 +289,10 @@ func (s *Server) heartbeatDatagram(b []byte, p peer) []byte {
 		s.dropped(p, "malformed", fmt.Errorf("datagram of kind %d; the daemon reads only heartbeats (kind %d)", kind, heartbeat.KindHeartbeat))
 		return nil
 	}
-	hb, err := heartbeat.DecodeBytes(payload)
+	hb, err := heartbeat.DecodeHeartbeatPayload(payload)
 	if err != nil {
 		s.hbUDP.malformed.Inc()
-		return s.refused(p, named(payload), err.Error())
+		return s.refused(p, heartbeat.ReplyToPayload(payload), err.Error())
 	}
 	ack, err := s.b.Heartbeat(hb)
 	switch {
@@ -309,18 +308,6 @@ func (s *Server) heartbeatDatagram(b []byte, p peer) []byte {
 	r := heartbeat.ReplyTo(hb)
 	r.Ack = &ack
 	return s.seal(p, r)
-}
-
-// named is the reply skeleton of a heartbeat payload that did not decode or
-// validate, from whatever of host, agent_start and seq it has.
-func named(payload []byte) heartbeat.Reply {
-	var id struct {
-		Host       string    `json:"host"`
-		AgentStart time.Time `json:"agent_start"`
-		Seq        uint64    `json:"seq"`
-	}
-	_ = json.Unmarshal(payload, &id)
-	return heartbeat.Reply{Host: id.Host, AgentStart: id.AgentStart, Seq: id.Seq}
 }
 
 // refused logs why a heartbeat was refused and returns the reply saying so.

@@ -3,7 +3,6 @@ package api
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -220,8 +219,8 @@ func TestUDPHeartbeatDroppedWithoutReply(t *testing.T) {
 		{"empty", "malformed", nil},
 		{"other version", "malformed", oldVersion},
 		{"a reply, not a heartbeat", "malformed", reply},
-		{"no seq: the refusal could name no heartbeat", "malformed", e.sealer.Seal(nil, heartbeat.KindHeartbeat, []byte(`{"host":"h1","boot_id":"b"}`))},
-		{"not JSON", "malformed", e.sealer.Seal(nil, heartbeat.KindHeartbeat, []byte(`{host: h1`))},
+		{"no seq: the refusal could name no heartbeat", "malformed", e.sealer.Seal(nil, heartbeat.KindHeartbeat, heartbeat.AppendHeartbeatPayload(nil, heartbeat.Heartbeat{Host: "h1", BootID: "b"}))},
+		{"not protobuf", "malformed", e.sealer.Seal(nil, heartbeat.KindHeartbeat, []byte(`{host: h1`))},
 		{"oversize", "too_large", e.sealer.Seal(nil, heartbeat.KindHeartbeat, bytes.Repeat([]byte{' '}, heartbeat.MaxDatagram))},
 	}
 	seq := uint64(1)
@@ -265,9 +264,7 @@ func TestUDPHeartbeatRefusedNamesTheProblem(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := e.count(tc.result)
-			b, err := json.Marshal(tc.hb)
-			require.NoError(t, err)
-			send(t, c, e.sealer.Seal(nil, heartbeat.KindHeartbeat, b))
+			send(t, c, e.sealer.Seal(nil, heartbeat.KindHeartbeat, heartbeat.AppendHeartbeatPayload(nil, tc.hb)))
 			r := e.reply(c)
 			assert.True(t, r.Answers(tc.hb), "the refusal names the heartbeat: %+v", r)
 			assert.Nil(t, r.Ack)
@@ -286,8 +283,7 @@ func TestUDPHeartbeatRefusedNamesTheProblem(t *testing.T) {
 	for i := range 250 {
 		many.Domains = append(many.Domains, heartbeat.Domain{UUID: fmt.Sprintf("bad-%d", i)})
 	}
-	b, err := json.Marshal(many)
-	require.NoError(t, err)
+	b := heartbeat.AppendHeartbeatPayload(nil, many)
 	require.Less(t, len(b)+heartbeat.DatagramHeaderLen, heartbeat.MaxDatagram)
 	send(t, c, e.sealer.Seal(nil, heartbeat.KindHeartbeat, b))
 	r := e.reply(c)

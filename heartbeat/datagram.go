@@ -19,7 +19,9 @@ import (
 //
 // A datagram is
 //
-//	"CFHB" | version (1) | kind (1) | 2 zero bytes | HMAC-SHA256 (32) | JSON payload
+//	"CFHB" | version (1) | kind (1) | 2 zero bytes | HMAC-SHA256 (32) | payload
+//
+// and the payload is protobuf wire format (wire.go).
 //
 // The MAC covers the first 8 bytes and the payload, keyed by a key derived
 // from the agent token, so only an agent (or the daemon) can write one. It
@@ -42,7 +44,7 @@ const (
 	datagramVersion = 1
 	// DatagramHeaderLen is the bytes before the payload.
 	DatagramHeaderLen = 8 + sha256.Size
-	// MaxDatagram bounds a sealed datagram. It fits ~100 domains, keeps
+	// MaxDatagram bounds a sealed datagram. It fits ~250 domains, keeps
 	// the IP fragments few, and is what the daemon reads; an agent sends a
 	// larger heartbeat over HTTP.
 	MaxDatagram = 16 << 10
@@ -115,24 +117,38 @@ func (s *Sealer) mac(header, payload []byte) (sum [sha256.Size]byte) {
 	return sum
 }
 
-// SealHeartbeat encodes hb as a heartbeat datagram. A heartbeat that does
-// not fit MaxDatagram is ErrDatagramTooLarge: send it over HTTP.
+// SealHeartbeat encodes hb as a heartbeat datagram (payload: wire.go). A
+// heartbeat that does not fit MaxDatagram is ErrDatagramTooLarge: send it
+// over HTTP.
 func (s *Sealer) SealHeartbeat(hb Heartbeat) ([]byte, error) {
-	payload, err := json.Marshal(hb)
-	if err != nil {
-		return nil, fmt.Errorf("encode heartbeat: %w", err)
+	b := make([]byte, DatagramHeaderLen, 1024)
+	b = appendHeartbeat(b, hb)
+	if len(b) > MaxDatagram {
+		return nil, fmt.Errorf("heartbeat of %d bytes: %w", len(b)-DatagramHeaderLen, ErrDatagramTooLarge)
 	}
-	if DatagramHeaderLen+len(payload) > MaxDatagram {
-		return nil, fmt.Errorf("heartbeat of %d bytes: %w", len(payload), ErrDatagramTooLarge)
-	}
-	return s.Seal(make([]byte, 0, DatagramHeaderLen+len(payload)), KindHeartbeat, payload), nil
+	return s.sealInPlace(b, KindHeartbeat), nil
 }
 
-// DecodeBytes is Decode for a payload already in memory (a datagram's).
-func DecodeBytes(b []byte) (Heartbeat, error) {
-	var h Heartbeat
-	if err := json.Unmarshal(b, &h); err != nil {
-		return Heartbeat{}, jsonError(err)
+// AppendHeartbeatPayload appends hb's datagram payload to b (for callers
+// that seal with Seal, e.g. into a reused buffer).
+func AppendHeartbeatPayload(b []byte, hb Heartbeat) []byte { return appendHeartbeat(b, hb) }
+
+// sealInPlace fills the header of b, whose payload follows the header's
+// room.
+func (s *Sealer) sealInPlace(b []byte, kind byte) []byte {
+	copy(b, datagramMagic)
+	b[4], b[5], b[6], b[7] = datagramVersion, kind, 0, 0
+	mac := s.mac(b[:8], b[DatagramHeaderLen:])
+	copy(b[8:DatagramHeaderLen], mac[:])
+	return b
+}
+
+// DecodeHeartbeatPayload reads and validates a heartbeat datagram's
+// payload. Errors name the field.
+func DecodeHeartbeatPayload(b []byte) (Heartbeat, error) {
+	h, err := decodeHeartbeat(b)
+	if err != nil {
+		return Heartbeat{}, fmt.Errorf("malformed heartbeat: %w", err)
 	}
 	if err := h.Validate(); err != nil {
 		return Heartbeat{}, fmt.Errorf("invalid heartbeat: %w", err)
@@ -167,35 +183,25 @@ func (r Reply) Answers(hb Heartbeat) bool {
 
 // SealReply encodes r as a reply datagram.
 func (s *Sealer) SealReply(r Reply) ([]byte, error) {
-	payload, err := json.Marshal(r)
-	if err != nil {
-		return nil, fmt.Errorf("encode reply: %w", err)
+	b := appendReply(make([]byte, DatagramHeaderLen, 256), r)
+	if len(b) > MaxDatagram {
+		return nil, fmt.Errorf("reply of %d bytes: %w", len(b)-DatagramHeaderLen, ErrDatagramTooLarge)
 	}
-	return s.Seal(make([]byte, 0, DatagramHeaderLen+len(payload)), KindReply, payload), nil
+	return s.sealInPlace(b, KindReply), nil
 }
 
 // DecodeReply reads a reply payload. An ack without admin_state is refused:
 // its zero value is "enabled" and must never be assumed.
 func DecodeReply(b []byte) (Reply, error) {
-	var r Reply
-	if err := json.Unmarshal(b, &r); err != nil {
-		return Reply{}, jsonError(err)
+	r, err := decodeReply(b)
+	if err != nil {
+		return Reply{}, fmt.Errorf("malformed reply: %w", err)
 	}
 	switch {
 	case r.Host == "" || r.Seq == 0:
 		return Reply{}, errors.New("reply names no heartbeat (host, seq)")
 	case (r.Ack == nil) == (r.Refused == ""):
 		return Reply{}, errors.New("reply must carry exactly one of ack and refused")
-	case r.Ack != nil:
-		var raw struct {
-			Ack map[string]json.RawMessage `json:"ack"`
-		}
-		if err := json.Unmarshal(b, &raw); err != nil {
-			return Reply{}, jsonError(err)
-		}
-		if _, ok := raw.Ack["admin_state"]; !ok {
-			return Reply{}, errors.New("reply's ack has no admin_state")
-		}
 	}
 	return r, nil
 }

@@ -279,7 +279,7 @@ func TestHeartbeatsOverUDP(t *testing.T) {
 			if !assert.NoError(t, err) {
 				continue
 			}
-			hb, err := heartbeat.DecodeBytes(payload)
+			hb, err := heartbeat.DecodeHeartbeatPayload(payload)
 			if !assert.NoError(t, err) {
 				continue
 			}

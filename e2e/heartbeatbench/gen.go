@@ -104,7 +104,8 @@ type agent struct {
 	conn net.Conn
 	br   *bufio.Reader // HTTP responses
 	tmpl template
-	json []byte // the current heartbeat's JSON
+	json []byte // the current heartbeat's JSON (HTTP)
+	wire []byte // the current heartbeat's datagram payload (UDP)
 	out  []byte // the datagram or request on the wire
 
 	mu      sync.Mutex
@@ -187,7 +188,7 @@ func NewGenerator(o GenOptions) (*Generator, error) {
 	if o.Transport == TransportUDP {
 		// chime-agent sends a heartbeat too large for a datagram over
 		// HTTP; a UDP bench of such heartbeats would measure nothing.
-		p := longest.encode(math.MaxUint64, now)
+		p := heartbeat.AppendHeartbeatPayload(nil, longest.heartbeat(math.MaxUint64, now))
 		if n := heartbeat.DatagramHeaderLen + len(p); n > heartbeat.MaxDatagram {
 			return nil, fmt.Errorf("generator: a heartbeat with %d domains is a %d-byte datagram, over the %d-byte limit "+
 				"(chime-agent sends it over HTTP): use fewer domains or the http transport", o.Domains, n, heartbeat.MaxDatagram)

@@ -76,7 +76,7 @@ func (f *fakeDaemon) serveUDP() {
 			f.udpStray.Add(1)
 			continue
 		}
-		hb, err := heartbeat.DecodeBytes(p)
+		hb, err := heartbeat.DecodeHeartbeatPayload(p)
 		if err != nil {
 			f.reply(src, heartbeat.Reply{Host: "?", Seq: 1, Refused: "invalid heartbeat: " + err.Error()})
 			continue
@@ -316,9 +316,9 @@ func TestGeneratorCountsFailuresByCause(t *testing.T) {
 			fake: []func(*fakeDaemon){answer(func(heartbeat.Heartbeat, []byte) [][]byte { return [][]byte{[]byte("pong")} })}},
 		{name: "udp reply sealed with another token", token: "right", received: true, cause: "malformed reply",
 			fake: []func(*fakeDaemon){answer(func(hb heartbeat.Heartbeat, _ []byte) [][]byte {
-				b, _ := json.Marshal(heartbeat.Reply{Host: hb.Host, AgentStart: hb.AgentStart, Seq: hb.Seq,
+				b, _ := other.SealReply(heartbeat.Reply{Host: hb.Host, AgentStart: hb.AgentStart, Seq: hb.Seq,
 					Ack: &heartbeat.Ack{HeartbeatInterval: heartbeat.Duration(time.Second)}})
-				return [][]byte{seal(other, heartbeat.KindReply, string(b))}
+				return [][]byte{b}
 			})}},
 		{name: "udp reply of kind heartbeat", token: "right", received: true, cause: "malformed reply",
 			fake: []func(*fakeDaemon){func(d *fakeDaemon) {
@@ -330,8 +330,8 @@ func TestGeneratorCountsFailuresByCause(t *testing.T) {
 		{name: "udp reply with neither ack nor refusal", token: "right", received: true, cause: "malformed reply",
 			fake: []func(*fakeDaemon){func(d *fakeDaemon) {
 				d.answer = func(hb heartbeat.Heartbeat, _ []byte) [][]byte {
-					b, _ := json.Marshal(heartbeat.ReplyTo(hb))
-					return [][]byte{seal(d.sealer, heartbeat.KindReply, string(b))}
+					b, _ := d.sealer.SealReply(heartbeat.ReplyTo(hb))
+					return [][]byte{b}
 				}
 			}}},
 		{name: "udp reply for another host", token: "right", received: true, cause: "misaddressed reply",
@@ -463,8 +463,8 @@ func TestNewGeneratorRefuses(t *testing.T) {
 		{GenOptions{BaseURL: "http://x:1", Token: "t", Hosts: []string{"a", "a"}, Interval: time.Second}, "host a listed twice"},
 		{GenOptions{BaseURL: "http://x:1", Token: "t", Hosts: []string{"a"}, Interval: time.Second, Transport: "tcp"},
 			`transport "tcp": want udp or http`},
-		{GenOptions{BaseURL: "http://x:1", Token: "t", Hosts: []string{"a"}, Interval: time.Second, Domains: 200},
-			"a heartbeat with 200 domains is a"},
+		{GenOptions{BaseURL: "http://x:1", Token: "t", Hosts: []string{"a"}, Interval: time.Second, Domains: 400},
+			"a heartbeat with 400 domains is a"},
 	} {
 		_, err := NewGenerator(tc.o)
 		assert.ErrorContains(t, err, tc.want, fmt.Sprint(tc.o.Hosts))

@@ -25,8 +25,9 @@ var replyBufs = sync.Pool{New: func() any {
 // chime-agent does. Replies to earlier beats (late ones) are skipped.
 func (a *agent) sendUDP(ctx context.Context, seq uint64, at time.Time) (time.Duration, error) {
 	g := a.g
-	hb := a.heartbeat(seq, at) // what the Reply must answer; encoded by the template
-	payload := a.encode(seq, at)
+	hb := a.heartbeat(seq, at) // what the Reply must answer
+	payload := heartbeat.AppendHeartbeatPayload(a.wire[:0], hb)
+	a.wire = payload
 	if n := heartbeat.DatagramHeaderLen + len(payload); n > heartbeat.MaxDatagram {
 		g.fail("too large for a datagram")
 		return 0, fmt.Errorf("heartbeat %s: %d-byte datagram: %w", a.host, n, heartbeat.ErrDatagramTooLarge)

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/chimestack/chime-fence/heartbeat"
 	"github.com/chimestack/chime-fence/hypervisor"
 	"github.com/chimestack/chime-fence/store"
 )
@@ -911,10 +912,10 @@ func TestNewCaptureAndSetHostsRefuseBadInput(t *testing.T) {
 	require.ErrorIs(t, c.CaptureNow(context.Background(), "ok"), ErrCaptureUnknownHost, "a refused SetHosts changes nothing")
 }
 
-func TestIsCanonicalUUID(t *testing.T) {
-	assert.True(t, isCanonicalUUID("0123abcd-ef01-2345-6789-abcdef012345"))
+func TestMirrorFileNamesAreCanonicalUUIDs(t *testing.T) {
+	assert.True(t, heartbeat.ValidUUID("0123abcd-ef01-2345-6789-abcdef012345"))
 	for _, s := range []string{"", "../../../../etc/passwd-xxxxxxxxxxxxxxx", "0123ABCD-EF01-2345-6789-ABCDEF012345", "0123abcd0ef01-2345-6789-abcdef012345", "0123abcd-ef01-2345-6789-abcdef01234g"} {
-		assert.False(t, isCanonicalUUID(s), s)
+		assert.False(t, heartbeat.ValidUUID(s), s)
 	}
 }
 

@@ -262,6 +262,18 @@ func TestDetection(t *testing.T) {
 	h0, h1, h2 := hs[0], hs[1], hs[2]
 	healthy := func(s daemon.HostStatus) bool { return s.Monitor == node.Normal && s.Verdict == detector.Healthy }
 
+	t.Run("0 heartbeats arrive over UDP, none over HTTP", func(t *testing.T) {
+		// Agents run --heartbeat-transport auto: a UDP path that silently
+		// failed would fall back to HTTP and every other test would pass.
+		const udp, http = `chime_fence_heartbeats_total{result="accepted",transport="udp"}`,
+			`chime_fence_heartbeats_total{result="accepted",transport="http"}`
+		m0 := d.scrapeMetrics(t, ctx)
+		time.Sleep(2 * time.Second)
+		m1 := d.scrapeMetrics(t, ctx)
+		assert.GreaterOrEqual(t, metric(t, m1, udp)-metric(t, m0, udp), float64(len(hs)), "every agent beat over UDP in 2 s")
+		assert.Equal(t, 0.0, metric(t, m1, http)-metric(t, m0, http), "no agent is on HTTP")
+	})
+
 	t.Run("1 agent killed: agent down, host alive, nothing else", func(t *testing.T) {
 		require.NoError(t, d.l.KillAgent(ctx, h0))
 		s := d.waitHost(h0.Name, "agent-down", 5*time.Second, func(s daemon.HostStatus) bool { return s.Verdict == detector.AgentDown })

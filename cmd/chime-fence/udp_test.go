@@ -67,7 +67,8 @@ func TestDaemonTakesUDPHeartbeatsOnItsAPIPort(t *testing.T) {
 	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
 	d := startDaemon(t, file, c)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	assert.Contains(t, d.log.String(), `"heartbeat_udp":"`+addr+`"`, "daemon started names the UDP address")
+	assert.Eventually(t, func() bool { return strings.Contains(d.log.String(), `"heartbeat_udp":"`+addr+`"`) }, 5*time.Second, 10*time.Millisecond,
+		"daemon started names the UDP address")
 
 	hb := heartbeat.Heartbeat{Host: "h1", BootID: "boot-h1", Seq: 1, AgentStart: time.Now().UTC(),
 		Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirt", OK: true}}}
@@ -95,7 +96,8 @@ func TestDaemonUDPHeartbeatsOffOrElsewhere(t *testing.T) {
 	withUDPListen(t, file, "off")
 	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
 	d := startDaemon(t, file, c)
-	assert.Contains(t, d.log.String(), `"heartbeat_udp":"off"`)
+	// The API answers before "daemon started" is logged.
+	assert.Eventually(t, func() bool { return strings.Contains(d.log.String(), `"heartbeat_udp":"off"`) }, 5*time.Second, 10*time.Millisecond)
 	u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
 	require.NoError(t, err, "off: the daemon holds no UDP socket on its port")
 	u.Close()
@@ -108,7 +110,8 @@ func TestDaemonUDPHeartbeatsOffOrElsewhere(t *testing.T) {
 	withUDPListen(t, file, udp)
 	c = &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
 	d = startDaemon(t, file, c)
-	assert.Contains(t, d.log.String(), `"heartbeat_udp":"`+udp+`"`)
+	// The API answers before "daemon started" is logged.
+	assert.Eventually(t, func() bool { return strings.Contains(d.log.String(), `"heartbeat_udp":"`+udp+`"`) }, 5*time.Second, 10*time.Millisecond)
 	r := udpBeat(t, udp, heartbeat.Heartbeat{Host: "h2", BootID: "b", Seq: 1, AgentStart: time.Now().UTC()})
 	assert.NotNil(t, r.Ack)
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -173,13 +174,20 @@ func TestDaemonStatusHistoryAndRestart(t *testing.T) {
 	assert.Contains(t, out, "h2: last heartbeat")
 	assert.Contains(t, out, "answered")
 
-	code, out, errOut = runCLI("history", "h2", "-c", file, "-o", "json")
-	require.Equal(t, exitOK, code, errOut)
+	// The detector's recorder writes history just after the state changes.
 	var recs []store.Record
-	require.NoError(t, json.Unmarshal([]byte(out), &recs))
 	var changes []string
+	require.Eventually(t, func() bool {
+		code, out, errOut = runCLI("history", "h2", "-c", file, "-o", "json")
+		require.Equal(t, exitOK, code, errOut)
+		recs, changes = nil, nil
+		require.NoError(t, json.Unmarshal([]byte(out), &recs))
+		for _, r := range recs {
+			changes = append(changes, r.Kind+":"+r.From+">"+r.To)
+		}
+		return slices.Contains(changes, "verdict:suspect>agent-down")
+	}, 5*time.Second, 20*time.Millisecond)
 	for _, r := range recs {
-		changes = append(changes, r.Kind+":"+r.From+">"+r.To)
 		assert.Equal(t, "h2", r.Host)
 	}
 	assert.Subset(t, changes, []string{"monitor:unknown>normal", "monitor:normal>suspect", "verdict:suspect>agent-down"})

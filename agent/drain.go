@@ -202,28 +202,11 @@ type DrainHypervisor interface {
 	Destroy(ctx context.Context, uuid string) error
 }
 
-// DrainedDomain is one domain's part in a drain.
-type DrainedDomain struct {
-	UUID   string                 `json:"uuid"`
-	Name   string                 `json:"name"`
-	Before hypervisor.DomainState `json:"before"`
-	// Action is "destroyed", "failed", "not running" (nothing to do), or
-	// in a dry run "would destroy".
-	Action string `json:"action"`
-	Error  string `json:"error,omitempty"`
-}
-
-// DrainResult is what POST /v1/drain and chime-agent drain report.
-type DrainResult struct {
-	Host string `json:"host"`
-	// Marker is the drain marker's path; DrainedAt is in it.
-	Marker    string          `json:"marker"`
-	DrainedAt time.Time       `json:"drained_at"`
-	Domains   []DrainedDomain `json:"domains"`
-	// Running counts domains libvirt lists active after the drain; -1 when
-	// the final listing failed.
-	Running int `json:"running"`
-}
+// DrainedDomain and DrainResult are the drain's wire types.
+type (
+	DrainedDomain = heartbeat.DrainedDomain
+	DrainResult   = heartbeat.DrainResult
+)
 
 // Drain actions.
 const (

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/chimestack/chime-fence/heartbeat"
 	"github.com/rs/zerolog"
 )
 
@@ -30,12 +31,8 @@ type DrainSource interface {
 	Drain(ctx context.Context) (DrainResult, error)
 }
 
-// DrainResponse is POST /v1/drain's body: the result, and what went
-// wrong if anything did.
-type DrainResponse struct {
-	DrainResult
-	Error string `json:"error,omitempty"`
-}
+// DrainResponse is POST /v1/drain's body.
+type DrainResponse = heartbeat.DrainResponse
 
 // server is the agent's HTTP API. Routes are registered in NewHandler;
 // authenticated ones are wrapped in authed.

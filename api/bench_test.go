@@ -118,12 +118,21 @@ func benchBeat(b *testing.B) (*heartbeat.Sealer, []byte) {
 // (agent write, daemon read, open, decode, ack, seal, write, agent read)
 // against a trivial backend. allocs/op are the daemon's: the agent's
 // connected socket reads and writes allocate nothing.
-func BenchmarkHeartbeatDatagram(b *testing.B) {
+func BenchmarkHeartbeatDatagram(b *testing.B) { benchRoundTrip(b, "127.0.0.1:0") }
+
+// BenchmarkHeartbeatDatagramWildcard is the same with the daemon on
+// 0.0.0.0 (a dual-stack socket, as ListenHeartbeats opens it), where each
+// reply's source address is set from the beat's.
+func BenchmarkHeartbeatDatagramWildcard(b *testing.B) { benchRoundTrip(b, "0.0.0.0:0") }
+
+// benchRoundTrip runs the round trip against a daemon socket on listen; the
+// agent sends to 127.0.0.1 on its port.
+func benchRoundTrip(b *testing.B, listen string) {
 	s, err := New(trivialBackend{}, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
 	if err != nil {
 		b.Fatal(err)
 	}
-	conn, err := ListenHeartbeats("127.0.0.1:0")
+	conn, err := ListenHeartbeats(listen)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -131,7 +140,7 @@ func BenchmarkHeartbeatDatagram(b *testing.B) {
 	done := make(chan error, 1)
 	go func() { done <- s.ServeHeartbeats(ctx, conn) }()
 	defer func() { cancel(); <-done }()
-	c, err := net.DialUDP("udp", nil, conn.LocalAddr().(*net.UDPAddr))
+	c, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: conn.LocalAddr().(*net.UDPAddr).Port})
 	if err != nil {
 		b.Fatal(err)
 	}

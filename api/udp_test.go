@@ -576,44 +576,6 @@ func TestUDPReplyFromASpecificAddress(t *testing.T) {
 	beatConnected(t, sealer, to, 1)
 }
 
-// BenchmarkHeartbeatDatagramWildcard is BenchmarkHeartbeatDatagram with
-// the daemon on 0.0.0.0 (a dual-stack socket, as ListenHeartbeats opens
-// it), where each reply's source address is set from the beat's.
-func BenchmarkHeartbeatDatagramWildcard(b *testing.B) {
-	s, err := New(trivialBackend{}, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
-	if err != nil {
-		b.Fatal(err)
-	}
-	conn, err := ListenHeartbeats("0.0.0.0:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.ServeHeartbeats(ctx, conn) }()
-	defer func() { cancel(); <-done }()
-	c, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: conn.LocalAddr().(*net.UDPAddr).Port})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	_, dg := benchBeat(b)
-	buf := make([]byte, heartbeat.MaxDatagram+1)
-	if err := c.SetReadDeadline(time.Now().Add(time.Minute)); err != nil {
-		b.Fatal(err)
-	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for n := 0; n < b.N; n++ {
-		if _, err := c.Write(dg); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := c.Read(buf); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
 // IPv6 loopback has one address, so the [::] case above cannot tell the
 // route's source from the beat's destination. A network namespace of the
 // test's own gives lo a second one (root and ip(8) needed, else skipped).

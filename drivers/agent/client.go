@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/chimestack/chime-fence/heartbeat"
 	"github.com/chimestack/chime-fence/hypervisor"
 	"github.com/chimestack/chime-fence/power"
 )
@@ -55,28 +56,12 @@ type Status struct {
 	Domains         []DomainStatus `json:"domains"`
 }
 
-// DrainedDomain is one domain's part in a drain.
-type DrainedDomain struct {
-	UUID   string                 `json:"uuid"`
-	Name   string                 `json:"name"`
-	Before hypervisor.DomainState `json:"before"`
-	// Action is "destroyed", "failed" or "not running".
-	Action string `json:"action"`
-	Error  string `json:"error,omitempty"`
-}
-
-// DrainResult is the agent's answer to a drain.
-type DrainResult struct {
-	Host      string          `json:"host"`
-	Marker    string          `json:"marker"`
-	DrainedAt time.Time       `json:"drained_at"`
-	Domains   []DrainedDomain `json:"domains"`
-	// Running counts domains still active after the drain; -1 when the
-	// agent could not list them.
-	Running int `json:"running"`
-	// Error is the agent's account of what failed, "" on success.
-	Error string `json:"error,omitempty"`
-}
+// DrainedDomain and DrainResult are the agent's drain answer (its wire
+// types live in heartbeat, shared with chime-agent).
+type (
+	DrainedDomain = heartbeat.DrainedDomain
+	DrainResult   = heartbeat.DrainResponse
+)
 
 // Running counts domains that may hold their disks.
 func (s Status) Running() int {

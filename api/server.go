@@ -192,6 +192,12 @@ func writeErr(w http.ResponseWriter, code int, format string, args ...any) {
 	writeJSON(w, code, ErrorBody{Error: fmt.Sprintf(format, args...)})
 }
 
+// unknownHost is why a heartbeat from a host not configured is refused,
+// over HTTP and UDP alike.
+func unknownHost(host string) string {
+	return fmt.Sprintf("host %q is not in the daemon's configuration", host)
+}
+
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength > heartbeat.MaxBodyBytes {
 		s.hbHTTP.tooLarge.Inc()
@@ -215,7 +221,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 	if errors.Is(err, daemon.ErrUnknownHost) {
 		s.hbHTTP.unknownHost.Inc()
 		s.log.Warn().Str("remote", r.RemoteAddr).Str("host", hb.Host).Msg("refused heartbeat from a host not in the configuration")
-		writeErr(w, http.StatusNotFound, "host %q is not in the daemon's configuration", hb.Host)
+		writeErr(w, http.StatusNotFound, "%s", unknownHost(hb.Host))
 		return
 	}
 	if err != nil {

@@ -298,7 +298,7 @@ func (s *Server) heartbeatDatagram(b []byte, p peer) []byte {
 	switch {
 	case errors.Is(err, daemon.ErrUnknownHost):
 		s.hbUDP.unknownHost.Inc()
-		return s.refused(p, heartbeat.ReplyTo(hb), fmt.Sprintf("host %q is not in the daemon's configuration", hb.Host))
+		return s.refused(p, heartbeat.ReplyTo(hb), unknownHost(hb.Host))
 	case err != nil:
 		// What HTTP answers with a 500: no reply, so the agent tries HTTP.
 		s.failed(err, "heartbeat datagram from "+p.String()+" not taken")

@@ -16,9 +16,11 @@ import (
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
-// ipmiCipherSuites are the IPMI 2.0 suites with authentication and
-// integrity; suite 0 (no auth) is refused on purpose.
-var ipmiCipherSuites = map[int]bool{1: true, 2: true, 3: true, 6: true, 7: true, 8: true, 11: true, 12: true, 15: true, 16: true, 17: true}
+// ipmiCipherSuites are the IPMI 2.0 suites with authentication, integrity
+// and confidentiality, the same list drivers/ipmi.IntegritySuites enforces
+// (configs imports no driver): on a suite without integrity a forged
+// "power off" reading could become a verified fence.
+var ipmiCipherSuites = map[int]bool{3: true, 8: true, 12: true, 17: true}
 
 type validator struct {
 	root *yaml.Node
@@ -338,7 +340,7 @@ func (v validator) bmc(at string, b BMC) {
 	if b.Type == BMCIPMI {
 		for k, cs := range b.CipherSuites {
 			if !ipmiCipherSuites[cs] {
-				v.add(fmt.Sprintf("%s.cipher_suites[%d]", at, k), "%d is not an IPMI cipher suite with authentication (use 3 or 17)", cs)
+				v.add(fmt.Sprintf("%s.cipher_suites[%d]", at, k), "%d is not an IPMI cipher suite with message integrity and encryption (use 3, 8, 12 or 17: on the others a forged power reading could pass as the BMC's)", cs)
 			}
 		}
 		for k, set := range map[string]bool{"system_id": b.SystemID != "", "scheme": b.Scheme != "", "auth": b.Auth != "", "insecure": b.Insecure, "ca_file": b.CAFile != ""} {

@@ -33,6 +33,10 @@ func TestNewValidatesConfig(t *testing.T) {
 		{"long password", func(c *Config) { c.Password = testPassword + strings.Repeat("x", 10) }, "password is 24 bytes, IPMI 2.0 allows at most 20"},
 		{"bad suite", func(c *Config) { c.CipherSuites = []int{3, 42} }, "cipher suite 42 is not an IPMI 2.0 cipher suite"},
 		{"dup suite", func(c *Config) { c.CipherSuites = []int{3, 3} }, "cipher suite 3 is listed twice"},
+		{"suite 1 without integrity", func(c *Config) { c.CipherSuites = []int{3, 1} }, "cipher suite 1 does not protect message integrity"},
+		{"suite 6 without integrity", func(c *Config) { c.CipherSuites = []int{6} }, "cipher suite 6 does not protect message integrity"},
+		{"suite 15 without integrity", func(c *Config) { c.CipherSuites = []int{15, 17} }, "cipher suite 15 does not protect message integrity"},
+		{"suite 0 without anything", func(c *Config) { c.CipherSuites = []int{0} }, "cipher suite 0 does not protect message integrity"},
 		{"user privilege", func(c *Config) { c.Privilege = "user" }, `privilege "user" cannot control chassis power`},
 		{"negative timeout", func(c *Config) { c.Timeout = -time.Second }, "timeout -1s is negative"},
 	}
@@ -101,6 +105,25 @@ func TestEmbeddedRefusedAction(t *testing.T) {
 	require.True(t, errors.As(err, &pe))
 	assert.Equal(t, "node1", pe.Host)
 	assert.Equal(t, "ipmi: chassis power off", pe.Step)
+}
+
+// TestBMCOfferingOnlySuitesWithoutIntegrityIsNeverRead is the attack of a
+// BMC (or a man in the middle answering for it) that offers only suites
+// whose replies carry no integrity check: no reading comes back, so no
+// forged Off can become a verified fence.
+func TestBMCOfferingOnlySuitesWithoutIntegrityIsNeverRead(t *testing.T) {
+	for _, offered := range [][]types.CipherSuiteID{{types.CipherSuiteID1}, {types.CipherSuiteID0, types.CipherSuiteID1}} {
+		port, ch := startEmbeddedBMC(t, bmc.PrivilegeLevelAdministrator, offered...)
+		c, _ := newClient(t, port, nil)
+		st, err := c.PowerStatus(ctxTimeout(t, 5*time.Second))
+		require.Error(t, err, "offered %v: a reading came back: %v", offered, st)
+		t.Log(err)
+		assert.NotErrorIs(t, err, power.ErrUnreachable, "the BMC answered; the refusal must not read as silence")
+		_, actions := ch.snapshot()
+		require.Error(t, c.PowerOff(ctxTimeout(t, 5*time.Second)))
+		_, after := ch.snapshot()
+		assert.Equal(t, actions, after)
+	}
 }
 
 func TestEmbeddedWrongPasswordIsAuth(t *testing.T) {

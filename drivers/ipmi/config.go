@@ -25,6 +25,15 @@ const (
 // 17 (SHA256/AES, what newer BMCs insist on).
 var DefaultCipherSuites = []int{3, 17}
 
+// IntegritySuites are the only cipher suites a fence may use: each
+// authenticates the session AND protects every message's integrity (and
+// encrypts it). Suites 1, 6 and 15 authenticate the login only; on them a
+// forged "power off" reply is indistinguishable from the BMC's, and a
+// forged Off read-back would become a verified fence and a VM started
+// twice. Suites without confidentiality (2, 7, 11, 16) are refused too:
+// every BMC that offers them offers the AES variant of the same suite.
+var IntegritySuites = []int{3, 8, 12, 17}
+
 // Config is one host's IPMI fence level.
 type Config struct {
 	Host         string        // our host name, for errors and logs
@@ -85,6 +94,9 @@ func (c *Config) validate() (types.PrivilegeLevel, []types.CipherSuiteID, error)
 		}
 		if _, _, _, ok := types.GetCipherSuiteAlgorithms(types.CipherSuiteID(s)); !ok {
 			return 0, nil, bad("cipher suite %d is not supported by go-ipmi", s)
+		}
+		if !slices.Contains(IntegritySuites, s) {
+			return 0, nil, bad("cipher suite %d does not protect message integrity, so a forged power reading could pass as the BMC's; use one of %v", s, IntegritySuites)
 		}
 		if slices.Contains(c.CipherSuites[:i], s) {
 			return 0, nil, bad("cipher suite %d is listed twice", s)

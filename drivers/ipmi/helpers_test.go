@@ -16,6 +16,7 @@ import (
 	"github.com/bougou/go-ipmi/pkg/hal/mock"
 	"github.com/bougou/go-ipmi/pkg/server"
 	"github.com/bougou/go-ipmi/pkg/transport/udp"
+	"github.com/bougou/go-ipmi/pkg/types"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 )
@@ -102,11 +103,16 @@ type recHAL struct {
 func (h recHAL) Chassis() hal.ChassisHAL { return h.ch }
 
 // startEmbeddedBMC runs go-ipmi's reference BMC on 127.0.0.1 with one user
-// of the given maximum privilege, and returns its port and chassis.
-func startEmbeddedBMC(t *testing.T, maxPriv bmc.PrivilegeLevel) (int, *recChassis) {
+// of the given maximum privilege, and returns its port and chassis. suites,
+// when given, are the only cipher suites it offers.
+func startEmbeddedBMC(t *testing.T, maxPriv bmc.PrivilegeLevel, suites ...types.CipherSuiteID) (int, *recChassis) {
 	t.Helper()
 	ch := &recChassis{Chassis: &mock.Chassis{}, on: true}
-	b := bmc.New(bmc.DeviceInfo{IPMIVersion: 0x20}, [16]byte{1, 2, 3}, recHAL{HAL: mock.New(), ch: ch}, bmc.WithClock(clock.Real))
+	opts := []bmc.Option{bmc.WithClock(clock.Real)}
+	if len(suites) > 0 {
+		opts = append(opts, bmc.WithCipherSuites(suites))
+	}
+	b := bmc.New(bmc.DeviceInfo{IPMIVersion: 0x20}, [16]byte{1, 2, 3}, recHAL{HAL: mock.New(), ch: ch}, opts...)
 	u, err := b.Users.Add(2, testUser)
 	require.NoError(t, err)
 	u.SetPassword([]byte(testPassword))

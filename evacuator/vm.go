@@ -3,6 +3,7 @@ package evacuator
 import (
 	"encoding/xml"
 	"fmt"
+	"math/bits"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -212,25 +213,46 @@ func readMetadata(m *libvirtxml.DomainMetadata, vm *VM) error {
 	}
 }
 
+// maxMemoryMiB bounds a domain's memory: 2^40 MiB (1 EiB) is far beyond
+// any host, and keeps every product below in int64.
+const maxMemoryMiB = 1 << 40
+
+// toMiB converts a libvirt memory amount to MiB, rounding UP: the
+// scheduler must never count a VM as smaller than it is. A value that
+// overflows, or is beyond any host, is an error, never a wrap to a small
+// number (a VM counted as 0 MiB fits everywhere).
 func toMiB(v uint, unit string) (int64, error) {
-	n := int64(v)
+	var num, den uint64 // MiB = v × num / den
 	switch unit {
 	case "", "KiB", "k", "K":
-		return n / 1024, nil
+		num, den = 1, 1024
 	case "b", "bytes":
-		return n / (1 << 20), nil
+		num, den = 1, 1<<20
 	case "MiB", "M":
-		return n, nil
+		num, den = 1, 1
 	case "GiB", "G":
-		return n * 1024, nil
+		num, den = 1024, 1
 	case "TiB", "T":
-		return n * 1024 * 1024, nil
+		num, den = 1024*1024, 1
 	case "KB":
-		return n * 1000 / (1 << 20), nil
+		num, den = 1000, 1<<20
 	case "MB":
-		return n * 1000 * 1000 / (1 << 20), nil
+		num, den = 1000*1000, 1<<20
 	case "GB":
-		return n * 1000 * 1000 * 1000 / (1 << 20), nil
+		num, den = 1000*1000*1000, 1<<20
+	default:
+		return 0, fmt.Errorf("unit %q not understood", unit)
 	}
-	return 0, fmt.Errorf("unit %q not understood", unit)
+	hi, lo := bits.Mul64(uint64(v), num)
+	if hi != 0 {
+		return 0, fmt.Errorf("%d %s is too large", v, unit)
+	}
+	mib := lo / den
+	if lo%den != 0 {
+		mib++
+	}
+	if mib > maxMemoryMiB {
+		return 0, fmt.Errorf("%d %s is more than %d MiB", v, unit, uint64(maxMemoryMiB))
+	}
+	return int64(mib), nil
 }

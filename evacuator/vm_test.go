@@ -104,6 +104,23 @@ func TestParseVMRejectsWhatItCannotRead(t *testing.T) {
 	}
 }
 
+// TestToMiBRefusesOverflow: a unit product that wrapped to 0 MiB made a
+// huge VM fit on any host (and so evacuable anywhere).
+func TestToMiBRefusesOverflow(t *testing.T) {
+	for _, tc := range []struct {
+		v    uint
+		unit string
+	}{
+		{1 << 63, "GiB"}, {1 << 54, "TiB"}, {^uint(0), "GB"}, {^uint(0), "MiB"}, {1<<20 + 1, "TiB"},
+	} {
+		_, err := toMiB(tc.v, tc.unit)
+		require.Error(t, err, "%d %s", tc.v, tc.unit)
+	}
+	_, err := ParseVM(`<domain><name>x</name><uuid>u</uuid><memory unit='TiB'>18014398509481984</memory></domain>`, StorageRules{})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "memory: 18014398509481984 TiB is too large")
+}
+
 func TestToMiB(t *testing.T) {
 	for _, tc := range []struct {
 		v    uint
@@ -111,6 +128,8 @@ func TestToMiB(t *testing.T) {
 		want int64
 	}{
 		{65536, "", 64}, {65536, "KiB", 64}, {64, "MiB", 64}, {2, "GiB", 2048}, {1 << 26, "b", 64}, {1, "TiB", 1 << 20},
+		// Rounded up: a VM is never counted smaller than it is.
+		{65537, "KiB", 65}, {1, "KiB", 1}, {1, "b", 1}, {1000, "MB", 954}, {1 << 20, "TiB", 1 << 40},
 	} {
 		got, err := toMiB(tc.v, tc.unit)
 		require.NoError(t, err)

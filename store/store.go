@@ -91,6 +91,9 @@ type Store struct {
 	maxRecords uint64
 
 	closed atomic.Bool
+	// commitErr is the outcome of the last whole commit of a real write
+	// (Probe reads it).
+	commitErr atomic.Pointer[commitOutcome]
 	// broken is set when bbolt panicked inside a write transaction: the
 	// file may be damaged, so the store refuses further writes.
 	broken atomic.Pointer[error]
@@ -132,7 +135,10 @@ func Open(path string, opts Options) (*Store, error) {
 	// Vet an existing file read-only first: opening for writing makes bbolt
 	// read the freelist, which panics on some damage, and the mapping such a
 	// panic leaves behind keeps the file locked until the process exits.
-	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && fi.Size() > 0 {
+	if _, err := os.Lstat(path); err == nil {
+		if err := vetFile(path); err != nil {
+			return nil, err
+		}
 		ro, err := openBolt(path, opts.LockTimeout, true)
 		if err != nil {
 			return nil, err
@@ -353,4 +359,24 @@ func u64(v uint64) []byte {
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], v)
 	return b[:]
+}
+
+// kProbe is the meta key Probe rewrites.
+var kProbe = []byte("write-probe")
+
+// Probe proves the journal can be written now. Readiness calls it, so a
+// daemon whose journal fails (full disk, I/O error, closed store) says it
+// is not ready instead of answering reads from a journal that no fence or
+// evacuation could be written to. When the last commit failed as a whole,
+// that is the answer until a later commit succeeds: on a full disk a tiny
+// write reuses a freed page and succeeds while every real write fails.
+// Otherwise it commits (and syncs) one small record through the writer
+// every other write uses: one fsync per call.
+func (s *Store) Probe(now time.Time) error {
+	if o := s.commitErr.Load(); o != nil && o.err != nil {
+		return s.wrap("write probe", fmt.Errorf("the last write failed: %w", o.err))
+	}
+	return s.enqueue("write probe", &op{probe: true, done: make(chan result, 1), fn: func(tx *bolt.Tx) error {
+		return tx.Bucket(bMeta).Put(kProbe, u64(uint64(now.UnixNano())))
+	}})
 }

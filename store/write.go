@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"slices"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -20,6 +21,9 @@ const maxGroup = 1000
 type op struct {
 	fn   func(*bolt.Tx) error
 	done chan result
+	// probe ops (Probe) never clear a failed commit: a tiny write can
+	// succeed on a disk where every real one fails.
+	probe bool
 }
 
 type result struct {
@@ -32,7 +36,10 @@ type result struct {
 // it must only set its outputs, never act outside the transaction. Its
 // outputs are valid only when write returns nil.
 func (s *Store) write(step string, fn func(*bolt.Tx) error) error {
-	o := &op{fn: fn, done: make(chan result, 1)}
+	return s.enqueue(step, &op{fn: fn, done: make(chan result, 1)})
+}
+
+func (s *Store) enqueue(step string, o *op) error {
 	s.wmu.Lock()
 	s.queue = append(s.queue, o)
 	if s.busy {
@@ -88,12 +95,21 @@ func (s *Store) commit(group []*op) {
 			group = append(group[:failed:failed], group[failed+1:]...)
 			continue
 		}
+		// A commit that failed as a whole (the file could not be written:
+		// full disk, I/O error) stays the store's health until a later
+		// commit succeeds; Probe reports it.
+		if err != nil || slices.ContainsFunc(group, func(o *op) bool { return !o.probe }) {
+			s.commitErr.Store(&commitOutcome{err: err})
+		}
 		for _, o := range group {
 			o.done <- result{err: err}
 		}
 		return
 	}
 }
+
+// commitOutcome is the result of the last whole commit (nil err: success).
+type commitOutcome struct{ err error }
 
 // callSafely turns a panic inside fn (bbolt reading a damaged page, or a
 // bug) into an error for that op alone; the transaction is rolled back.

@@ -190,8 +190,8 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 	srv, err := api.New(d, tokens, reg, log, api.WithOperations(ops), api.WithFences(st),
 		api.WithReadiness(func() []string {
 			var p []string
-			if _, err := st.Fences(); err != nil {
-				p = append(p, "store: "+err.Error())
+			if err := st.Probe(time.Now()); err != nil {
+				p = append(p, "journal not writable: "+err.Error())
 			}
 			if !engRunning.Load() {
 				p = append(p, "detector is not running")

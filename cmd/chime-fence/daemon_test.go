@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"net"
 	"net/http"
 	"os"
@@ -259,4 +260,64 @@ func TestStatusWithoutDaemon(t *testing.T) {
 	code, _, errOut := runCLI("status", "-c", file)
 	assert.Equal(t, exitUnreachable, code, "the same code as the host and task commands")
 	assert.Contains(t, errOut, "not reachable")
+}
+
+// TestReadinessFailsWhileTheJournalCannotBeWritten puts the state directory
+// on a small tmpfs and fills it: once the daemon's writes fail (history of
+// a host going silent), /v1/readyz says the journal is not writable; with
+// space back and a write through, it is ready again.
+func TestReadinessFailsWhileTheJournalCannotBeWritten(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	require.NoError(t, os.Mkdir(state, 0o700))
+	require.NoError(t, unix.Mount("tmpfs", state, "tmpfs", 0, "size=4m,mode=0700"))
+	t.Cleanup(func() { _ = unix.Unmount(state, unix.MNT_DETACH) })
+	port := freePort(t)
+	file := daemonConfig(t, dir, port)
+	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
+	startDaemon(t, file, c)
+	require.Eventually(t, func() bool { r, err := c.Ready(context.Background()); return err == nil && r.Ready },
+		10*time.Second, 20*time.Millisecond)
+
+	stop := beater(t, c.Base, "h1", "h2", "h3")
+	defer func() { stop() }()
+	require.Eventually(t, func() bool { v, _ := hostStatus(t, c, "h2"); return v == detector.Healthy },
+		5*time.Second, 20*time.Millisecond)
+
+	fill, err := os.Create(filepath.Join(state, "fill"))
+	require.NoError(t, err)
+	buf := make([]byte, 64<<10)
+	for {
+		if _, err := fill.Write(buf); err != nil {
+			require.ErrorIs(t, err, unix.ENOSPC)
+			break
+		}
+	}
+	require.NoError(t, fill.Close())
+	// Every silence and return is history; flap the hosts until a write fails.
+	var readyErr error
+	require.Eventually(t, func() bool {
+		stop()
+		time.Sleep(400 * time.Millisecond)
+		stop = beater(t, c.Base, "h1", "h2", "h3")
+		time.Sleep(300 * time.Millisecond)
+		_, readyErr = c.Ready(context.Background())
+		return readyErr != nil
+	}, 60*time.Second, 10*time.Millisecond, "the daemon stayed ready on a full disk")
+	require.ErrorIs(t, readyErr, api.ErrUnavailable)
+	assert.Contains(t, readyErr.Error(), "journal not writable")
+	assert.Contains(t, readyErr.Error(), "no space left on device")
+
+	require.NoError(t, os.Remove(filepath.Join(state, "fill")))
+	require.Eventually(t, func() bool {
+		stop()
+		time.Sleep(400 * time.Millisecond)
+		stop = beater(t, c.Base, "h1", "h2", "h3")
+		time.Sleep(300 * time.Millisecond)
+		r, err := c.Ready(context.Background())
+		return err == nil && r.Ready
+	}, 30*time.Second, 10*time.Millisecond, "ready again once a write succeeds")
 }

@@ -71,6 +71,40 @@ func Backoff(n int, initial, maxWait time.Duration) time.Duration {
 	return min(d, maxWait)
 }
 
+// mustDeliver names the events whose loss would hide a fence or an
+// evacuation from the operator: fence.* and evacuation.* events, a verdict
+// that nothing can be proven (the host waits for a human), and anything
+// critical. They are retried for MustDeliverFor, not Retries attempts.
+func mustDeliver(ev Event) bool {
+	switch {
+	case ev.Severity == Critical,
+		strings.HasPrefix(ev.Type, "fence.") && ev.Type != FenceReadiness,
+		strings.HasPrefix(ev.Type, "evacuation."):
+		return true
+	case ev.Type == HostVerdict:
+		v, _ := ev.Details["verdict"].(string)
+		return v == "unprovable"
+	}
+	return false
+}
+
+// giveUp decides, after a failed attempt (e.Attempts already counts it),
+// whether e is given up: "" to retry, resultDropped when an ordinary
+// event has used its retries, resultExpired when an event MustDeliver
+// names has been retried for mustFor since it was created.
+func giveUp(ev Event, e store.OutboxEntry, retries int, now time.Time, mustFor time.Duration) string {
+	if mustDeliver(ev) {
+		if !e.Created.IsZero() && now.Sub(e.Created) >= mustFor {
+			return resultExpired
+		}
+		return ""
+	}
+	if e.Attempts >= retries {
+		return resultDropped
+	}
+	return ""
+}
+
 // loop delivers s's queue in order until ctx is done. The head entry
 // blocks the ones behind it while it waits for a retry: receivers see
 // events in the order they happened.
@@ -142,9 +176,14 @@ func (d *Dispatcher) attempt(ctx context.Context, s *sender, e store.OutboxEntry
 		return d.finish(ctx, log, e, resultFailed)
 	}
 	e.Attempts++
-	if e.Attempts >= wh.Retries {
+	switch give := giveUp(ev, e, wh.Retries, d.now(), d.mustFor); give {
+	case resultDropped:
 		log.Error().Str("error", err.Error()).Int("attempts", e.Attempts).Msg("alert dropped: no attempt succeeded")
-		return d.finish(ctx, log, e, resultDropped)
+		return d.finish(ctx, log, e, give)
+	case resultExpired:
+		log.Error().Str("error", err.Error()).Int("attempts", e.Attempts).Dur("retried_for", d.mustFor).
+			Msg("critical alert given up: not delivered in all that time")
+		return d.finish(ctx, log, e, give)
 	}
 	wait := Backoff(e.Attempts, d.boInit, d.boMax)
 	if retryAfter > wait {

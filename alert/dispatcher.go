@@ -32,6 +32,10 @@ type Outbox interface {
 const (
 	DefaultBackoffInitial = 2 * time.Second
 	DefaultBackoffMax     = 5 * time.Minute
+	// DefaultMustDeliverFor is how long an event mustDeliver names is
+	// retried before it is given up (counted as expired): a pager that is
+	// down for an hour still learns that a host was fenced.
+	DefaultMustDeliverFor = 12 * time.Hour
 )
 
 // Config configures a Dispatcher. Only Outbox is required.
@@ -51,6 +55,10 @@ type Config struct {
 	// BackoffMax, before the next. Defaults 2s and 5m.
 	BackoffInitial time.Duration
 	BackoffMax     time.Duration
+	// MustDeliverFor is how long, from its creation, an event MustDeliver
+	// names is retried whatever the webhook's Retries; default
+	// DefaultMustDeliverFor.
+	MustDeliverFor time.Duration
 	// Transport for the POSTs; default a clone of http.DefaultTransport.
 	Transport http.RoundTripper
 }
@@ -65,6 +73,7 @@ type Dispatcher struct {
 	log     zerolog.Logger
 	boInit  time.Duration
 	boMax   time.Duration
+	mustFor time.Duration
 	client  *http.Client
 	m       metrics
 
@@ -111,6 +120,12 @@ func New(cfg Config) (*Dispatcher, error) {
 	if cfg.BackoffMax < cfg.BackoffInitial {
 		return nil, fmt.Errorf("alert: BackoffMax %s is below BackoffInitial %s", cfg.BackoffMax, cfg.BackoffInitial)
 	}
+	switch {
+	case cfg.MustDeliverFor < 0:
+		return nil, fmt.Errorf("alert: MustDeliverFor %s is negative", cfg.MustDeliverFor)
+	case cfg.MustDeliverFor == 0:
+		cfg.MustDeliverFor = DefaultMustDeliverFor
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -128,6 +143,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		log:     cfg.Log.With().Str("component", "alert").Logger(),
 		boInit:  cfg.BackoffInitial,
 		boMax:   cfg.BackoffMax,
+		mustFor: cfg.MustDeliverFor,
 		client: &http.Client{
 			Transport: cfg.Transport,
 			// A POST redirected becomes a GET; refuse, the URL is wrong.

@@ -149,7 +149,7 @@ func TestRetriesExhaustedDropsWithALogLine(t *testing.T) {
 	})
 	h := newHarness(t, []Webhook{{Name: "a", URL: rc.URL, Retries: 3}}, "")
 	h.run(t)
-	require.NoError(t, h.d.Send(Event{Type: StormEngaged}))
+	require.NoError(t, h.d.Send(Event{Type: HostVerdict, Details: map[string]any{"verdict": "agent-down"}}))
 	require.Eventually(t, func() bool { return h.pending(t) == 0 }, waitFor, time.Millisecond)
 	assert.Equal(t, 1.0, h.counter(t, "a", "dropped"))
 	assert.Len(t, rc.Requests(), 3, "Retries is the number of attempts")
@@ -158,6 +158,67 @@ func TestRetriesExhaustedDropsWithALogLine(t *testing.T) {
 	assert.Zero(t, h.pending(t))
 	assert.Contains(t, h.logs.String(), `"message":"alert dropped: no attempt succeeded"`)
 	assert.Contains(t, h.logs.String(), `"attempts":3`)
+}
+
+// TestCriticalEventsOutliveTheRetries: a fence, evacuation, unprovable or
+// critical event is retried long past the webhook's Retries (they were
+// dropped after ~30 s, while a pager was restarting), until it is
+// delivered or MustDeliverFor has passed since it was created.
+func TestCriticalEventsOutliveTheRetries(t *testing.T) {
+	for _, ev := range []Event{
+		{Type: FenceFailed}, {Type: FenceSucceeded}, {Type: EvacuationPartial}, {Type: EvacuationFinished},
+		{Type: StormEngaged}, {Type: HostVerdict, Details: map[string]any{"verdict": "unprovable"}},
+	} {
+		t.Run(ev.Type, func(t *testing.T) {
+			rc := newReceiver(t, func(n int, _ http.ResponseWriter, _ *http.Request) int {
+				if n < 12 {
+					return http.StatusBadGateway
+				}
+				return http.StatusOK
+			})
+			h := newHarnessWith(t, []Webhook{{Name: "a", URL: rc.URL, Retries: 3}}, "", func(c *Config) { c.MustDeliverFor = time.Hour })
+			h.run(t)
+			require.NoError(t, h.d.Send(ev))
+			require.Eventually(t, func() bool { return h.pending(t) == 0 }, waitFor, time.Millisecond)
+			assert.Len(t, rc.Requests(), 13, "retried past Retries=3 until delivered")
+			assert.Equal(t, 1.0, h.counter(t, "a", "delivered"))
+			assert.Zero(t, h.counter(t, "a", "dropped"))
+			assert.Zero(t, h.counter(t, "a", "expired"))
+		})
+	}
+}
+
+func TestCriticalEventExpiresAfterMustDeliverFor(t *testing.T) {
+	rc := newReceiver(t, func(int, http.ResponseWriter, *http.Request) int { return http.StatusBadGateway })
+	h := newHarnessWith(t, []Webhook{{Name: "a", URL: rc.URL, Retries: 3}}, "", func(c *Config) { c.MustDeliverFor = time.Minute })
+	h.run(t)
+	require.NoError(t, h.d.Send(Event{Type: FenceFailed}))
+	require.Eventually(t, func() bool { return h.pending(t) == 0 }, waitFor, time.Millisecond)
+	assert.Equal(t, 1.0, h.counter(t, "a", "expired"))
+	assert.Zero(t, h.counter(t, "a", "dropped"))
+	var waited time.Duration
+	for _, w := range h.clock.Waits() {
+		waited += w
+	}
+	assert.GreaterOrEqual(t, waited, time.Minute, "retried for the whole minute")
+	assert.Less(t, waited, time.Minute+10*time.Second, "and not a backoff longer")
+	assert.Contains(t, h.logs.String(), "critical alert given up")
+}
+
+func TestMustDeliver(t *testing.T) {
+	for ev, want := range map[*Event]bool{
+		{Type: FenceStarted}:      true,
+		{Type: FenceFailed}:       true,
+		{Type: FenceReadiness}:    false, // repeated by the next readiness check
+		{Type: EvacuationStarted}: true,
+		{Type: HostVerdict, Details: map[string]any{"verdict": "unprovable"}}: true,
+		{Type: HostVerdict, Details: map[string]any{"verdict": "agent-down"}}: false,
+		{Type: HostVerdict}:                         false,
+		{Type: StormCleared, Severity: Info}:        false,
+		{Type: HostUnreachable, Severity: Critical}: true,
+	} {
+		assert.Equal(t, want, mustDeliver(*ev), "%+v", *ev)
+	}
 }
 
 func TestPermanentFailureIsNotRetried(t *testing.T) {
@@ -270,9 +331,10 @@ func TestHangingReceiverDoesNotBlock(t *testing.T) {
 	h.run(t)
 
 	start := time.Now()
-	require.NoError(t, h.d.Send(Event{Type: FenceStarted}))
+	// Events that are dropped after Retries (fence events are retried for hours).
+	require.NoError(t, h.d.Send(Event{Type: HostVerdict, Details: map[string]any{"verdict": "agent-down"}}))
 	hang.waitRequests(t, 1) // the hanging POST is in flight
-	require.NoError(t, h.d.Send(Event{Type: FenceSucceeded}), "Send while a POST hangs")
+	require.NoError(t, h.d.Send(Event{Type: HostVerdict, Details: map[string]any{"verdict": "isolated-or-hung"}}), "Send while a POST hangs")
 	fast.waitRequests(t, 2)
 	assert.Less(t, time.Since(start), timeout, "the other webhook was served while the first hung")
 
@@ -340,7 +402,7 @@ func TestSecretsNeverInLogsOrErrors(t *testing.T) {
 		{Name: "refused", URL: closedURL, Secret: []byte(secret), Retries: 2},
 	}, "")
 	h.run(t)
-	require.NoError(t, h.d.Send(Event{Type: FenceFailed}))
+	require.NoError(t, h.d.Send(Event{Type: HostVerdict, Details: map[string]any{"verdict": "agent-down"}}))
 	require.Eventually(t, func() bool {
 		return h.counter(t, "status", "failed") == 1 && h.counter(t, "refused", "dropped") == 1
 	}, waitFor, time.Millisecond)

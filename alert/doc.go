@@ -24,6 +24,10 @@
 //     Verify. 2xx: delivered, removed. 408, 429, 5xx, network errors and
 //     timeouts: retried after Backoff (honouring Retry-After up to
 //     BackoffMax) until Retries attempts, then dropped with a log line.
+//     Events whose loss would hide a fence or an evacuation (fence.*
+//     but readiness, evacuation.*, an unprovable verdict, anything
+//     critical: mustDeliver) are retried until MustDeliverFor (12 h) has
+//     passed since they were queued, then given up as "expired".
 //     Other statuses (3xx: redirects are not followed; 4xx): dropped at
 //     once. Every outcome is logged and counted in
 //     chime_fence_alert_deliveries_total{webhook,result}.

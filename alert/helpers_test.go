@@ -142,6 +142,12 @@ func openStore(t testing.TB, path string) *store.Store {
 // when given) with a fake clock and captured logs.
 func newHarness(t testing.TB, whs []Webhook, path string) *harness {
 	t.Helper()
+	return newHarnessWith(t, whs, path, nil)
+}
+
+// newHarnessWith is newHarness with mod applied to the Config before New.
+func newHarnessWith(t testing.TB, whs []Webhook, path string, mod func(*Config)) *harness {
+	t.Helper()
 	if path == "" {
 		path = filepath.Join(t.TempDir(), store.FileName)
 	}
@@ -152,7 +158,7 @@ func newHarness(t testing.TB, whs []Webhook, path string) *harness {
 		logs:  &logBuf{},
 		reg:   prometheus.NewRegistry(),
 	}
-	d, err := New(Config{
+	cfg := Config{
 		Webhooks:       whs,
 		Outbox:         h.st,
 		Cluster:        "lab",
@@ -162,7 +168,11 @@ func newHarness(t testing.TB, whs []Webhook, path string) *harness {
 		Registerer:     h.reg,
 		BackoffInitial: time.Second,
 		BackoffMax:     10 * time.Second,
-	})
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	d, err := New(cfg)
 	require.NoError(t, err)
 	h.d = d
 	return h

@@ -8,6 +8,7 @@ const (
 	resultRetry     = "retry"     // an attempt failed and another is scheduled
 	resultFailed    = "failed"    // refused by the receiver (4xx, 3xx) or unrenderable: not retried
 	resultDropped   = "dropped"   // retries exhausted, or the webhook was removed with entries pending
+	resultExpired   = "expired"   // an event MustDeliver names, retried for MustDeliverFor in vain
 )
 
 type metrics struct {
@@ -20,7 +21,7 @@ func newMetrics(d *Dispatcher) metrics {
 	return metrics{
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "chime_fence_alert_deliveries_total",
-			Help: "Alert delivery results per webhook: delivered, retry (an attempt failed, another is scheduled), failed (refused, not retried), dropped (retries exhausted or webhook removed).",
+			Help: "Alert delivery results per webhook: delivered, retry (an attempt failed, another is scheduled), failed (refused, not retried), dropped (retries exhausted or webhook removed), expired (a fence, evacuation, unprovable or critical event retried for hours in vain).",
 		}, []string{"webhook", "result"}),
 		pending: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "chime_fence_alert_outbox",
@@ -44,7 +45,7 @@ func (m metrics) register(r prometheus.Registerer) error {
 
 // init makes webhook's series exist (at 0) before its first delivery.
 func (m metrics) init(webhook string) {
-	for _, r := range []string{resultDelivered, resultRetry, resultFailed, resultDropped} {
+	for _, r := range []string{resultDelivered, resultRetry, resultFailed, resultDropped, resultExpired} {
 		m.deliveries.WithLabelValues(webhook, r)
 	}
 }

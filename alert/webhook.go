@@ -49,7 +49,8 @@ type Webhook struct {
 	// 0 means DefaultTimeout.
 	Timeout time.Duration
 	// Retries is the maximum number of attempts per event; 0 means
-	// DefaultRetries. After the last failed attempt the event is dropped.
+	// DefaultRetries. After the last failed attempt the event is dropped,
+	// except the events retried for Config.MustDeliverFor (package doc).
 	Retries int
 	// Format is FormatChime (default when empty) or FormatAlertmanager.
 	Format string

@@ -9,7 +9,7 @@ UNIT     := $(shell $(GO) list ./... 2>/dev/null | grep -v '/e2e')
 E2E      := $(shell $(GO) list ./e2e/... 2>/dev/null)
 LDFLAGS  := -X main.version=$(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 
-.PHONY: all build test unit e2e vet fmt-check deps demo bench bench-fence bench-heartbeats clean
+.PHONY: all build test unit e2e vet fmt-check deps demo bench bench-fence bench-heartbeats fuzz clean
 
 all: build
 
@@ -38,6 +38,11 @@ test: fmt-check vet unit e2e
 
 demo: deps build
 	scripts/demo.sh
+
+# Every fuzz target for FUZZTIME (default 60s) each; `make test` runs their
+# seed corpora as ordinary tests.
+fuzz:
+	scripts/fuzz.sh
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(UNIT)

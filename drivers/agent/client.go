@@ -134,8 +134,13 @@ func (c *Client) Drain(ctx context.Context) (DrainResult, error) {
 	if err := json.Unmarshal(body, &res); err != nil {
 		return res, c.fail(power.KindProtocol, step, fmt.Errorf("HTTP %d, malformed drain result: %w", resp.StatusCode, err))
 	}
-	if res.Host != "" && res.Host != c.cfg.Host {
+	if res.Host != c.cfg.Host {
+		// An answer that names no host ({}, null) is not an agent's: a
+		// responder that merely answers must never count as a drain.
 		return res, c.fail(power.KindConfig, step, fmt.Errorf("agent at %s says it runs on host %q", c.cfg.URL, res.Host))
+	}
+	if resp.StatusCode == http.StatusOK && res.Running != 0 {
+		return res, c.fail(power.KindRefused, step, fmt.Errorf("HTTP 200 but %d domains still running", res.Running))
 	}
 	if resp.StatusCode != http.StatusOK {
 		msg := res.Error
@@ -178,8 +183,13 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	if err := json.Unmarshal(body, &st); err != nil {
 		return st, c.fail(power.KindProtocol, step, fmt.Errorf("malformed status: %w", err))
 	}
-	if st.Host != "" && st.Host != c.cfg.Host {
+	if st.Host != c.cfg.Host {
 		return st, c.fail(power.KindConfig, step, fmt.Errorf("agent at %s says it runs on host %q", c.cfg.URL, st.Host))
+	}
+	if st.Domains == nil {
+		// A real agent always lists (an empty list when nothing is
+		// defined); a missing list must never read as "nothing runs".
+		return st, c.fail(power.KindProtocol, step, errors.New("malformed status: no domains list"))
 	}
 	return st, nil
 }

@@ -180,3 +180,39 @@ func TestDrainHonoursTheCallersDeadline(t *testing.T) {
 	require.ErrorIs(t, err, power.ErrTimeout)
 	assert.Less(t, time.Since(start), 100*time.Millisecond+5*time.Second, "returns at the deadline, not later")
 }
+
+// TestAnswersThatAreNotTheAgentsNeverProveADrain is the attack of a fake
+// responder at an agent's URL: "{}" or "running: 0" without the host's
+// name, or a 200 with domains still running, must never read as a drain
+// done or as a host with nothing running.
+func TestAnswersThatAreNotTheAgentsNeverProveADrain(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		kind       error
+	}{
+		{"empty object", `{}`, power.ErrConfig},
+		{"null", `null`, power.ErrConfig},
+		{"running 0, no host", `{"running":0,"domains":[]}`, power.ErrConfig},
+		{"another host", `{"host":"h2","running":0,"domains":[]}`, power.ErrConfig},
+		{"200 but running", `{"host":"h1","running":2,"domains":[]}`, power.ErrRefused},
+	} {
+		t.Run("drain "+tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(tc.body)) }))
+			defer srv.Close()
+			c, err := New(Config{Host: "h1", URL: srv.URL, Token: "t"})
+			require.NoError(t, err)
+			_, err = c.Drain(context.Background())
+			require.ErrorIs(t, err, tc.kind)
+		})
+	}
+	for _, body := range []string{`{}`, `null`, `{"host":"h1"}`, `{"host":"h1","domains":null}`, `{"domains":[]}`} {
+		t.Run("status "+body, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(body)) }))
+			defer srv.Close()
+			c, err := New(Config{Host: "h1", URL: srv.URL, Token: "t"})
+			require.NoError(t, err)
+			_, err = c.Status(context.Background())
+			require.Error(t, err, "a status with no host or no domain list is no proof that nothing runs")
+		})
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/chimestack/chime-fence/heartbeat"
@@ -73,7 +72,7 @@ func NewHandler(src StatusSource, token string, log zerolog.Logger) (http.Handle
 // comparison takes the same time whatever the presented token's length.
 func (s *server) authed(h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		tok, ok := heartbeat.BearerToken(r.Header.Get("Authorization"))
 		sum := sha256.Sum256([]byte(tok))
 		if !ok || subtle.ConstantTimeCompare(sum[:], s.token[:]) != 1 {
 			s.log.Warn().Str("remote", r.RemoteAddr).Str("path", r.URL.Path).Bool("token_present", ok).Msg("request refused: bad or missing token")

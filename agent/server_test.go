@@ -74,7 +74,7 @@ func TestStatusRefusesWrongOrMissingToken(t *testing.T) {
 		assert.ErrorIs(t, err, power.ErrAuth, tok)
 		assert.NotContains(t, err.Error(), tok)
 	}
-	for _, hdr := range []string{"", testToken, "Basic " + testToken, "bearer " + testToken, "Bearer  " + testToken} {
+	for _, hdr := range []string{"", testToken, "Basic " + testToken, "Bearer  " + testToken, "Bearer x" + testToken} {
 		req, _ := http.NewRequest(http.MethodGet, url+PathStatus, nil)
 		if hdr != "" {
 			req.Header.Set("Authorization", hdr)
@@ -88,6 +88,16 @@ func TestStatusRefusesWrongOrMissingToken(t *testing.T) {
 		assert.JSONEq(t, `{"error":"missing or wrong bearer token"}`, string(body))
 	}
 	assert.NotEmpty(t, logs.lines(map[string]string{"component": "api", "message": "request refused: bad or missing token"}))
+
+	// The scheme is case-insensitive (RFC 7235).
+	for _, scheme := range []string{"bearer", "BEARER"} {
+		req, _ := http.NewRequest(http.MethodGet, url+PathStatus, nil)
+		req.Header.Set("Authorization", scheme+" "+testToken)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusOK, resp.StatusCode, scheme)
+	}
 }
 
 // TestStatusWhenLibvirtFails: the agent cannot list domains, so it must not

@@ -342,7 +342,7 @@ func TestReadTokens(t *testing.T) {
 		APITokenFile:   writeSecret(t, dir, "api", "api-value", 0o600),
 		APITokens: []configs.APIToken{
 			{Name: "alice", File: writeSecret(t, dir, "alice", "alice-value", 0o600), Role: configs.RoleOperator},
-			{Name: "ro", File: writeSecret(t, dir, "ro", "ro-value", 0o640), Role: configs.RoleReadOnly},
+			{Name: "ro", File: writeSecret(t, dir, "ro", "ro-value", 0o600), Role: configs.RoleReadOnly},
 		},
 	}
 	tok, err := ReadTokens(c)
@@ -358,7 +358,7 @@ func TestReadTokens(t *testing.T) {
 	bad.APITokens = append(bad.APITokens, configs.APIToken{Name: "gone", File: filepath.Join(dir, "missing"), Role: configs.RoleReadOnly})
 	_, err = ReadTokens(bad)
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), `api token "ro": file `+filepath.Join(dir, "world")+" is readable by everyone")
+	assert.Contains(t, err.Error(), `api token "ro": file `+filepath.Join(dir, "world")+" is readable by group or others")
 	assert.Contains(t, err.Error(), `api token "gone"`)
 	assert.NotContains(t, err.Error(), "world-value")
 
@@ -453,5 +453,34 @@ func TestShowHostListsItsDomains(t *testing.T) {
 	require.NoError(t, err)
 	for _, h := range list {
 		assert.Empty(t, h.Assigned, "the list stays short: counts only")
+	}
+}
+
+func TestBearerTokenParsing(t *testing.T) {
+	for h, want := range map[string]string{
+		"Bearer abc": "abc", "bearer abc": "abc", "BEARER abc": "abc", "bEaReR a b": "a b",
+	} {
+		got, ok := heartbeat.BearerToken(h)
+		assert.True(t, ok, h)
+		assert.Equal(t, want, got, h)
+	}
+	for _, h := range []string{"", "Bearer ", "Bearer", "Basic abc", "Bearerabc", "Token abc"} {
+		_, ok := heartbeat.BearerToken(h)
+		assert.False(t, ok, "%q", h)
+	}
+}
+
+// TestBearerSchemeIsCaseInsensitive: RFC 7235 schemes are case-insensitive;
+// a client sending "bearer" was refused.
+func TestBearerSchemeIsCaseInsensitive(t *testing.T) {
+	e := newOpsEnv(t)
+	for _, scheme := range []string{"bearer", "BEARER", "Bearer"} {
+		req, err := http.NewRequest("GET", e.client.Base+PathStatus, nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", scheme+" "+aliceTok)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, 200, resp.StatusCode, scheme)
 	}
 }

@@ -234,6 +234,9 @@ func TestSecretRead(t *testing.T) {
 	require.NoError(t, os.WriteFile(good, []byte("s3cret-value\n"), 0o600))
 	open := filepath.Join(dir, "open")
 	require.NoError(t, os.WriteFile(open, []byte("s3cret-value"), 0o644))
+	group := filepath.Join(dir, "group")
+	require.NoError(t, os.WriteFile(group, []byte("s3cret-value"), 0o600))
+	require.NoError(t, os.Chmod(group, 0o640)) // past the umask
 	empty := filepath.Join(dir, "empty")
 	require.NoError(t, os.WriteFile(empty, nil, 0o600))
 	t.Setenv("CF_TEST_PW", "from-env")
@@ -249,7 +252,8 @@ func TestSecretRead(t *testing.T) {
 		s    Secret
 		want string
 	}{
-		{Secret{What: "bmc password", File: open}, "readable by everyone"},
+		{Secret{What: "bmc password", File: open}, "readable by group or others (mode -rw-r--r--)"},
+		{Secret{What: "bmc password", File: group}, "readable by group or others (mode -rw-r-----)"},
 		{Secret{What: "bmc password", File: empty}, "is empty"},
 		{Secret{What: "bmc password", File: filepath.Join(dir, "nope")}, "no such file"},
 		{Secret{What: "bmc password", Env: "CF_TEST_UNSET_VAR"}, "CF_TEST_UNSET_VAR is not set"},

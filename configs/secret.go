@@ -20,7 +20,8 @@ var ErrNoSecret = errors.New("no secret configured")
 
 // Read fetches the secret now. A trailing newline in a file is dropped.
 // Errors name the file or variable, never the content; a world-readable file
-// is refused, as ssh does, because the point of a file is to restrict it.
+// or group-readable file is refused, as ssh does with keys, because the
+// point of a file is to restrict it.
 func (s Secret) Read() (string, error) {
 	switch {
 	case s.File != "":
@@ -28,8 +29,8 @@ func (s Secret) Read() (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("%s: %w", s.What, err)
 		}
-		if st.Mode().Perm()&0o004 != 0 {
-			return "", fmt.Errorf("%s: file %s is readable by everyone (mode %v); chmod o-r it", s.What, s.File, st.Mode().Perm())
+		if st.Mode().Perm()&0o044 != 0 {
+			return "", fmt.Errorf("%s: file %s is readable by group or others (mode %v); chmod go-r it", s.What, s.File, st.Mode().Perm())
 		}
 		b, err := os.ReadFile(s.File)
 		if err != nil {

@@ -9,6 +9,7 @@
 package heartbeat
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -234,7 +235,7 @@ func detail(s string) string {
 // precisely enough to fix the agent: the JSON offset or the field.
 func Decode(r io.Reader) (Heartbeat, error) {
 	var h Heartbeat
-	if err := decodeJSON(r, &h); err != nil {
+	if err := decodeJSON(r, &h, true); err != nil {
 		return Heartbeat{}, err
 	}
 	if err := h.Validate(); err != nil {
@@ -243,8 +244,18 @@ func Decode(r io.Reader) (Heartbeat, error) {
 	return h, nil
 }
 
-func decodeJSON(r io.Reader, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r, MaxBodyBytes+1))
+// decodeJSON reads one JSON object into v. Duplicate keys are refused
+// (encoding/json keeps the last, so a body could say two things and a
+// reviewer read the first); strict also refuses unknown fields.
+func decodeJSON(r io.Reader, v any, strict bool) error {
+	data, err := io.ReadAll(io.LimitReader(r, MaxBodyBytes+1))
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if strict {
+		dec.DisallowUnknownFields()
+	}
 	if err := dec.Decode(v); err != nil {
 		if errors.Is(err, io.EOF) {
 			return errors.New("empty body")
@@ -254,7 +265,50 @@ func decodeJSON(r io.Reader, v any) error {
 	if dec.More() {
 		return errors.New("trailing data after the JSON object")
 	}
-	return nil
+	return checkDuplicateKeys(data)
+}
+
+// checkDuplicateKeys walks the JSON value in data (already decoded once, so
+// well-formed) and names the first object key that appears twice.
+func checkDuplicateKeys(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var walk func(path string) error
+	walk = func(path string) error {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch tok {
+		case json.Delim('{'):
+			seen := map[string]bool{}
+			for dec.More() {
+				kt, err := dec.Token()
+				if err != nil {
+					return err
+				}
+				k, _ := kt.(string)
+				if seen[k] {
+					return fmt.Errorf("field %q appears twice", path+k)
+				}
+				seen[k] = true
+				if err := walk(path + k + "."); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token() // '}'
+			return err
+		case json.Delim('['):
+			for i := 0; dec.More(); i++ {
+				if err := walk(fmt.Sprintf("%s%d.", path, i)); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token() // ']'
+			return err
+		}
+		return nil
+	}
+	return walk("")
 }
 
 // Ack is the daemon's answer to a heartbeat.
@@ -301,7 +355,7 @@ type AssignedDomain struct {
 // DecodeAssignment reads and checks an assignment.
 func DecodeAssignment(r io.Reader) (Assignment, error) {
 	var a Assignment
-	if err := decodeJSON(r, &a); err != nil {
+	if err := decodeJSON(r, &a, false); err != nil {
 		return Assignment{}, err
 	}
 	if err := a.Validate(); err != nil {

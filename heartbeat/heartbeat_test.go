@@ -23,8 +23,24 @@ func TestValidUUID(t *testing.T) {
 }
 
 func TestDecode(t *testing.T) {
-	_, err := Decode(strings.NewReader(`{"host":"h","boot_id":"b","seq":1,"future_field":{"x":1}}`))
-	assert.NoError(t, err, "unknown fields are tolerated for rolling upgrades")
+	_, err := Decode(strings.NewReader(`{"host":"h","boot_id":"b","seq":1}`))
+	require.NoError(t, err)
+	// Strict like every other body: upgrade the daemon before the agents.
+	_, err = Decode(strings.NewReader(`{"host":"h","boot_id":"b","seq":1,"future_field":{"x":1}}`))
+	assert.ErrorContains(t, err, `unknown field "future_field"`)
+	// Duplicate keys: encoding/json keeps the last, a reader sees the first.
+	_, err = Decode(strings.NewReader(`{"host":"h","boot_id":"b","seq":1,"agent_version":"1","agent_version":"2"}`))
+	assert.ErrorContains(t, err, `field "agent_version" appears twice`)
+	_, err = Decode(strings.NewReader(`{"host":"h","boot_id":"b","seq":1,"health":{"libvirt":{"ok":true,"ok":false}}}`))
+	assert.ErrorContains(t, err, `field "health.libvirt.ok" appears twice`)
+	_, err = Decode(strings.NewReader(`{"host":"h","boot_id":"b","seq":1,"domains":[{"uuid":"6f1c2a9e-0000-4000-8000-000000000001","name":"a","name":"b"}]}`))
+	assert.ErrorContains(t, err, `field "domains.0.name" appears twice`)
+	// The assignment (read by agents) refuses duplicates but tolerates new
+	// fields, so an agent older than its daemon keeps working.
+	_, err = DecodeAssignment(strings.NewReader(`{"host":"h","admin_state":"enabled","future":1}`))
+	assert.NoError(t, err)
+	_, err = DecodeAssignment(strings.NewReader(`{"host":"h","admin_state":"enabled","admin_state":"drained"}`))
+	assert.ErrorContains(t, err, `field "admin_state" appears twice`)
 	_, err = Decode(strings.NewReader(`{"host":"","seq":0,"health":{"io_errors":-1}}`))
 	assert.ErrorContains(t, err, "host is empty")
 	assert.ErrorContains(t, err, "boot_id is empty")

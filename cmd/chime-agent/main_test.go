@@ -84,7 +84,7 @@ func TestUsageErrors(t *testing.T) {
 		{"bad duration", []string{"--heartbeat-interval", "soon"}, []string{`invalid argument "soon" for "--heartbeat-interval"`}},
 		{"unknown flag", []string{"--daemon-url", "x"}, []string{"unknown flag: --daemon-url"}},
 		{"token missing", []string{"--daemon", "http://127.0.0.1:1", "--token-file", "/nonexistent/token"}, []string{"agent token: stat /nonexistent/token: no such file"}},
-		{"token world-readable", []string{"--daemon", "http://127.0.0.1:1", "--token-file", tokenFile(t, 0o644)}, []string{"is readable by everyone", "chmod o-r"}},
+		{"token world-readable", []string{"--daemon", "http://127.0.0.1:1", "--token-file", tokenFile(t, 0o644)}, []string{"is readable by group or others", "chmod go-r"}},
 		{"boot id missing", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--boot-id-file", "/nonexistent/boot_id"}, []string{"boot id: open /nonexistent/boot_id"}},
 		{"boot id empty", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--boot-id-file", bootIDFile(t, "\n")}, []string{"is empty"}},
 		{"bad daemon URL", []string{"--daemon", "10.0.0.2:7480", "--token-file", good, "--boot-id-file", boot}, []string{`--daemon: daemon address "10.0.0.2:7480" is not an http(s) URL`}},

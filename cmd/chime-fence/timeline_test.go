@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -194,7 +195,14 @@ func TestHistoryTimelineFromDaemon(t *testing.T) {
 	stop := beater(t, c.Base, "h2")
 	require.Eventually(t, func() bool { v, _ := hostStatus(t, c, "h2"); return v == detector.Healthy },
 		5*time.Second, 20*time.Millisecond)
-	time.Sleep(20 * time.Millisecond) // the healthy records are strictly before the mark
+	// The detector's recorder writes history just after the status
+	// changes: wait for the record, so the healthy records are strictly
+	// before the mark (under load the mark came first).
+	require.Eventually(t, func() bool {
+		recs, err := c.History(context.Background(), store.Query{Host: "h2"})
+		return err == nil && slices.ContainsFunc(recs, func(r store.Record) bool { return r.To == "normal" })
+	}, 5*time.Second, 20*time.Millisecond)
+	time.Sleep(20 * time.Millisecond)
 	mark := time.Now()
 	stop()
 	require.Eventually(t, func() bool { v, _ := hostStatus(t, c, "h2"); return v == detector.AgentDown },

@@ -134,9 +134,10 @@ func (c *Client) Drain(ctx context.Context) (DrainResult, error) {
 	if err := json.Unmarshal(body, &res); err != nil {
 		return res, c.fail(power.KindProtocol, step, fmt.Errorf("HTTP %d, malformed drain result: %w", resp.StatusCode, err))
 	}
-	if res.Host != c.cfg.Host {
-		// An answer that names no host ({}, null) is not an agent's: a
-		// responder that merely answers must never count as a drain.
+	if res.Host != c.cfg.Host && (res.Host != "" || resp.StatusCode == http.StatusOK) {
+		// A success that names no host ({}, null) is not an agent's: a
+		// responder that merely answers must never count as a drain. (An
+		// agent refusing before it knows anything may leave host empty.)
 		return res, c.fail(power.KindConfig, step, fmt.Errorf("agent at %s says it runs on host %q", c.cfg.URL, res.Host))
 	}
 	if resp.StatusCode == http.StatusOK && res.Running != 0 {

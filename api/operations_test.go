@@ -60,7 +60,7 @@ func newOpsEnv(t *testing.T) *opsEnv {
 	e := &opsEnv{release: make(chan struct{})}
 	t.Cleanup(e.unblock)
 	var err error
-	e.mgr, err = operations.New(operations.Config{}, operations.Deps{Store: st, View: operations.ClusterView(d, st), Now: time.Now, Log: zerolog.Nop(),
+	e.mgr, err = operations.New(operations.Config{}, operations.Deps{Store: st, View: operations.ClusterView(d, st, nil), Now: time.Now, Log: zerolog.Nop(),
 		Executors: operations.Executors{
 			Enable:      operations.AdminExecutor(d.SetAdminState, node.Enabled),
 			ConfirmDown: notHere,

@@ -278,6 +278,8 @@ type HostStatus struct {
 	Fault         string             `json:"fault,omitempty"`
 	Incident      string             `json:"correlation_id,omitempty"`
 	Readiness     *Readiness         `json:"readiness,omitempty"`
+	// BMC is the last reading of the host's BMC (nil before one).
+	BMC *BMCReading `json:"bmc,omitempty"`
 }
 
 // Storm is the guard's current state.
@@ -328,6 +330,10 @@ func (h *hostEntry) status(now time.Time) HostStatus {
 	if h.readiness != nil {
 		r := *h.readiness
 		s.Readiness = &r
+	}
+	if m.BMC != nil {
+		b := *m.BMC
+		s.BMC = &b
 	}
 	return s
 }

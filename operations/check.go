@@ -3,6 +3,7 @@ package operations
 import (
 	"fmt"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/chimestack/chime-fence/node"
@@ -39,6 +40,12 @@ func Validate(req Request) error {
 	}
 	if req.MigrateLocalDiskVMs && req.Op != OpMigrate {
 		errs = append(errs, fmt.Sprintf("migrate_local_disk_vms is only for migrate, not %s", req.Op))
+	}
+	if req.Force && req.Op != OpFence && req.Op != OpConfirmDown {
+		errs = append(errs, fmt.Sprintf("force is only for fence and confirm-down, not %s", req.Op))
+	}
+	if req.Force && strings.TrimSpace(req.Reason) == "" {
+		errs = append(errs, "force needs a reason (it is recorded with the evidence it overrides)")
 	}
 	if req.Op == OpConfirmDown && strings.TrimSpace(req.Reason) == "" {
 		errs = append(errs, "confirm-down needs a reason (it is recorded with who confirmed the host is down)")
@@ -118,16 +125,37 @@ func Check(req Request, h HostView) error {
 		if err := checkTarget(req, h.Target); err != nil {
 			return err
 		}
-	case OpFence:
-		if h.StormPaused {
-			return refuse("the storm guard is paused (the daemon may be the one cut off), so nothing is fenced; if you know the host is down, use confirm-down")
-		}
-	case OpConfirmDown:
-		if h.Monitor != node.Unreachable {
+	case OpFence, OpConfirmDown:
+		if req.Op == OpConfirmDown && h.Monitor != node.Unreachable {
+			// Never forced: a host the daemon hears from is alive, and
+			// starting its VMs elsewhere would run them twice.
 			return refuse("host is %s; confirm-down is only for an unreachable host (the daemon sees it alive)", h.Monitor)
+		}
+		if ev := Overrides(req, h); len(ev) > 0 && !req.Force {
+			return refuse("%s; if you are sure, repeat with --force and a reason (recorded with what it overrides)", strings.Join(ev, "; "))
 		}
 	}
 	return nil
+}
+
+// Overrides lists the daemon's own evidence that contradicts a fence or a
+// confirm-down of the host: its BMC read power on during the current
+// silence (confirm-down), the storm guard is paused (the daemon may be the
+// one cut off), the daemon is in observe mode (fence: it fences nothing by
+// itself). Check refuses the request while the list is not empty, unless
+// it is forced; a forced task records the list.
+func Overrides(req Request, h HostView) []string {
+	var ev []string
+	if req.Op == OpConfirmDown && !h.BMCOnAt.IsZero() {
+		ev = append(ev, fmt.Sprintf("the host's BMC read power on at %s, during its current silence", h.BMCOnAt.UTC().Format(time.RFC3339)))
+	}
+	if (req.Op == OpFence || req.Op == OpConfirmDown) && h.StormPaused {
+		ev = append(ev, "the storm guard is paused (the daemon may be the one cut off)")
+	}
+	if req.Op == OpFence && h.Observe {
+		ev = append(ev, "the daemon is in observe mode (it fences nothing by itself)")
+	}
+	return ev
 }
 
 // checkTarget: a named target must be another known, enabled, normal

@@ -26,10 +26,18 @@ func reqFor(op Op) Request {
 	return r
 }
 
+func forced(r Request) Request {
+	r.Force, r.Reason = true, "I pulled its power cords myself"
+	return r
+}
+
 // expected is the rule table written out per op, independently of Check's
 // control flow: it returns "" when the op may start.
-func expected(op Op, a node.AdminState, m node.MonitorState, locked, proven bool, running int, storm bool) string {
+func expected(op Op, a node.AdminState, m node.MonitorState, locked, proven bool, running int, storm, bmcOn, observe, force bool) string {
 	beating := m == node.Normal || m == node.Error
+	if force && op != OpFence && op != OpConfirmDown {
+		return "force is only for fence and confirm-down"
+	}
 	if locked {
 		return "locked"
 	}
@@ -67,9 +75,29 @@ func expected(op Op, a node.AdminState, m node.MonitorState, locked, proven bool
 			}
 			return ""
 		},
-		OpFence: func() string { return map[bool]string{true: "storm guard", false: ""}[storm] },
+		OpFence: func() string {
+			switch {
+			case force:
+				return ""
+			case storm:
+				return "storm guard"
+			case observe:
+				return "observe mode"
+			}
+			return ""
+		},
 		OpConfirmDown: func() string {
-			return map[bool]string{true: "", false: "only for an unreachable host"}[m == node.Unreachable]
+			switch {
+			case m != node.Unreachable:
+				return "only for an unreachable host" // even forced: the daemon hears it
+			case force:
+				return ""
+			case bmcOn:
+				return "BMC read power on"
+			case storm:
+				return "storm guard"
+			}
+			return ""
 		},
 	}
 	return allowed[op]()
@@ -84,21 +112,38 @@ func TestCheckEveryCombination(t *testing.T) {
 					for _, proven := range []bool{false, true} {
 						for _, running := range []int{0, 2} {
 							for _, storm := range []bool{false, true} {
-								v := HostView{Name: "h1", Known: true, Admin: a, Monitor: m, FenceProven: proven, Running: running, StormPaused: storm}
-								if locked {
-									v.Lock = &Holder{TaskID: "op-7", Op: OpMigrate, Owner: "bob", Since: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
-								}
-								name := fmt.Sprintf("%s/%s/%s/locked=%v/proven=%v/running=%d/storm=%v", op, a, m, locked, proven, running, storm)
-								want := expected(op, a, m, locked, proven, running, storm)
-								err := Check(reqFor(op), v)
-								n++
-								if want == "" {
-									assert.NoError(t, err, name)
-									continue
-								}
-								if assert.ErrorIs(t, err, ErrConflict, name) {
-									assert.Contains(t, err.Error(), want, name)
-									assert.Contains(t, err.Error(), string(op)+" h1 refused", name)
+								for _, ext := range [][3]bool{{}, {true, false, false}, {false, true, false}, {false, false, true}, {true, true, true}} {
+									bmcOn, observe, force := ext[0], ext[1], ext[2]
+									v := HostView{Name: "h1", Known: true, Admin: a, Monitor: m, FenceProven: proven, Running: running,
+										StormPaused: storm, Observe: observe}
+									if bmcOn {
+										v.BMCOnAt = time.Date(2026, 3, 1, 11, 59, 0, 0, time.UTC)
+									}
+									if locked {
+										v.Lock = &Holder{TaskID: "op-7", Op: OpMigrate, Owner: "bob", Since: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+									}
+									name := fmt.Sprintf("%s/%s/%s/locked=%v/proven=%v/running=%d/storm=%v/bmcOn=%v/observe=%v/force=%v",
+										op, a, m, locked, proven, running, storm, bmcOn, observe, force)
+									want := expected(op, a, m, locked, proven, running, storm, bmcOn, observe, force)
+									req := reqFor(op)
+									if force {
+										req = forced(req)
+									}
+									err := Check(req, v)
+									n++
+									if want == "" {
+										assert.NoError(t, err, name)
+										continue
+									}
+									if strings.HasPrefix(want, "force is only") {
+										require.ErrorIs(t, err, ErrInvalid, name)
+										assert.Contains(t, err.Error(), want, name)
+										continue
+									}
+									if assert.ErrorIs(t, err, ErrConflict, name) {
+										assert.Contains(t, err.Error(), want, name)
+										assert.Contains(t, err.Error(), string(op)+" h1 refused", name)
+									}
 								}
 							}
 						}
@@ -107,7 +152,7 @@ func TestCheckEveryCombination(t *testing.T) {
 			}
 		}
 	}
-	assert.Equal(t, 7*3*5*2*2*2*2, n)
+	assert.Equal(t, 7*3*5*2*2*2*2*5, n)
 }
 
 func TestCheckLockNamesTheRunningTask(t *testing.T) {
@@ -211,4 +256,22 @@ func TestParseOp(t *testing.T) {
 	}
 	_, err := ParseOp("Drain")
 	require.ErrorIs(t, err, ErrInvalid)
+}
+
+// TestForceIsRecordedWithWhatItOverrode: a forced confirm-down of a host
+// whose BMC read on during a storm lists both, and needs a reason.
+func TestForceIsRecordedWithWhatItOverrode(t *testing.T) {
+	v := HostView{Name: "h1", Known: true, Admin: node.Enabled, Monitor: node.Unreachable, StormPaused: true,
+		BMCOnAt: time.Date(2026, 3, 1, 11, 59, 0, 0, time.UTC)}
+	req := forced(reqFor(OpConfirmDown))
+	require.NoError(t, Check(req, v))
+	assert.Equal(t, []string{
+		"the host's BMC read power on at 2026-03-01T11:59:00Z, during its current silence",
+		"the storm guard is paused (the daemon may be the one cut off)",
+	}, Overrides(req, v))
+	req.Reason = " "
+	err := Check(req, v)
+	require.ErrorIs(t, err, ErrInvalid)
+	assert.Contains(t, err.Error(), "force needs a reason")
+	assert.Empty(t, Overrides(reqFor(OpConfirmDown), HostView{Monitor: node.Unreachable}))
 }

@@ -29,9 +29,15 @@
 //   - migrate/rebuild target, if named: a known host (else ErrInvalid),
 //     enabled, normal, and not locked.
 //   - fence: any admin and monitor state; refused while the storm guard is
-//     paused (the daemon may be the one cut off; confirm-down remains).
-//     A fence already running holds the lock, so it is refused by it.
-//   - confirm-down: only when the host is unreachable; reason required.
+//     paused (the daemon may be the one cut off) or the daemon is in
+//     observe mode, unless forced. A fence already running holds the
+//     lock, so it is refused by it.
+//   - confirm-down: only when the host is unreachable (never forced: a
+//     host the daemon hears from is alive); reason required; refused when
+//     the BMC read power on during the host's current silence, or while
+//     the storm guard is paused, unless forced.
+//   - force (fence and confirm-down only) needs a reason; Overrides lists
+//     what it overrides, and the task records it (Task.Overridden).
 //
 // Manager contract:
 //

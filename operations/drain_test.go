@@ -14,6 +14,7 @@ import (
 	"github.com/chimestack/chime-fence/detector"
 	"github.com/chimestack/chime-fence/hypervisor"
 	"github.com/chimestack/chime-fence/node"
+	"github.com/chimestack/chime-fence/power"
 	"github.com/chimestack/chime-fence/store"
 )
 
@@ -222,7 +223,7 @@ func TestClusterView(t *testing.T) {
 		"h1": {Host: "h1", State: store.FenceVerified, Started: hb.Add(time.Minute)},
 		"h2": {Host: "h2", State: store.FenceConfirmed, Started: hb.Add(-time.Minute)}, // older than its heartbeat
 	}
-	view := ClusterView(c, fences)
+	view := ClusterView(c, fences, nil)
 	v, err := view("h1")
 	require.NoError(t, err)
 	// No heartbeat listed its domains yet: the homes count, cautiously.
@@ -242,4 +243,34 @@ func TestClusterView(t *testing.T) {
 	assert.False(t, FenceProven(store.FenceRecord{State: store.FenceFailed, Started: hb}, time.Time{}))
 	assert.False(t, FenceProven(store.FenceRecord{State: store.FenceInFlight, Started: hb}, time.Time{}))
 	assert.True(t, FenceProven(store.FenceRecord{State: store.FenceConfirmed, Started: hb}, time.Time{}))
+}
+
+// TestClusterViewBMCOnDuringTheSilence: only a clean "on" reading taken
+// since the host went silent counts as the daemon's evidence against a
+// confirm-down; observe mode comes from the callback.
+func TestClusterViewBMCOnDuringTheSilence(t *testing.T) {
+	silent := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	reading := func(at time.Time, p power.State, err string) *detector.BMCReading {
+		return &detector.BMCReading{At: at, Reachable: true, Power: p, Err: err}
+	}
+	for name, tc := range map[string]struct {
+		bmc  *detector.BMCReading
+		want time.Time
+	}{
+		"on since the silence":  {reading(silent.Add(time.Second), power.On, ""), silent.Add(time.Second)},
+		"on before the silence": {reading(silent.Add(-time.Second), power.On, ""), time.Time{}},
+		"off":                   {reading(silent.Add(time.Second), power.Off, ""), time.Time{}},
+		"failed read":           {reading(silent.Add(time.Second), power.On, "auth"), time.Time{}},
+		"unreachable":           {&detector.BMCReading{At: silent.Add(time.Second)}, time.Time{}},
+		"none":                  {nil, time.Time{}},
+	} {
+		c := fakeCluster{hosts: map[string]daemon.HostStatus{
+			"h1": {HostStatus: detector.HostStatus{Name: "h1", Monitor: node.Unreachable, SilentSince: silent, BMC: tc.bmc}},
+		}}
+		observe := true
+		v, err := ClusterView(c, fakeFences{}, func() bool { return observe })("h1")
+		require.NoError(t, err)
+		assert.Equal(t, tc.want, v.BMCOnAt, name)
+		assert.True(t, v.Observe, name)
+	}
 }

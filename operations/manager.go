@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -177,6 +178,9 @@ func (m *Manager) Start(req Request) (Task, error) {
 	now := m.deps.Now()
 	t := Task{ID: m.deps.NewID(), Host: req.Host, Op: req.Op, Target: req.Target, MigrateLocalDiskVMs: req.MigrateLocalDiskVMs,
 		Reason: req.Reason, Actor: req.Actor, State: TaskRunning, Created: now, Updated: now, Progress: []VMProgress{}}
+	if req.Force {
+		t.Overridden = Overrides(req, v)
+	}
 	if err := m.persist(t); err != nil {
 		m.mu.Unlock()
 		return Task{}, fmt.Errorf("operations: %s %s: record the task: %w", req.Op, req.Host, err)
@@ -415,11 +419,14 @@ func (m *Manager) history(t Task, from, reason string) {
 	if t.Reason != "" {
 		summary += " (reason: " + t.Reason + ")"
 	}
+	if len(t.Overridden) > 0 && from == "" {
+		summary += "; forced over: " + strings.Join(t.Overridden, "; ")
+	}
 	if reason != "" && reason != t.Error {
 		summary += "; " + reason
 	}
 	ev, _ := json.Marshal(map[string]any{"task": t.ID, "op": t.Op, "actor": t.Actor, "target": t.Target, "reason": t.Reason,
-		"state": t.State, "progress": t.Progress})
+		"state": t.State, "progress": t.Progress, "overridden": t.Overridden})
 	at := t.Updated
 	if at.IsZero() {
 		at = m.deps.Now()

@@ -60,8 +60,13 @@ type Request struct {
 	// MigrateLocalDiskVMs: migrate only; also moves VMs with local disks
 	// (copying their storage).
 	MigrateLocalDiskVMs bool `json:"migrate_local_disk_vms,omitempty"`
-	// Reason goes into the history; required for confirm-down.
+	// Reason goes into the history; required for confirm-down and with
+	// Force.
 	Reason string `json:"reason,omitempty"`
+	// Force overrides the daemon's own evidence against a fence or a
+	// confirm-down (its BMC read power on, the storm guard, observe mode);
+	// what it overrode is recorded with the task (Task.Overridden).
+	Force bool `json:"force,omitempty"`
 	// Actor is who asked: the API token's name, or "recovery".
 	Actor string `json:"-"`
 }
@@ -114,18 +119,20 @@ func (v VMProgress) key() string {
 // Task is one operation's record: what was asked, by whom, how far it got
 // and how it ended.
 type Task struct {
-	ID                  string       `json:"id"`
-	Host                string       `json:"host"`
-	Op                  Op           `json:"op"`
-	Target              string       `json:"target,omitempty"`
-	MigrateLocalDiskVMs bool         `json:"migrate_local_disk_vms,omitempty"`
-	Reason              string       `json:"reason,omitempty"`
-	Actor               string       `json:"actor"`
-	State               TaskState    `json:"state"`
-	Created             time.Time    `json:"created"`
-	Updated             time.Time    `json:"updated"`
-	Finished            time.Time    `json:"finished,omitzero"`
-	Progress            []VMProgress `json:"progress"`
+	ID                  string `json:"id"`
+	Host                string `json:"host"`
+	Op                  Op     `json:"op"`
+	Target              string `json:"target,omitempty"`
+	MigrateLocalDiskVMs bool   `json:"migrate_local_disk_vms,omitempty"`
+	Reason              string `json:"reason,omitempty"`
+	Actor               string `json:"actor"`
+	// Overridden lists the evidence a forced request overrode.
+	Overridden []string     `json:"overridden,omitempty"`
+	State      TaskState    `json:"state"`
+	Created    time.Time    `json:"created"`
+	Updated    time.Time    `json:"updated"`
+	Finished   time.Time    `json:"finished,omitzero"`
+	Progress   []VMProgress `json:"progress"`
 	// Result is the executor's summary on success, Error its reason on
 	// failure or interruption.
 	Result string `json:"result,omitempty"`
@@ -203,6 +210,12 @@ type HostView struct {
 	// FenceState is the journal's latest fence state ("" if none).
 	FenceState  string `json:"fence_state,omitempty"`
 	StormPaused bool   `json:"storm_paused"`
+	// BMCOnAt is when the daemon's BMC reading during the host's current
+	// silence said power on (zero: no such reading, or the last one was
+	// not a clean "on").
+	BMCOnAt time.Time `json:"bmc_on_at,omitzero"`
+	// Observe: the daemon is in observe mode (it fences nothing itself).
+	Observe bool `json:"observe,omitempty"`
 	// Lock is the holder of the host's lock, nil when free.
 	Lock *Holder `json:"lock,omitempty"`
 	// Target is the requested migrate or rebuild target's view, when the

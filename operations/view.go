@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/chimestack/chime-fence/daemon"
+	"github.com/chimestack/chime-fence/power"
 	"github.com/chimestack/chime-fence/store"
 )
 
@@ -27,11 +28,12 @@ func FenceProven(r store.FenceRecord, lastHeartbeat time.Time) bool {
 	return r.Proven() && (lastHeartbeat.IsZero() || lastHeartbeat.Before(r.Started))
 }
 
-// ClusterView builds Deps.View from the daemon and the fence journal.
+// ClusterView builds Deps.View from the daemon and the fence journal;
+// observe says whether the daemon is in observe mode now (nil: enforce).
 // Running is the number of domains the host's last heartbeat reported
 // active; before one listed them, the domains whose home is the host
 // (the cautious count: a drained host's stopped domains keep their home).
-func ClusterView(c Cluster, f Fences) func(host string) (HostView, error) {
+func ClusterView(c Cluster, f Fences, observe func() bool) func(host string) (HostView, error) {
 	return func(host string) (HostView, error) {
 		st, err := c.Host(host)
 		if errors.Is(err, daemon.ErrUnknownHost) {
@@ -53,6 +55,13 @@ func ClusterView(c Cluster, f Fences) func(host string) (HostView, error) {
 		if r, ok := fences[host]; ok {
 			v.FenceState = r.State
 			v.FenceProven = FenceProven(r, st.LastHeartbeat)
+		}
+		if b := st.BMC; b != nil && b.Reachable && b.Err == "" && b.Power == power.On &&
+			!st.SilentSince.IsZero() && !b.At.Before(st.SilentSince) {
+			v.BMCOnAt = b.At
+		}
+		if observe != nil {
+			v.Observe = observe()
 		}
 		return v, nil
 	}

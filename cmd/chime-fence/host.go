@@ -196,6 +196,7 @@ type opSpec struct {
 	target      bool // --target
 	localDisks  bool // --migrate-local-disk-vms
 	needReason  bool // --reason is required
+	force       bool // --force overrides the daemon's own contrary evidence
 }
 
 var opSpecs = []opSpec{
@@ -218,17 +219,21 @@ VMs with local disks are not rebuilt: their data is on the host; the task
 reports them as skipped.`},
 	{op: operations.OpEnable, short: "Let the scheduler place VMs on the host again (from disabled or drained)"},
 	{op: operations.OpDisable, short: "Keep new VMs off the host; the VMs on it keep running"},
-	{op: operations.OpFence, destructive: true,
+	{op: operations.OpFence, destructive: true, force: true,
 		short: "Fence the host now with its rack's fence levels (power it off, read back)",
 		long: `Fence the host now: run its rack's fence levels in order (agent drain,
-IPMI, Redfish …) until one verifies the host off by reading it back.`},
-	{op: operations.OpConfirmDown, destructive: true, needReason: true,
+IPMI, Redfish …) until one verifies the host off by reading it back.
+Refused while the storm guard is paused or the daemon is in observe mode,
+unless --force with a --reason (recorded with what it overrode).`},
+	{op: operations.OpConfirmDown, destructive: true, needReason: true, force: true,
 		short: "Attest that an unreachable host is off when no fence level could prove it",
 		long: `Attest, as an operator, that an unreachable host is really off (e.g. you
 pulled its power cords) when no fence level could prove it, say because its
 BMC is dead. It is recorded with who you are and --reason, and unlocks the
 evacuation of its VMs: if the host is in fact running, its VMs will run
-twice. Be sure.`},
+twice. Be sure. Refused when the host heartbeats, when its BMC read power
+on during its current silence, or while the storm guard is paused; --force
+overrides the last two and is recorded with what it overrode.`},
 }
 
 // opFlags are an operation command's own flags.
@@ -237,6 +242,7 @@ type opFlags struct {
 	target     string
 	localDisks bool
 	reason     string
+	force      bool
 	yes        bool
 	wait       bool
 	noWait     bool
@@ -287,6 +293,9 @@ prints a line each time a VM's step changes, then the result; with --no-wait
 	if s.destructive {
 		fl.BoolVarP(&f.yes, "yes", "y", false, "do not ask to type the host name")
 	}
+	if s.force {
+		fl.BoolVar(&f.force, "force", false, "act against the daemon's own evidence (BMC reads on, storm guard, observe mode); needs --reason")
+	}
 	fl.BoolVar(&f.wait, "wait", false, "follow the task until it ends (default on a terminal)")
 	fl.BoolVar(&f.noWait, "no-wait", false, "print the task id and return at once")
 	fl.DurationVar(&f.waitFor, "wait-timeout", time.Hour, "with --wait, give up following the task after this long (the task goes on)")
@@ -297,7 +306,7 @@ prints a line each time a VM's step changes, then the result; with --no-wait
 }
 
 func runHostOp(cmd *cobra.Command, s opSpec, f *opFlags, host string) error {
-	if s.needReason && strings.TrimSpace(f.reason) == "" {
+	if (s.needReason || f.force) && strings.TrimSpace(f.reason) == "" {
 		return usageErr(fmt.Errorf("%s: --reason must say why (it goes into the history)", s.op))
 	}
 	if f.waitFor <= 0 || f.poll <= 0 {
@@ -330,7 +339,7 @@ func runHostOp(cmd *cobra.Command, s opSpec, f *opFlags, host string) error {
 			return err
 		}
 	}
-	req := operations.Request{Target: f.target, MigrateLocalDiskVMs: f.localDisks, Reason: f.reason}
+	req := operations.Request{Target: f.target, MigrateLocalDiskVMs: f.localDisks, Reason: f.reason, Force: f.force}
 	t, err := call(cmd.Context(), &f.apiFlags, func(ctx context.Context) (operations.Task, error) {
 		return cl.StartOperation(ctx, host, s.op, req)
 	})

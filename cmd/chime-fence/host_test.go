@@ -291,6 +291,8 @@ func TestHostOpFlagChecks(t *testing.T) {
 		{[]string{"host", "drain", "h1", "--yes", "--poll-interval", "0s"}, "must be positive"},
 		{[]string{"host", "drain"}, "accepts 1 arg(s)"},
 		{[]string{"host", "enable", "h1", "--target", "h2"}, "unknown flag: --target"},
+		{[]string{"host", "fence", "h1", "--yes", "--force"}, "--reason must say why"},
+		{[]string{"host", "drain", "h1", "--yes", "--force", "--reason", "x"}, "unknown flag: --force"},
 	} {
 		code, _, errOut := runOp("", append(tc.args, "-c", f.file)...)
 		assert.Equal(t, exitUsage, code, "%v", tc.args)
@@ -440,4 +442,17 @@ func TestHostCommandsOverTLS(t *testing.T) {
 	code, _, errOut = runOp("", "host", "list", "-c", plain.file)
 	assert.Equal(t, exitUsage, code)
 	assert.Contains(t, errOut, "no PEM certificate in it")
+}
+
+// TestHostOpForceIsSent: --force with a reason reaches the daemon in the
+// request body.
+func TestHostOpForceIsSent(t *testing.T) {
+	f := newFakeDaemon(t)
+	f.script[operations.OpConfirmDown] = []operations.Task{task("T6", operations.OpConfirmDown, "h1", operations.TaskSucceeded)}
+	code, out, errOut := runOp("", "host", "confirm-down", "h1", "-c", f.file, "--yes", "--no-wait", "--force", "--reason", "cords pulled; the BMC lies")
+	require.Equal(t, exitOK, code, errOut)
+	assert.Equal(t, "T6\n", out)
+	calls := f.calls()
+	require.Len(t, calls, 1)
+	assert.JSONEq(t, `{"reason":"cords pulled; the BMC lies","force":true}`, calls[0].raw)
 }

@@ -95,7 +95,7 @@ func newRealAPI(t *testing.T) *realAPI {
 		}
 		return "2 domains stopped", nil
 	}
-	r.mgr, err = operations.New(operations.Config{}, operations.Deps{Store: st, View: operations.ClusterView(d, st), Now: time.Now, Log: zerolog.Nop(),
+	r.mgr, err = operations.New(operations.Config{}, operations.Deps{Store: st, View: operations.ClusterView(d, st, nil), Now: time.Now, Log: zerolog.Nop(),
 		Executors: operations.Executors{
 			Enable:  operations.AdminExecutor(d.SetAdminState, node.Enabled),
 			Disable: operations.AdminExecutor(d.SetAdminState, node.Disabled),

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -75,19 +76,29 @@ func newOperations(cs *configs.Store, st *store.Store, d *daemon.Daemon, coord *
 		Drain:   drain,
 		Migrate: migrate,
 		Fence: func(ctx context.Context, t operations.Task, _ operations.Report) (string, error) {
-			return coord.FenceNow(ctx, t.Host, t.ID, t.Actor, t.Reason)
+			return coord.FenceNow(ctx, t.Host, t.ID, t.Actor, forcedReason(t))
 		},
 		ConfirmDown: func(ctx context.Context, t operations.Task, report operations.Report) (string, error) {
-			return coord.ConfirmDown(ctx, t.Host, t.ID, t.Actor, t.Reason, evacuationProgress(report))
+			return coord.ConfirmDown(ctx, t.Host, t.ID, t.Actor, forcedReason(t), evacuationProgress(report))
 		},
 		Rebuild: func(ctx context.Context, t operations.Task, report operations.Report) (string, error) {
 			return coord.Rebuild(ctx, t.Host, t.Target, t.ID, t.Actor, evacuationProgress(report))
 		},
 	}
 	return operations.New(operations.Config{}, operations.Deps{
-		Store: st, View: operations.ClusterView(d, st), Executors: exec, Now: time.Now,
+		Store: st, View: operations.ClusterView(d, st, func() bool { return cs.Current().Mode == configs.ModeObserve }),
+		Executors: exec, Now: time.Now,
 		Log: log.With().Str("component", "operations").Logger(),
 	})
+}
+
+// forcedReason is the operator's reason, plus what a forced request
+// overrode, so the fence journal and its alert carry both.
+func forcedReason(t operations.Task) string {
+	if len(t.Overridden) == 0 {
+		return t.Reason
+	}
+	return t.Reason + " (forced over: " + strings.Join(t.Overridden, "; ") + ")"
 }
 
 // evacuationProgress turns each journaled state of an evacuation task into

@@ -305,7 +305,7 @@ func TestEngineStartGraceNoStormAtFirstStart(t *testing.T) {
 	r := newEnforceRig(t, cfg, "a", "b", "c")
 	// The agents' first heartbeats arrive 4.5 s after the start: later
 	// than one 3 s window.
-	r.run(4500*time.Millisecond)
+	r.run(4500 * time.Millisecond)
 	for _, h := range r.hosts {
 		r.beat(h)
 	}

@@ -425,7 +425,11 @@ func (e *Engine) Heartbeat(hb heartbeat.Heartbeat) (accepted bool, err error) {
 func (e *Engine) Run(ctx context.Context) error {
 	recDone := make(chan struct{})
 	go func() { defer close(recDone); e.recorder(ctx) }()
-	t := time.NewTicker(e.cfg.Tick)
+	// Reconfigure keeps both, but writes e.cfg under stepMu.
+	e.stepMu.Lock()
+	tick, memoEvery := e.cfg.Tick, e.cfg.MemoEvery
+	e.stepMu.Unlock()
+	t := time.NewTicker(tick)
 	defer t.Stop()
 	lastMemo := e.deps.Clock.Now()
 	for {
@@ -440,7 +444,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		now := e.deps.Clock.Now()
 		e.Step(ctx, now)
-		if now.Sub(lastMemo) >= e.cfg.MemoEvery {
+		if now.Sub(lastMemo) >= memoEvery {
 			lastMemo = now
 			e.flushMemos()
 		}

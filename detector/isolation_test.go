@@ -153,6 +153,15 @@ func TestMonitorStartGrace(t *testing.T) {
 		assert.Equal(t, t0.Add(10*time.Second), m.SilentSince)
 		assert.True(t, st.NeedProbe)
 	})
+	t.Run("a host heard from before a restart gets one window", func(t *testing.T) {
+		m := NewMonitor(t0)
+		m.LastHeartbeat = t0.Add(-time.Minute) // from the memo
+		assert.Empty(t, m.Tick(t0.Add(2900*time.Millisecond), cfg, false).Changes)
+		st := m.Tick(t0.Add(3100*time.Millisecond), cfg, false)
+		require.NotEmpty(t, st.Changes)
+		assert.Contains(t, st.Changes[0].Reason, "window 3s")
+		assert.Equal(t, t0.Add(3*time.Second), m.SilentSince)
+	})
 	t.Run("a host that beats once and stops is judged on the window", func(t *testing.T) {
 		m := NewMonitor(t0)
 		ch, ok := m.Heartbeat(Beat{At: t0.Add(time.Second), BootID: "b", Seq: 1, AgentStart: t0}, cfg)

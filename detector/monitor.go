@@ -19,13 +19,16 @@ type MonitorConfig struct {
 	// moment to have gone stale too, so the storm guard sees them all before
 	// any single host is judged.
 	Settle time.Duration
-	// StartGrace is how long after the daemon starts a host it has not
-	// heard from yet may take to check in before its silence begins (never
-	// less than one window). Agents beat at their own configured pace until
-	// the daemon's first answer names its interval, and that pace may be
-	// slower than the daemon's: a fresh cluster must not look silent, and
-	// trip the storm guard, just because the daemon started. A host that
-	// beats once and then stops is judged on the window as always.
+	// StartGrace is how long after the daemon starts a host it has never
+	// heard from (no heartbeat, none remembered from before a restart) may
+	// take to check in before its silence begins; never less than one
+	// window. Agents beat at their own configured pace until a daemon's
+	// first answer names its interval, and that pace may be slower than the
+	// daemon's: a fresh cluster must not look silent, and trip the storm
+	// guard, just because the daemon started for the first time. A host
+	// heard from before a restart gets one window, as its agent already
+	// beats at the daemon's pace; a host that beats and then stops is
+	// judged on the window as always.
 	StartGrace time.Duration
 }
 
@@ -276,8 +279,11 @@ func (m *Monitor) Tick(now time.Time, cfg MonitorConfig, paused bool) Step {
 		if from != node.Unreachable && from != node.Suspect {
 			m.State = node.Suspect
 			reason := fmt.Sprintf("no heartbeat for %s (window %s)", now.Sub(last), window)
-			if m.LastHeartbeat.Before(m.WatchSince) {
-				reason = fmt.Sprintf("no heartbeat since the daemon started %s ago (window %s, start-up grace %s)", now.Sub(m.WatchSince), window, cfg.startGrace())
+			switch {
+			case m.LastHeartbeat.IsZero():
+				reason = fmt.Sprintf("no heartbeat since the daemon started %s ago (start-up grace %s)", now.Sub(m.WatchSince), cfg.startGrace())
+			case m.LastHeartbeat.Before(m.WatchSince):
+				reason = fmt.Sprintf("no heartbeat since the daemon started %s ago (window %s)", now.Sub(m.WatchSince), window)
 			}
 			st.Changes = append(st.Changes, Change{At: now, Kind: ChangeMonitor, From: from.String(), To: m.State.String(), Reason: reason})
 		}
@@ -290,15 +296,18 @@ func (m *Monitor) Tick(now time.Time, cfg MonitorConfig, paused bool) Step {
 	return st
 }
 
-// silenceBase is the time silence is measured from: the last heartbeat, or
-// for a host not heard from since the daemon started, the start plus the
-// start-up grace less one window (so the silence begins when the grace
-// ends).
+// silenceBase is the time silence is measured from: the last heartbeat;
+// for a host not heard from since the daemon started, the start; for a host
+// never heard from at all, the start plus the start-up grace less one
+// window (so the silence begins when the grace ends).
 func (m *Monitor) silenceBase(cfg MonitorConfig) time.Time {
-	if !m.LastHeartbeat.Before(m.WatchSince) {
-		return m.LastHeartbeat
+	switch {
+	case m.LastHeartbeat.IsZero():
+		return m.WatchSince.Add(cfg.startGrace() - cfg.Window())
+	case m.LastHeartbeat.Before(m.WatchSince):
+		return m.WatchSince
 	}
-	return m.WatchSince.Add(cfg.startGrace() - cfg.Window())
+	return m.LastHeartbeat
 }
 
 func (m *Monitor) signals(cfg MonitorConfig) Signals {

@@ -15,6 +15,7 @@ import (
 	"github.com/chimestack/chime-fence/alert"
 	"github.com/chimestack/chime-fence/configs"
 	"github.com/chimestack/chime-fence/daemon"
+	"github.com/chimestack/chime-fence/detector"
 	"github.com/chimestack/chime-fence/drivers/agent"
 	"github.com/chimestack/chime-fence/drivers/libvirt"
 	"github.com/chimestack/chime-fence/evacuator"
@@ -111,8 +112,18 @@ func fenceSetup(cfg *configs.Config, host string, log zerolog.Logger) (recovery.
 		}
 		p.Levels = append(p.Levels, lp)
 	}
-	return recovery.FenceSetup{Plan: p, Evacuate: pol.Evacuate, Limits: fencer.Limits{
+	return recovery.FenceSetup{Plan: p, Evacuate: pol.Evacuate, Isolation: isolationPolicy(pol), Limits: fencer.Limits{
 		MaxConcurrent: pol.MaxConcurrentFences, MaxConcurrentPerRack: pol.MaxConcurrentFencesPerRack, MinInterval: pol.MinFenceInterval}}, nil
+}
+
+// isolationPolicy maps on_isolation and isolation_grace onto the
+// detector's terms; configs has validated the value.
+func isolationPolicy(pol configs.Policy) detector.IsolationPolicy {
+	a, err := detector.ParseIsolationAction(string(pol.OnIsolation))
+	if err != nil {
+		a = detector.IsolationAlert // unreachable after validation; never fence on a value nobody checked
+	}
+	return detector.IsolationPolicy{Action: a, Grace: pol.IsolationGrace}
 }
 
 // candidates describes every host but the failed one for the scheduler:

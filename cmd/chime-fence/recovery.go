@@ -75,7 +75,17 @@ func (h *hypervisors) client(host string) (*libvirt.Client, error) {
 	return c, nil
 }
 
-func (h *hypervisors) close() { h.configure(h.cfg) }
+// close closes every client before the daemon exits (as before the
+// background close in configure: a stop waits for calls in flight).
+func (h *hypervisors) close() {
+	h.mu.Lock()
+	old := h.clients
+	h.clients = map[string]*libvirt.Client{}
+	h.mu.Unlock()
+	for _, c := range old {
+		_ = c.Close()
+	}
+}
 
 func (h *hypervisors) config() *configs.Config {
 	h.mu.Lock()

@@ -223,4 +223,3 @@ func hasAny(doms map[string]string, names []string) bool {
 	}
 	return false
 }
-

@@ -296,3 +296,30 @@ func TestHostLookupByIndexAgreesWithTheList(t *testing.T) {
 		assert.Same(t, &c.Hosts[i], h)
 	}
 }
+
+func TestOnIsolationValues(t *testing.T) {
+	for _, c := range []struct {
+		value string
+		want  OnIsolation
+		err   string
+	}{
+		{"alert", IsolationAlert, ""},
+		{"fence", IsolationFence, ""},
+		{"reboot", IsolationReboot, ""},
+		{"kill", "", `"kill": must be alert, fence or reboot`},
+	} {
+		t.Run(c.value, func(t *testing.T) {
+			cfg, err := Parse("i.yaml", []byte(minimal+"defaults:\n  on_isolation: "+c.value+"\n  isolation_grace: 45s\n"), noEnv)
+			if c.err != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), "defaults.on_isolation (line 15): "+c.err)
+				return
+			}
+			require.NoError(t, err)
+			p := cfg.Hosts[0].Effective
+			assert.Equal(t, c.want, p.OnIsolation)
+			assert.Equal(t, 45*time.Second, p.IsolationGrace)
+			assert.Equal(t, c.want != IsolationAlert, p.OnIsolation.Fences())
+		})
+	}
+}

@@ -39,14 +39,25 @@ type FenceLevel struct {
 	SettleDelay time.Duration `mapstructure:"settle_delay" json:"settle_delay,omitempty" yaml:"settle_delay,omitempty"`
 }
 
-// OnIsolation is what to do with a host that is silent while its BMC says
-// power is on: the patent's "network congestion or hung host" case.
+// OnIsolation is what to do with a host that is silent, answers no probe,
+// and whose BMC says power is on: the patent's "network congestion or hung
+// host" case.
 type OnIsolation string
 
 const (
+	// IsolationAlert only alerts (the default).
 	IsolationAlert OnIsolation = "alert"
+	// IsolationFence powers the host off through its BMC levels after
+	// isolation_grace (outside a storm), verifies Off, then evacuates, as
+	// for a host-down verdict; with action: reboot it is powered on again.
 	IsolationFence OnIsolation = "fence"
+	// IsolationReboot powers the host off, verifies Off, then on: a reboot
+	// is what usually cures a hung kernel. It comes back drained.
+	IsolationReboot OnIsolation = "reboot"
 )
+
+// Fences reports whether the policy powers an isolated host off.
+func (o OnIsolation) Fences() bool { return o == IsolationFence || o == IsolationReboot }
 
 // FenceAction is what a fence does to the host's power.
 type FenceAction string

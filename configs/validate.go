@@ -227,8 +227,8 @@ func (v validator) spec(at string, s PolicySpec) {
 	if s.Action != nil && *s.Action != ActionOff && *s.Action != ActionReboot {
 		v.add(at+".action", "%q: must be off or reboot", *s.Action)
 	}
-	if s.OnIsolation != nil && *s.OnIsolation != IsolationAlert && *s.OnIsolation != IsolationFence {
-		v.add(at+".on_isolation", "%q: must be alert or fence", *s.OnIsolation)
+	if s.OnIsolation != nil && *s.OnIsolation != IsolationAlert && !s.OnIsolation.Fences() {
+		v.add(at+".on_isolation", "%q: must be alert, fence or reboot", *s.OnIsolation)
 	}
 	nonNeg("isolation_grace", s.IsolationGrace)
 	if s.MaxConcurrentFences != nil && *s.MaxConcurrentFences < 1 {
@@ -303,10 +303,18 @@ func (v validator) hosts(c *Config, policies, racks map[string]bool) {
 		// The effective policy must be executable on this host.
 		if h.Rack != "" && racks[h.Rack] && (h.Policy == "" || policies[h.Policy]) {
 			p := effectivePolicy(c, h)
+			power := false
 			for j, l := range p.Levels {
 				if bt := l.Type.BMCType(); bt != "" && !types[bt] {
 					v.add(at+".bmcs", "policy %q fences with level %d (%s) but the host has no %s BMC", p.Name, j+1, l.Type, bt)
 				}
+				power = power || l.Type.BMCType() != ""
+			}
+			if p.OnIsolation.Fences() && !power {
+				// An isolated or hung host's agent cannot be reached, and an
+				// agent's word would not prove a hung QEMU dead: only a BMC
+				// read-back of power Off does.
+				v.add(at, "policy %q says on_isolation: %s but has no ipmi or redfish level: an isolated host is fenced only by a BMC whose power reads back Off", p.Name, p.OnIsolation)
 			}
 		}
 	}

@@ -38,6 +38,15 @@
 //     to the state machine over time, not here.
 //   - Paused (storm guard) is never returned by Decide: it is an aggregate
 //     over all hosts that the daemon applies on top of the per-host verdicts.
+//   - IsolatedOrHung leads to a fence only through IsolationFenceDue: the
+//     host's on_isolation policy fences or reboots, the verdict has held,
+//     unbroken and on evidence of this silence, for isolation_grace
+//     (Monitor.IsolatedSince), and the storm guard is not paused. The
+//     Engine hands such a host to Deps.OnHostDown once per hold
+//     (DownEvent.Isolated); the fencer asks IsolationFenceDue again.
+//   - A host never heard from (no heartbeat, none remembered) is not silent
+//     before MonitorConfig.StartGrace after the daemon starts: agents beat
+//     at their own pace until a daemon first answers them.
 //   - Thresholds that fail Validate make Decide return Unprovable with the
 //     problem in the Reason (never a fence); validate them at config load.
 //

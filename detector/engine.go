@@ -78,6 +78,8 @@ type HostConfig struct {
 	Rack string
 	// ReadinessInterval is how often fence readiness is checked; 0 never.
 	ReadinessInterval time.Duration
+	// Isolation is the host's on_isolation policy; the zero value alerts.
+	Isolation IsolationPolicy
 }
 
 // EngineConfig is the engine's tuning.
@@ -87,9 +89,11 @@ type EngineConfig struct {
 	Storm   StormGuard
 	// References is how many reference addresses are configured (0: none).
 	References int
-	// Enforce is false in observe mode. In enforce mode a host-down verdict
-	// goes to Deps.OnHostDown; in observe mode it is recorded as
-	// "would fence".
+	// Enforce is false in observe mode. In enforce mode a host-down verdict,
+	// and an isolated-or-hung one whose policy fences once its grace is
+	// over (IsolationFenceDue), goes to Deps.OnHostDown; in observe mode it
+	// is recorded as "would fence". Switching to enforce by Reconfigure
+	// hands over every host whose verdict already acts.
 	Enforce bool
 	// Tick is how often hosts are re-judged; default min(interval/20, 50ms).
 	Tick time.Duration
@@ -112,16 +116,18 @@ type Deps struct {
 	Log       zerolog.Logger
 	// Seed makes readiness jitter reproducible in tests; 0 picks one.
 	Seed uint64
-	// OnHostDown, in enforce mode, receives every host-down verdict. It is
-	// called with the host's lock held: it must not block or call back
+	// OnHostDown, in enforce mode, receives every host-down verdict, and
+	// every isolated-or-hung host whose isolation fence fell due (once per
+	// unbroken hold of the verdict). It is called with the host's lock held: it must not block or call back
 	// into the engine (recovery.Coordinator.HostDown only queues).
 	OnHostDown func(DownEvent)
 }
 
-// Alert kinds of the storm guard.
+// Alert kinds of the storm guard, and of an isolation fence handed over.
 const (
-	AlertStormPaused  = "storm-paused"
-	AlertStormCleared = "storm-cleared"
+	AlertStormPaused    = "storm-paused"
+	AlertStormCleared   = "storm-cleared"
+	AlertIsolationFence = "isolation-fence"
 )
 
 // DownEvent is a host-down verdict handed to the fencer.
@@ -130,6 +136,11 @@ type DownEvent struct {
 	Host, Rack    string
 	CorrelationID string
 	Reason        string
+	// Isolated: the verdict is isolated-or-hung (BMC reads on) and the
+	// host's on_isolation policy fences it, not host-down. The fencer must
+	// then re-check IsolationFenceDue, and prove the power Off by a BMC
+	// read-back: nothing else shows that a hung host's QEMUs are dead.
+	Isolated bool
 }
 
 // ErrUnknownHost is returned for a heartbeat from a host not in the config.
@@ -148,6 +159,11 @@ type hostEntry struct {
 	readiness    *Readiness
 	nextCheck    time.Time
 	dirty        bool
+	// isoFor is the Monitor.IsolatedSince whose due isolation fence was
+	// acted on: handed to the fencer (isoHanded) or, in observe mode,
+	// recorded as "would fence".
+	isoFor    time.Time
+	isoHanded bool
 
 	// Step's bookkeeping (schedule.go): idx is set with stepMu held, rack
 	// with stepMu and mu; the rest is under mu, except silentPos, under
@@ -288,16 +304,75 @@ func (e *Engine) Reconfigure(cfg EngineConfig) error {
 	defer e.hostsMu.Unlock()
 	cfg.Tick, cfg.MemoEvery = e.cfg.Tick, e.cfg.MemoEvery
 	cfg.MaxProbes, cfg.MaxBMCReads, cfg.MaxReadiness = e.cfg.MaxProbes, e.cfg.MaxBMCReads, e.cfg.MaxReadiness
+	wasEnforce := e.cfg.Enforce
 	e.cfg = cfg
 	old := e.hosts
-	e.hosts = e.buildHosts(cfg.Hosts, old, nil, e.deps.Clock.Now())
+	now := e.deps.Clock.Now()
+	e.hosts = e.buildHosts(cfg.Hosts, old, nil, now)
 	for n, h := range old {
 		if e.hosts[n] != h {
 			e.forget(h)
 		}
 	}
 	e.setRoster(e.hosts)
+	if cfg.Enforce && !wasEnforce {
+		e.enforceNow(now)
+	}
 	return nil
+}
+
+// enforceNow hands over what observe mode only recorded: every host whose
+// verdict is host-down now. A host whose isolation fence is due is handed
+// over at the next Step (checkIsolation), which re-judges it first. Called
+// with stepMu and hostsMu held.
+func (e *Engine) enforceNow(now time.Time) {
+	e.log.Warn().Msg("mode is now enforce: re-examining every host whose verdict acts (host-down; isolated-or-hung past its grace when its policy fences)")
+	for _, h := range e.order {
+		h.mu.Lock()
+		m := h.m
+		switch {
+		case m.Verdict == HostDown && e.deps.OnHostDown != nil:
+			e.log.Warn().Str("host", h.cfg.Name).Str("correlation_id", m.Incident).
+				Msgf("%s is down (%s): handing it to the fencer now that the mode is enforce", h.cfg.Name, m.VerdictReason)
+			e.deps.OnHostDown(DownEvent{At: now, Host: h.cfg.Name, Rack: h.cfg.Rack, CorrelationID: m.Incident, Reason: m.VerdictReason})
+		case m.Verdict == IsolatedOrHung && h.cfg.Isolation.Action.Fences():
+			e.log.Warn().Str("host", h.cfg.Name).Str("correlation_id", m.Incident).
+				Msgf("%s is isolated or hung: its on_isolation %s applies from the next tick", h.cfg.Name, h.cfg.Isolation.Action)
+		}
+		h.mu.Unlock()
+	}
+}
+
+// checkIsolation hands a host whose isolation fence is due to the fencer
+// (enforce) or records that it would be fenced (observe), once per
+// unbroken hold of the verdict. Called with h.mu held.
+func (e *Engine) checkIsolation(ctx context.Context, h *hostEntry, now time.Time, cfg EngineConfig, paused bool, recs *[]store.Record) {
+	m := h.m
+	due, _, why := IsolationFenceDue(m.Verdict, m.IsolatedSince, h.cfg.Isolation, paused, now)
+	if !due || h.isoFor.Equal(m.IsolatedSince) && (h.isoHanded || !cfg.Enforce) {
+		return
+	}
+	h.isoFor = m.IsolatedSince
+	why = fmt.Sprintf("%s: %s", why, m.VerdictReason)
+	a := Alert{At: now, Host: h.cfg.Name, Kind: AlertIsolationFence, Summary: why, CorrelationID: m.Incident}
+	if cfg.Enforce && e.deps.OnHostDown != nil {
+		h.isoHanded = true
+		e.log.Warn().Str("host", h.cfg.Name).Str("correlation_id", m.Incident).Msgf("%s is %s: handing it to the fencer", h.cfg.Name, why)
+		e.deps.OnHostDown(DownEvent{At: now, Host: h.cfg.Name, Rack: h.cfg.Rack, CorrelationID: m.Incident, Reason: why, Isolated: true})
+		e.deps.Alerter.Alert(ctx, a)
+		return
+	}
+	h.isoHanded = false
+	why = fmt.Sprintf("would fence %s (on_isolation %s) because it is %s", h.cfg.Name, h.cfg.Isolation.Action, why)
+	if cfg.Enforce {
+		why += " (mode enforce, but no fencer is wired: nothing was done)"
+	}
+	e.log.Warn().Str("host", h.cfg.Name).Str("correlation_id", m.Incident).Msg(why)
+	ev, _ := json.Marshal(evidenceOf(m, now))
+	*recs = append(*recs, store.Record{At: now, Host: h.cfg.Name, Kind: "would-fence", From: m.Verdict.String(), To: "isolation-fence",
+		Reason: why, CorrelationID: m.Incident, Evidence: ev})
+	a.Kind, a.Summary = "would-fence", why
+	e.deps.Alerter.Alert(ctx, a)
 }
 
 // jitter is a uniformly random duration in [0, d).
@@ -350,7 +425,11 @@ func (e *Engine) Heartbeat(hb heartbeat.Heartbeat) (accepted bool, err error) {
 func (e *Engine) Run(ctx context.Context) error {
 	recDone := make(chan struct{})
 	go func() { defer close(recDone); e.recorder(ctx) }()
-	t := time.NewTicker(e.cfg.Tick)
+	// Reconfigure keeps both, but writes e.cfg under stepMu.
+	e.stepMu.Lock()
+	tick, memoEvery := e.cfg.Tick, e.cfg.MemoEvery
+	e.stepMu.Unlock()
+	t := time.NewTicker(tick)
 	defer t.Stop()
 	lastMemo := e.deps.Clock.Now()
 	for {
@@ -365,7 +444,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		now := e.deps.Clock.Now()
 		e.Step(ctx, now)
-		if now.Sub(lastMemo) >= e.cfg.MemoEvery {
+		if now.Sub(lastMemo) >= memoEvery {
 			lastMemo = now
 			e.flushMemos()
 		}
@@ -414,6 +493,7 @@ func (e *Engine) tickHost(ctx context.Context, h *hostEntry, now time.Time, cfg 
 	if h.m.Verdict != prev {
 		e.onVerdict(ctx, h, prev, now, &recs)
 	}
+	e.checkIsolation(ctx, h, now, cfg, paused, &recs)
 	if st.NeedProbe && !h.probing && !now.Before(h.nextProbe) {
 		h.probing = true
 		e.probe(ctx, h, st.SilentSince, cfg.Monitor.ProbeTimeout)

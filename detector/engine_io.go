@@ -271,6 +271,9 @@ type HostStatus struct {
 	LastHeartbeat time.Time          `json:"last_heartbeat,omitzero"`
 	HeartbeatAge  heartbeat.Duration `json:"heartbeat_age,omitempty"`
 	SilentSince   time.Time          `json:"silent_since,omitzero"`
+	// IsolatedSince is when the isolated-or-hung verdict began to hold,
+	// unbroken (Monitor.IsolatedSince).
+	IsolatedSince time.Time          `json:"isolated_since,omitzero"`
 	BootID        string             `json:"boot_id,omitempty"`
 	Seq           uint64             `json:"seq,omitempty"`
 	AgentVersion  string             `json:"agent_version,omitempty"`
@@ -322,7 +325,7 @@ func (h *hostEntry) status(now time.Time) HostStatus {
 	defer h.mu.Unlock()
 	m := h.m
 	s := HostStatus{Name: h.cfg.Name, Rack: h.cfg.Rack, Monitor: m.State, Verdict: m.Verdict, VerdictReason: m.VerdictReason,
-		VerdictAt: m.VerdictAt, LastHeartbeat: m.LastHeartbeat, SilentSince: m.SilentSince, BootID: m.BootID, Seq: m.Seq,
+		VerdictAt: m.VerdictAt, LastHeartbeat: m.LastHeartbeat, SilentSince: m.SilentSince, IsolatedSince: m.IsolatedSince, BootID: m.BootID, Seq: m.Seq,
 		AgentVersion: h.agentVersion, ClockSkew: heartbeat.Duration(h.skew), Fault: m.Fault, Incident: m.Incident}
 	if !m.LastHeartbeat.IsZero() {
 		s.HeartbeatAge = heartbeat.Duration(now.Sub(m.LastHeartbeat))

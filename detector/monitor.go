@@ -19,7 +19,21 @@ type MonitorConfig struct {
 	// moment to have gone stale too, so the storm guard sees them all before
 	// any single host is judged.
 	Settle time.Duration
+	// StartGrace is how long after the daemon starts a host it has never
+	// heard from (no heartbeat, none remembered from before a restart) may
+	// take to check in before its silence begins; never less than one
+	// window. Agents beat at their own configured pace until a daemon's
+	// first answer names its interval, and that pace may be slower than the
+	// daemon's: a fresh cluster must not look silent, and trip the storm
+	// guard, just because the daemon started for the first time. A host
+	// heard from before a restart gets one window, as its agent already
+	// beats at the daemon's pace; a host that beats and then stops is
+	// judged on the window as always.
+	StartGrace time.Duration
 }
+
+// startGrace is StartGrace, at least one window.
+func (c MonitorConfig) startGrace() time.Duration { return max(c.StartGrace, c.Window()) }
 
 // Beat is what the state machine takes from one accepted heartbeat.
 type Beat struct {
@@ -95,6 +109,12 @@ type Monitor struct {
 	Verdict       Verdict
 	VerdictReason string
 	VerdictAt     time.Time
+	// IsolatedSince is when the isolated-or-hung verdict began to hold,
+	// judged on evidence of this silence, and it has held unbroken since;
+	// zero otherwise. Any other verdict (a probe answered, the BMC
+	// unreadable, the storm guard paused) starts the count over: the
+	// isolation grace is time the host spent provably silent and powered.
+	IsolatedSince time.Time
 	// Incident is set when the host leaves normal and cleared when it is
 	// normal again; every Change in between belongs to it.
 	Incident string
@@ -251,10 +271,7 @@ func (m *Monitor) Tick(now time.Time, cfg MonitorConfig, paused bool) Step {
 	if from, until, ok := m.Quiet(cfg); ok && !now.Before(from) && !now.After(until) {
 		return st // fast path: a healthy host with a fresh heartbeat, the common case
 	}
-	last := m.LastHeartbeat
-	if last.Before(m.WatchSince) {
-		last = m.WatchSince
-	}
+	last := m.silenceBase(cfg)
 	window := cfg.Window()
 	if now.Sub(last) > window && m.SilentSince.IsZero() {
 		m.SilentSince = last.Add(window)
@@ -262,7 +279,10 @@ func (m *Monitor) Tick(now time.Time, cfg MonitorConfig, paused bool) Step {
 		if from != node.Unreachable && from != node.Suspect {
 			m.State = node.Suspect
 			reason := fmt.Sprintf("no heartbeat for %s (window %s)", now.Sub(last), window)
-			if m.LastHeartbeat.IsZero() {
+			switch {
+			case m.LastHeartbeat.IsZero():
+				reason = fmt.Sprintf("no heartbeat since the daemon started %s ago (start-up grace %s)", now.Sub(m.WatchSince), cfg.startGrace())
+			case m.LastHeartbeat.Before(m.WatchSince):
 				reason = fmt.Sprintf("no heartbeat since the daemon started %s ago (window %s)", now.Sub(m.WatchSince), window)
 			}
 			st.Changes = append(st.Changes, Change{At: now, Kind: ChangeMonitor, From: from.String(), To: m.State.String(), Reason: reason})
@@ -276,17 +296,28 @@ func (m *Monitor) Tick(now time.Time, cfg MonitorConfig, paused bool) Step {
 	return st
 }
 
-func (m *Monitor) signals() Signals {
-	last := m.LastHeartbeat
-	if last.Before(m.WatchSince) {
-		last = m.WatchSince
+// silenceBase is the time silence is measured from: the last heartbeat;
+// for a host not heard from since the daemon started, the start; for a host
+// never heard from at all, the start plus the start-up grace less one
+// window (so the silence begins when the grace ends).
+func (m *Monitor) silenceBase(cfg MonitorConfig) time.Time {
+	switch {
+	case m.LastHeartbeat.IsZero():
+		return m.WatchSince.Add(cfg.startGrace() - cfg.Window())
+	case m.LastHeartbeat.Before(m.WatchSince):
+		return m.WatchSince
 	}
+	return m.LastHeartbeat
+}
+
+func (m *Monitor) signals(cfg MonitorConfig) Signals {
+	last := m.silenceBase(cfg)
 	return Signals{LastHeartbeat: last, BootID: m.BootID, PrevBootID: m.PrevBootID, AgentFault: m.Fault,
 		ProbeAt: m.ProbeAt, ProbeAnswered: m.ProbeAnswered, BMC: m.BMC}
 }
 
 func (m *Monitor) decide(now time.Time, cfg MonitorConfig) Decision {
-	return Decide(m.signals(), cfg.Thresholds, now)
+	return Decide(m.signals(cfg), cfg.Thresholds, now)
 }
 
 // actionable verdicts are the ones a fencer may act on; they wait for the
@@ -344,6 +375,15 @@ func (m *Monitor) judge(now time.Time, cfg MonitorConfig, paused bool) (ch []Cha
 		// Reported once per reboot; from the next heartbeat on the host is
 		// judged like any other.
 		m.PrevBootID = ""
+	}
+	switch {
+	case v != IsolatedOrHung:
+		m.IsolatedSince = time.Time{}
+	case m.IsolatedSince.IsZero() && d.Verdict == IsolatedOrHung:
+		// Only evidence of this silence starts the count, never a verdict
+		// carried over (from before a restart, or while evidence is being
+		// gathered again).
+		m.IsolatedSince = now
 	}
 	if v != m.Verdict {
 		ch = append(ch, Change{At: now, Kind: ChangeVerdict, From: m.Verdict.String(), To: v.String(), Reason: reason})

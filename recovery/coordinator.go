@@ -43,6 +43,9 @@ type FenceSetup struct {
 	Plan     fencer.Plan
 	Limits   fencer.Limits
 	Evacuate bool
+	// Isolation is the host's on_isolation policy: whether, and after
+	// what grace, an isolated-or-hung verdict is fenced too.
+	Isolation detector.IsolationPolicy
 }
 
 // Evacuator rebuilds a fenced host's VMs. Evacuate blocks until the task
@@ -255,16 +258,30 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 		_, _ = c.evacuate(ctx, prev, nil, log)
 		return time.Time{}, ""
 	}
-	if why := c.stillDown(host); why != "" {
+	setup, setupErr := c.deps.Setup(host)
+	verdict, why := c.stillDown(host, setup.Isolation)
+	if why != "" {
+		what := "host-down verdict"
+		if ev.Isolated {
+			what = "isolation fence"
+		}
 		c.record(store.Record{At: c.deps.Now(), Host: host, Kind: "fence-skipped", To: "skipped", CorrelationID: ev.CorrelationID,
-			Reason: "host-down verdict no longer holds at fence time: " + why})
+			Reason: what + " no longer holds at fence time: " + why})
 		log.Warn().Msgf("not fencing %s: %s", host, why)
 		return time.Time{}, ""
 	}
-	setup, err := c.deps.Setup(host)
-	if err != nil {
-		c.failed(store.FenceRecord{Host: host, CorrelationID: ev.CorrelationID, Started: c.deps.Now()}, "fence setup: "+err.Error(), nil, log)
+	if setupErr != nil {
+		c.failed(store.FenceRecord{Host: host, CorrelationID: ev.CorrelationID, Started: c.deps.Now()}, "fence setup: "+setupErr.Error(), nil, log)
 		return time.Time{}, ""
+	}
+	if verdict == detector.IsolatedOrHung {
+		// The BMC says on: only a power level's Off read-back may prove
+		// this host's QEMUs dead before any of its VMs starts elsewhere.
+		var err error
+		if setup.Plan, err = IsolationPlan(setup.Plan, setup.Isolation.Action); err != nil {
+			c.failed(store.FenceRecord{Host: host, CorrelationID: ev.CorrelationID, Started: c.deps.Now()}, "isolation fence: "+err.Error(), nil, log)
+			return time.Time{}, ""
+		}
 	}
 	now := c.deps.Now()
 	adm, done := c.admit(host, st.Rack, setup.Limits, now)
@@ -423,19 +440,14 @@ func provenSinceHeartbeat(r store.FenceRecord, st daemon.HostStatus) bool {
 	return st.LastHeartbeat.IsZero() || st.LastHeartbeat.Before(r.Started)
 }
 
-// stillDown re-reads the verdict and the storm guard just before acting.
-func (c *Coordinator) stillDown(host string) string {
+// stillDown re-reads the verdict and the storm guard just before acting
+// (stillActs); why is "" when the fence may go ahead on verdict v.
+func (c *Coordinator) stillDown(host string, iso detector.IsolationPolicy) (v detector.Verdict, why string) {
 	st, err := c.deps.Cluster.Host(host)
 	if err != nil {
-		return err.Error()
+		return st.Verdict, err.Error()
 	}
-	if st.Verdict != detector.HostDown {
-		return "verdict is now " + st.Verdict.String() + " (" + st.VerdictReason + ")"
-	}
-	if storm := c.deps.Cluster.Status().Storm; storm.Paused {
-		return "storm guard paused: " + storm.Reason
-	}
-	return ""
+	return st.Verdict, stillActs(st, c.deps.Cluster.Status().Storm, iso, c.deps.Now())
 }
 
 func (c *Coordinator) failed(rec store.FenceRecord, reason string, attempts []fencer.Attempt, log zerolog.Logger) {

@@ -93,6 +93,11 @@ type rig struct {
 	reg    *prometheus.Registry
 	locks  map[string]string // host → owner
 	owners []string          // every owner that took a lock
+	// iso and levels, when set, are the hosts' on_isolation policy and
+	// fence levels; plans are the plans Fence was given.
+	iso    detector.IsolationPolicy
+	levels []fencer.LevelPlan
+	plans  []fencer.Plan
 }
 
 func newRig(t *testing.T, verify bool) *rig {
@@ -126,15 +131,19 @@ func newRig(t *testing.T, verify bool) *rig {
 		Now: func() time.Time { r.mu.Lock(); defer r.mu.Unlock(); return r.now },
 		Setup: func(host string) (FenceSetup, error) {
 			r.mu.Lock()
-			manual := r.manual
+			manual, iso, levels := r.manual, r.iso, r.levels
 			r.mu.Unlock()
-			return FenceSetup{Plan: fencer.Plan{Levels: []fencer.LevelPlan{{Name: "ipmi", Timeout: time.Second}}}, Evacuate: !manual,
+			if levels == nil {
+				levels = []fencer.LevelPlan{{Name: "ipmi", Timeout: time.Second}}
+			}
+			return FenceSetup{Plan: fencer.Plan{Action: fencer.ActionOff, Levels: levels}, Evacuate: !manual, Isolation: iso,
 				Limits: fencer.Limits{MaxConcurrent: 2, MaxConcurrentPerRack: 1, MinInterval: 0}}, nil
 		},
 		Fence: func(_ context.Context, p fencer.Plan) fencer.Result {
 			r.mu.Lock()
 			defer r.mu.Unlock()
 			r.fences = append(r.fences, p.Host)
+			r.plans = append(r.plans, p)
 			r.now = r.now.Add(40 * time.Millisecond)
 			if r.verify {
 				return fencer.Result{Host: p.Host, Verified: true, Level: "ipmi",

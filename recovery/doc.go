@@ -11,8 +11,15 @@
 //     held: it only queues the host. Run does the work; nothing happens
 //     before Run is called.
 //   - A fence starts only when, at that moment, the detector still says
-//     host-down for the host and the storm guard is not paused. The fence
-//     record (store.FenceInFlight) is durable before any BMC is touched.
+//     host-down for the host, or isolated-or-hung held for the policy's
+//     isolation_grace under on_isolation fence or reboot
+//     (detector.IsolationFenceDue), and the storm guard is not paused. The
+//     fence record (store.FenceInFlight) is durable before any BMC is
+//     touched.
+//   - An isolated-or-hung host is fenced through its power levels only
+//     (IsolationPlan): its BMC reads power on, so only an Off read by
+//     that BMC after the power-off proves its QEMUs dead; agent-drain is
+//     dropped, and a policy with no power level fails the fence.
 //   - A rebuild starts only after the journal holds a proven fence
 //     (verified by read-back, or confirmed by an operator) that is newer
 //     than the host's last heartbeat. A host that heartbeats after its

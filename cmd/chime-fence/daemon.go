@@ -236,6 +236,7 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 	for {
 		select {
 		case <-hup:
+			prev := cs.Current()
 			next, err := cs.Reload()
 			if err != nil {
 				dlog.Error().Err(err).Msg("config reload refused; keeping the running configuration")
@@ -255,6 +256,11 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 			hv.configure(next)
 			if err := capture.SetHosts(next.HostNames()); err != nil {
 				dlog.Error().Err(err).Msg("config reload: inventory capture refused the host list")
+			}
+			if prev.Mode != next.Mode {
+				// Logged before the detector acts on it: switching to enforce
+				// hands over every verdict that already calls for a fence.
+				dlog.Warn().Str("from", string(prev.Mode)).Str("to", string(next.Mode)).Msgf("config reload: mode %s → %s", prev.Mode, next.Mode)
 			}
 			if err := eng.Reconfigure(engineConfig(next)); err != nil {
 				dlog.Error().Err(err).Msg("config reload: detector refused the new thresholds")
@@ -281,6 +287,10 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 	}
 }
 
+// agentDefaultInterval is chime-agent's --heartbeat-interval default, the
+// pace of an agent the daemon has not answered yet.
+const agentDefaultInterval = 5 * time.Second
+
 // engineConfig maps the configuration onto the detector's tuning.
 func engineConfig(cfg *configs.Config) detector.EngineConfig {
 	def := configs.Overlay(configs.BuiltinPolicy(), cfg.Defaults)
@@ -290,6 +300,11 @@ func engineConfig(cfg *configs.Config) detector.EngineConfig {
 				MissedHeartbeats: cfg.Detection.MissedHeartbeats, ProbeTimeout: cfg.Detection.ProbeTimeout},
 			RecoveryHeartbeats: cfg.Detection.RecoveryHeartbeats,
 			Settle:             cfg.Detection.HeartbeatInterval,
+			// Agents beat at their own pace (chime-agent's default 5 s)
+			// until the daemon's first answer names detection's interval:
+			// one window at that pace before a host never heard from since
+			// the start counts as silent.
+			StartGrace: time.Duration(cfg.Detection.MissedHeartbeats) * max(cfg.Detection.HeartbeatInterval, agentDefaultInterval),
 		},
 		Storm: detector.StormGuard{MaxFraction: *def.StormGuard.MaxUnreachableFraction, Window: *def.StormGuard.Window,
 			MaxRackFraction: map[string]float64{}},
@@ -298,7 +313,8 @@ func engineConfig(cfg *configs.Config) detector.EngineConfig {
 	}
 	for i := range cfg.Hosts {
 		h := &cfg.Hosts[i]
-		ec.Hosts = append(ec.Hosts, detector.HostConfig{Name: h.Name, Rack: h.Rack, ReadinessInterval: h.Effective.FenceReadinessInterval})
+		ec.Hosts = append(ec.Hosts, detector.HostConfig{Name: h.Name, Rack: h.Rack, ReadinessInterval: h.Effective.FenceReadinessInterval,
+			Isolation: isolationPolicy(h.Effective)})
 		if _, ok := ec.Storm.MaxRackFraction[h.Rack]; !ok {
 			ec.Storm.MaxRackFraction[h.Rack] = h.Effective.StormGuard.MaxRackUnreachableFraction
 		}

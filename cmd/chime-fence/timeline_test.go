@@ -207,8 +207,14 @@ func TestHistoryTimelineFromDaemon(t *testing.T) {
 	stop()
 	require.Eventually(t, func() bool { v, _ := hostStatus(t, c, "h2"); return v == detector.AgentDown },
 		5*time.Second, 20*time.Millisecond)
-	all, err := c.History(context.Background(), store.Query{Host: "h2"})
-	require.NoError(t, err)
+	// The status shows a verdict a moment before the recorder has written
+	// it (the detector records asynchronously): wait for the history.
+	var all []store.Record
+	require.Eventually(t, func() bool {
+		recs, err := c.History(context.Background(), store.Query{Host: "h2"})
+		all = recs
+		return err == nil && len(recs) > 0 && recs[len(recs)-1].To == detector.AgentDown.String()
+	}, 5*time.Second, 20*time.Millisecond)
 	var before int
 	for _, r := range all {
 		if r.At.Before(mark) {

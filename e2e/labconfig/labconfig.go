@@ -14,6 +14,8 @@
 // host's fence levels (a host `override`; the rest of its rack's policy
 // stays), e.g. [ipmi, agent-drain] on a lab.BMCBoth host so every level can
 // fail while the Redfish BMC still reads power for the detector.
+// Options.HostIsolation sets one host's on_isolation and isolation_grace the
+// same way.
 package labconfig
 
 import (
@@ -42,6 +44,9 @@ type Options struct {
 	// (LevelIPMI, LevelRedfish, LevelAgentDrain); the other fields of its
 	// rack's policy stay. A power level needs the host to have that BMC.
 	HostLevels map[string][]string
+	// HostIsolation sets a host's on_isolation (alert, fence or reboot)
+	// and isolation_grace in its override, by host name.
+	HostIsolation map[string]Isolation
 	// Extra is YAML appended verbatim (e.g. a detection block).
 	Extra string
 	// Detection, if set, is the detection block's body (indented lines).
@@ -56,6 +61,12 @@ type Options struct {
 	// APITokens are further API tokens for controller.api_tokens, e.g. a
 	// read-only one; their files must exist (WriteToken makes one).
 	APITokens []APIToken
+}
+
+// Isolation is one host's on_isolation policy.
+type Isolation struct {
+	On    string // alert, fence or reboot
+	Grace string // a duration, e.g. "2s"; "" keeps the policy's
 }
 
 // APIToken is one controller.api_tokens entry.
@@ -189,6 +200,14 @@ func checkOverrides(hosts []lab.Host, o Options) error {
 			seen[l] = true
 		}
 	}
+	for host, iso := range o.HostIsolation {
+		if _, ok := byName[host]; !ok {
+			bad = append(bad, fmt.Sprintf("HostIsolation[%q]: no such host", host))
+		}
+		if strings.ContainsAny(iso.On+iso.Grace, "\n:{}") {
+			bad = append(bad, fmt.Sprintf("HostIsolation[%q]: %q / %q is not a plain value", host, iso.On, iso.Grace))
+		}
+	}
 	for i, t := range o.APITokens {
 		switch {
 		case t.Name == "" || strings.ContainsAny(t.Name, "\"\n"):
@@ -260,8 +279,19 @@ racks:
 	for _, h := range l.Hosts() {
 		fmt.Fprintf(&b, "  - name: %s\n    rack: %s\n    address: %s\n", h.Name, RackOf(h), h.MgmtAddr)
 		fmt.Fprintf(&b, "    libvirt: {address: \"%s:%d\", uri: \"qemu:///system\"}\n", h.MgmtAddr, lab.LibvirtPort)
-		if levels, ok := o.HostLevels[h.Name]; ok {
-			fmt.Fprintf(&b, "    override:\n      levels: [%s]\n", strings.Join(levels, ", "))
+		levels, hasLevels := o.HostLevels[h.Name]
+		iso, hasIso := o.HostIsolation[h.Name]
+		if hasLevels || hasIso {
+			b.WriteString("    override:\n")
+		}
+		if hasLevels {
+			fmt.Fprintf(&b, "      levels: [%s]\n", strings.Join(levels, ", "))
+		}
+		if hasIso {
+			fmt.Fprintf(&b, "      on_isolation: %s\n", iso.On)
+			if iso.Grace != "" {
+				fmt.Fprintf(&b, "      isolation_grace: %s\n", iso.Grace)
+			}
 		}
 		b.WriteString("    bmcs:\n")
 		for _, bmc := range h.AllBMCs() {

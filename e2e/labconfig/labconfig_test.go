@@ -117,6 +117,8 @@ func TestWriteRejectsUnknownOverrides(t *testing.T) {
 		{Options{HostLevels: map[string][]string{"host1": {"ipmi", "smoke-signal"}}}, `HostLevels["host1"][1]: unknown level "smoke-signal"`},
 		{Options{HostLevels: map[string][]string{"host1": {LevelRedfish}}}, `HostLevels["host1"][0]: host1 has no redfish BMC`},
 		{Options{HostLevels: map[string][]string{"host3": {LevelIPMI, LevelIPMI}}}, `HostLevels["host3"][1]: level "ipmi" listed twice`},
+		{Options{HostIsolation: map[string]Isolation{"host9": {On: "fence"}}}, `HostIsolation["host9"]: no such host`},
+		{Options{HostIsolation: map[string]Isolation{"host1": {On: "fence\nmode: enforce"}}}, `HostIsolation["host1"]: "fence\nmode: enforce" / "" is not a plain value`},
 		{Options{APITokens: []APIToken{{Name: "viewer", File: "/x/ro", Role: "admin"}}}, `APITokens[0] (viewer): role "admin"`},
 		{Options{APITokens: []APIToken{{Name: "viewer", File: "ro", Role: RoleReadOnly}}}, `APITokens[0] (viewer): file "ro" is not an absolute path`},
 		{Options{APITokens: []APIToken{{File: "/x/ro", Role: RoleReadOnly}}}, `APITokens[0]: name "" is empty`},
@@ -212,4 +214,25 @@ func TestWriteAPITokens(t *testing.T) {
 	other, err := WriteToken(ro)
 	require.NoError(t, err)
 	assert.NotEqual(t, tok, other, "random each time")
+}
+
+func TestWriteHostIsolation(t *testing.T) {
+	l := fakeLab(t, 0)
+	path, err := Write(l, filepath.Join(t.TempDir(), "c.yaml"), Options{
+		HostLevels:    map[string][]string{"host3": {LevelRedfish, LevelIPMI}},
+		HostIsolation: map[string]Isolation{"host1": {On: "fence", Grace: "2s"}, "host3": {On: "reboot"}},
+	})
+	require.NoError(t, err)
+	cfg, err := configs.Load(path)
+	require.NoError(t, err, "the generated config must load")
+	h1, _ := cfg.Host("host1")
+	assert.Equal(t, configs.IsolationFence, h1.Effective.OnIsolation)
+	assert.Equal(t, 2*time.Second, h1.Effective.IsolationGrace)
+	h2, _ := cfg.Host("host2")
+	assert.Equal(t, configs.IsolationAlert, h2.Effective.OnIsolation, "the default")
+	h3, _ := cfg.Host("host3")
+	assert.Equal(t, configs.IsolationReboot, h3.Effective.OnIsolation)
+	assert.Equal(t, 2*time.Minute, h3.Effective.IsolationGrace, "the policy's grace")
+	require.Len(t, h3.Effective.Levels, 2)
+	assert.Equal(t, configs.LevelRedfish, h3.Effective.Levels[0].Type, "levels and isolation share one override")
 }

@@ -158,6 +158,12 @@ func Sweep(name string) error {
 			errs = append(errs, fmt.Errorf("lab: sweep %s: unmount %s: %w", name, m, err))
 		}
 	}
+	if len(errs) == 0 {
+		// The routes outlive a sweep that left namespaces behind.
+		if err := unisolate(name); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -221,6 +227,7 @@ func Leftovers(name, dir string) []string {
 	for _, m := range labMounts(name+"-", dir) {
 		out = append(out, "mount "+m)
 	}
+	out = append(out, isolationLeftovers(name)...)
 	if b, err := exec.Command("nft", "list", "tables").Output(); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
 			if strings.Contains(line, "chimelab") {

@@ -556,7 +556,7 @@ func keeperPID(dir string) int {
 
 func report(left []string, stdout, stderr io.Writer) int {
 	if len(left) == 0 {
-		fmt.Fprintln(stdout, "clean: no lab processes, namespaces, mounts or nftables tables left")
+		fmt.Fprintln(stdout, "clean: no lab processes, namespaces, mounts, nftables tables or root namespace routes left")
 		return 0
 	}
 	fmt.Fprintln(stderr, "chime-lab: left behind:")

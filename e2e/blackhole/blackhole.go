@@ -242,16 +242,29 @@ func mkdir(dir string) (created bool, err error) {
 }
 
 // lock serializes claims across processes (two labs starting at once).
+// collect removes the lock file with Dir when the last claim goes, so a
+// waiter that then gets the lock on the unlinked file tries again.
 func lock(dir string) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("blackhole: lock: %w", err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+	for {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("blackhole: %w", err)
+		}
+		p := filepath.Join(dir, lockFile)
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("blackhole: lock: %w", err)
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("blackhole: lock: %w", err)
+		}
+		held, err1 := f.Stat()
+		now, err2 := os.Stat(p)
+		if err1 == nil && err2 == nil && os.SameFile(held, now) {
+			return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+		}
 		f.Close()
-		return nil, fmt.Errorf("blackhole: lock: %w", err)
 	}
-	return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
 }
 
 func readClaim(path string) (claimRec, error) {

@@ -1,7 +1,9 @@
 package blackhole
 
 import (
+	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -54,3 +56,62 @@ func TestClaimRejectsBadInput(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestClaimRelease installs and removes real routes in the root namespace
+// (root only), on a subnet no lab uses, with a claim directory of its own:
+// a route stays while any live claim names it, a dead claimant's routes go
+// at the next Release, and the directory goes with the last claim.
+func TestClaimRelease(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: it changes the root namespace's routes")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs iproute2")
+	}
+	ctx := t.Context()
+	dir := filepath.Join(t.TempDir(), "claims")
+	const a, b = "10.254.77.0/24", "10.254.78.0/24"
+	routes := func() []string {
+		have, err := unreachableRoutes(context.Background())
+		require.NoError(t, err)
+		var out []string
+		for _, n := range []string{a, b} {
+			if have[n] {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	t.Cleanup(func() {
+		for _, n := range routes() {
+			_, _ = ipRoute(context.Background(), "del", "unreachable", n)
+		}
+	})
+	require.Empty(t, routes(), "leftover test routes")
+
+	require.NoError(t, claim(ctx, dir, "lab-one", []string{a, b}, os.Getpid()))
+	require.NoError(t, claim(ctx, dir, "lab-two", []string{a}, os.Getpid()))
+	assert.Equal(t, []string{a, b}, routes())
+	out, _ := exec.Command("ip", "route", "get", "10.254.77.9").CombinedOutput()
+	assert.Contains(t, string(out), "No route to host")
+
+	require.NoError(t, release(ctx, dir, "lab-one"))
+	assert.Equal(t, []string{a}, routes(), "lab-two still needs a")
+
+	// A claimant that died (here: a finished child) no longer holds a.
+	child := exec.Command("true")
+	require.NoError(t, child.Run())
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "lab-two"),
+		[]byte(strconv.Itoa(child.Process.Pid)+" 1\n"+a+"\n"), 0o644))
+	require.NoError(t, release(ctx, dir, "lab-nobody"))
+	assert.Empty(t, routes(), "a dead claim's route is collected")
+	_, err := os.Stat(dir)
+	assert.ErrorIs(t, err, os.ErrNotExist, "the claim directory goes with the last claim")
+
+	// A subnet the machine routes some other way is refused, not shadowed.
+	require.NoError(t, exec.Command("ip", "route", "add", "prohibit", b).Run())
+	t.Cleanup(func() { _ = exec.Command("ip", "route", "del", "prohibit", b).Run() })
+	err = claim(ctx, dir, "lab-three", []string{b}, os.Getpid())
+	assert.ErrorContains(t, err, b+" is already routed on this machine")
+	assert.Empty(t, routes())
+}

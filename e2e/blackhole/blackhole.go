@@ -7,10 +7,12 @@
 // Claim records an owner's subnets as a file in Dir (one per owner, holding
 // the owner's PID and start time and its subnets) and installs an
 // `unreachable` route for each in the root namespace's main table; Release
-// removes the owner's file and every route no live claim still needs. A
-// claim whose process is gone (a killed test, a keeper killed by SIGKILL)
-// no longer counts, so the next Claim or Release of anyone removes its
-// routes; Dir itself is removed when the last claim goes. `unreachable`
+// removes the owner's file and each of its routes no live claim still
+// needs. A claim whose process is gone (a killed test, a keeper killed by
+// SIGKILL) no longer counts, so the next Claim or Release of anyone removes
+// its routes; Dir itself is removed when the last claim goes. Only routes
+// a claim in Dir names, and that carry the protocol mark Proto, are ever
+// deleted: never one an administrator added. `unreachable`
 // rather than `blackhole`: the kernel answers both at once, but a
 // blackhole says "invalid argument" and an unreachable route says "no
 // route to host", which tells an operator what happened.
@@ -134,7 +136,7 @@ func claim(ctx context.Context, dir, owner string, nets []string, pid int) error
 	}
 	if err != nil {
 		_ = os.Remove(filepath.Join(dir, owner))
-		if rerr := collect(ctx, dir); rerr != nil {
+		if rerr := collect(ctx, dir, nil); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
 		if created {
@@ -157,21 +159,24 @@ func release(ctx context.Context, dir, owner string) error {
 		return err
 	}
 	defer unlock()
-	if err := os.Remove(filepath.Join(dir, owner)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	p := filepath.Join(dir, owner)
+	c, _ := readClaim(p)
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("blackhole: %s: release: %w", owner, err)
 	}
-	return collect(ctx, dir)
+	return collect(ctx, dir, c.nets)
 }
 
-// collect deletes the routes of dead or released claims that no live claim
-// shares, removes dead claims' files, and Dir when no claim is left. The
-// caller holds the lock.
-func collect(ctx context.Context, dir string) error {
+// collect deletes the routes of the released subnets and of dead claims
+// that no live claim shares, removes dead claims' files, and Dir when no
+// claim is left. The caller holds the lock.
+func collect(ctx context.Context, dir string, released []string) error {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("blackhole: %w", err)
 	}
-	var live, dead [][]string
+	var live [][]string
+	gone := slices.Clone(released)
 	for _, e := range ents {
 		if !ownerRE.MatchString(e.Name()) {
 			continue
@@ -182,7 +187,7 @@ func collect(ctx context.Context, dir string) error {
 			live = append(live, c.nets)
 			continue
 		}
-		dead = append(dead, c.nets)
+		gone = append(gone, c.nets...)
 		_ = os.Remove(p)
 	}
 	have, err := unreachableRoutes(ctx)
@@ -190,7 +195,7 @@ func collect(ctx context.Context, dir string) error {
 		return err
 	}
 	var errs []error
-	for _, n := range Orphans(have, live) {
+	for _, n := range Orphans(have, gone, live) {
 		if _, err := ipRoute(ctx, "del", "unreachable", n); err != nil {
 			errs = append(errs, fmt.Errorf("blackhole: %w", err))
 		}
@@ -204,10 +209,10 @@ func collect(ctx context.Context, dir string) error {
 	return errors.Join(errs...)
 }
 
-// Orphans is the routes to delete: every route in have (the unreachable
-// routes this package installed, recognised by their protocol Proto) that
-// no live claim names. Sorted.
-func Orphans(have map[string]bool, live [][]string) []string {
+// Orphans is the routes to delete: each subnet of gone (released or dead
+// claims) that is installed (in have: the unreachable routes marked Proto)
+// and that no live claim names. Sorted, without repeats.
+func Orphans(have map[string]bool, gone []string, live [][]string) []string {
 	keep := map[string]bool{}
 	for _, nets := range live {
 		for _, n := range nets {
@@ -215,13 +220,13 @@ func Orphans(have map[string]bool, live [][]string) []string {
 		}
 	}
 	var out []string
-	for n := range have {
-		if !keep[n] {
+	for _, n := range gone {
+		if have[n] && !keep[n] {
 			out = append(out, n)
 		}
 	}
 	slices.Sort(out)
-	return out
+	return slices.Compact(out)
 }
 
 // Proto marks the routes Claim installs (`ip route ... proto 77`, a number

@@ -13,22 +13,26 @@ import (
 )
 
 func TestOrphans(t *testing.T) {
+	const mgmt, bmc, bench, admin = "10.77.0.0/24", "10.78.0.0/24", "10.200.0.0/16", "10.9.0.0/16"
 	for _, tc := range []struct {
 		name string
 		have []string
+		gone []string
 		live [][]string
 		want []string
 	}{
-		{"nothing installed", nil, [][]string{{"10.77.0.0/24"}}, nil},
-		{"last claim gone", []string{"10.77.0.0/24", "10.78.0.0/24"}, nil, []string{"10.77.0.0/24", "10.78.0.0/24"}},
-		{"another lab keeps them", []string{"10.77.0.0/24", "10.78.0.0/24"}, [][]string{{"10.77.0.0/24", "10.78.0.0/24"}}, nil},
-		{"the bench's go, the lab's stay", []string{"10.77.0.0/24", "10.200.0.0/16"}, [][]string{{"10.77.0.0/24"}}, []string{"10.200.0.0/16"}},
+		{"nothing installed", nil, []string{mgmt}, nil, nil},
+		{"last claim gone", []string{mgmt, bmc}, []string{mgmt, bmc}, nil, []string{mgmt, bmc}},
+		{"another lab keeps them", []string{mgmt, bmc}, []string{mgmt, bmc}, [][]string{{mgmt, bmc}}, nil},
+		{"the bench's go, the lab's stay", []string{mgmt, bench}, []string{bench}, [][]string{{mgmt}}, []string{bench}},
+		{"a route no claim in this directory named stays", []string{mgmt, admin}, []string{mgmt}, nil, []string{mgmt}},
+		{"a dead claim and a release naming the same subnet", []string{mgmt}, []string{mgmt, mgmt}, nil, []string{mgmt}},
 	} {
 		have := map[string]bool{}
 		for _, n := range tc.have {
 			have[n] = true
 		}
-		assert.Equal(t, tc.want, Orphans(have, tc.live), tc.name)
+		assert.Equal(t, tc.want, Orphans(have, tc.gone, tc.live), tc.name)
 	}
 }
 

@@ -30,10 +30,10 @@ for d in $hide; do
 		if [ -L "$s/$n" ]; then
 			cp -P "$s/$n" "$p/$n"
 		elif [ -d "$s/$n" ]; then
-			mkdir "$p/$n" && mount --rbind "$s/$n" "$p/$n"
+			mkdir -p "$p/$n" && mount --rbind "$s/$n" "$p/$n"
 		else
-			: >"$p/$n" && mount --bind "$s/$n" "$p/$n"
-		fi
+			: >>"$p/$n" && mount --bind "$s/$n" "$p/$n"
+		fi || echo "$0: $p/$n stays empty: could not bind-mount it" >&2
 	done
 done
 umount -l "$stash"

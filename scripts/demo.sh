@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make demo: a 3-host lab of real libvirtd/QEMU hosts with real BMCs, and
 # chime-fence in enforce mode keeping its VMs running through a power loss.
-# Every chime-fence command runs in the lab's controller namespace, as it
-# would on a management network. Leaves nothing behind (trap cleanup).
+# Every chime-fence command runs in the lab's controller namespace (chime-lab
+# exec), as it would on a management network; from anywhere else the lab's
+# addresses are unreachable. Leaves nothing behind (trap cleanup).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +41,8 @@ cleanup() {
   "$BIN/chime-lab" down --dir "$DIR" || rc=1
   if [ -n "$INTERRUPTED" ]; then
     echo "demo interrupted" >&2
+  elif [ "$rc" -ne 0 ] && [ -z "$DAEMON_PID" ]; then
+    echo "demo FAILED (exit $rc) before the daemon started" >&2
   elif [ "$rc" -ne 0 ]; then
     echo "demo FAILED (exit $rc); the daemon log was $DIR/daemon.log:" >&2
     tail -n 20 "$DIR/daemon.log" 2>/dev/null | cut -c1-300 >&2 || true
@@ -60,8 +63,10 @@ t0=$(ms)
 "$BIN/chime-lab" up --dir "$DIR" --hosts 3 --vms 0 --redfish 1 --agent "$AGENT" \
   --vm web1@host1 --vm web2@host1 --vm web3@host1 --vm scratch@host1:local --vm app1@host2 --vm app2@host3
 note "(lab up in $(( $(ms) - t0 )) ms)"
-eval "$("$BIN/chime-lab" env --dir "$DIR")"
-ctl() { ip netns exec "$CTL_NETNS" "$@"; }
+eval "$("$BIN/chime-lab" vars --dir "$DIR")"
+# In the controller namespace, with CHIME_FENCE_CONFIG=$DIR/chime-fence.yaml
+# (where chime-lab config writes) and the API token file in the environment.
+ctl() { "$BIN/chime-lab" exec --dir "$DIR" -- "$@"; }
 cf() { ctl "$BIN/chime-fence" "$@"; }
 CFG="$DIR/chime-fence.yaml"
 ipmi() { # ipmitool against host1's BMC, over the lab's BMC network
@@ -69,7 +74,7 @@ ipmi() { # ipmitool against host1's BMC, over the lab's BMC network
 }
 
 step "2. a chime-fence configuration for the lab in ENFORCE mode (200 ms heartbeats, 600 ms window, a signed alert webhook), validated"
-"$BIN/chime-lab" config --dir "$DIR" --out "$CFG" --heartbeat 200ms --mode enforce >/dev/null
+"$BIN/chime-lab" config --dir "$DIR" --heartbeat 200ms --mode enforce >/dev/null
 HOOK="127.0.0.1:7490" # inside the controller namespace, beside the daemon
 (umask 077; od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$DIR/webhook-secret")
 cat >>"$CFG" <<EOF
@@ -89,14 +94,14 @@ step "3. the daemon starts in the controller namespace; agents heartbeat into it
 ctl "$BIN/chime-lab" webhook --listen "$HOOK" --secret-file "$DIR/webhook-secret" --out "$DIR/alerts" 2>>"$DIR/webhook.log" &
 HOOK_PID=$!
 # Inventory every 500 ms (default 60 s) so the demo need not wait for it.
-ctl env CHIME_FENCE_STORAGE_INVENTORY_INTERVAL=500ms "$BIN/chime-fence" daemon -c "$CFG" >"$DIR/daemon.log" 2>&1 &
+ctl env CHIME_FENCE_STORAGE_INVENTORY_INTERVAL=500ms "$BIN/chime-fence" daemon >"$DIR/daemon.log" 2>&1 &
 DAEMON_PID=$!
-until_ok 10 cf status -c "$CFG" || die "the daemon's API did not come up"
+until_ok 10 cf status || die "the daemon's API did not come up"
 mirror="$SHARED_DIR/chime-fence/domains/$HOST1_NAME"
 captured() { [ "$(find "$mirror" -name '*.xml' 2>/dev/null | wc -l)" -eq 4 ]; }
 until_ok 20 captured || die "host1's 4 domains were not captured into $mirror"
 sleep 1.5 # two load samples of every host, for the scheduler
-cf status -c "$CFG"
+cf status
 echo
 note "the inventory mirror on shared storage (an operator could virsh define these by hand):"
 for f in "$mirror"/*.xml; do
@@ -105,7 +110,7 @@ done
 
 step "4. dry runs: can each host be fenced, and which VMs could move? (changes nothing)"
 for h in "$HOST1_NAME" "$HOST3_NAME"; do
-  cf test-node "$h" -c "$CFG" || true
+  cf test-node "$h" || true
   echo
 done
 
@@ -118,7 +123,7 @@ ipmi chassis power off
 "$BIN/chime-lab" watch --dir "$DIR" --host "$HOST1_NAME" --names "${SHARED_VMS// /,}" --since "$T0" --timeout 60s \
   >"$DIR/vms.timeline" 2>"$DIR/watch.log" &
 WATCH_PID=$!
-evacuated() { cf history "$HOST1_NAME" -c "$CFG" --kind evacuation --since "$T0" -o json | grep -q '"kind"'; }
+evacuated() { cf history "$HOST1_NAME" --kind evacuation --since "$T0" -o json | grep -q '"kind"'; }
 until_ok 60 evacuated || die "no evacuation of $HOST1_NAME recorded within 60 s"
 wait "$WATCH_PID" || { cat "$DIR/watch.log" >&2; die "the lab did not see every shared-disk VM running elsewhere"; }
 WATCH_PID=""
@@ -140,7 +145,7 @@ alerts_since() {
   done <"$DIR/alerts"
 }
 {
-  cf history "$HOST1_NAME" -c "$CFG" --since "$T0" -o timeline
+  cf history "$HOST1_NAME" --since "$T0" -o timeline
   cat "$DIR/vms.timeline"
   # The plan (each VM → its new host) is the history's evacuation-plan record.
   alerts_since "$T0" "$HOST1_NAME"
@@ -176,13 +181,13 @@ T1=$(now)
 ipmi chassis power on
 # host FIELD VALUE: the daemon's status of host has FIELD = VALUE.
 host_is() {
-  cf status -c "$CFG" -o json | tr -d ' \n' | sed 's/{"name":/\n&/g' | grep "^{\"name\":\"$1\"" | grep -q "\"$2\":\"$3\""
+  cf status -o json | tr -d ' \n' | sed 's/{"name":/\n&/g' | grep "^{\"name\":\"$1\"" | grep -q "\"$2\":\"$3\""
 }
-evicted() { [ "$(cf history "$HOST1_NAME" -c "$CFG" --kind evicted --since "$T1" -o json | grep -c '"kind": "evicted"')" -ge 3 ]; }
+evicted() { [ "$(cf history "$HOST1_NAME" --kind evicted --since "$T1" -o json | grep -c '"kind": "evicted"')" -ge 3 ]; }
 until_ok 60 evicted || die "the returning host did not clean up its 3 stale copies"
 until_ok 30 host_is "$HOST1_NAME" monitor normal || die "$HOST1_NAME did not come back to normal"
 sleep 0.5 # alerts still in flight
-{ cf history "$HOST1_NAME" -c "$CFG" --since "$T1" -o timeline; alerts_since "$T1" "$HOST1_NAME"; } | sort -s -g -k1,1 >"$DIR/timeline.on"
+{ cf history "$HOST1_NAME" --since "$T1" -o timeline; alerts_since "$T1" "$HOST1_NAME"; } | sort -s -g -k1,1 >"$DIR/timeline.on"
 cut -c1-220 "$DIR/timeline.on"
 echo
 echo "measured from power on:"
@@ -190,7 +195,7 @@ printf '  %-44s %9ss\n' "first heartbeat of the new boot" "$(first "$DIR/timelin
   "stale copies destroyed and undefined" "$(awk '$3 == "evicted" { sub(/s$/, "", $1); t = $1 } END { print t }' "$DIR/timeline.on")" \
   "monitor normal again" "$(first "$DIR/timeline.on" monitor '→ normal')"
 echo
-cf status -c "$CFG"
+cf status
 host_is "$HOST1_NAME" admin drained || die "$HOST1_NAME is not drained"
 echo
 "$BIN/chime-lab" show --dir "$DIR" | tail -n +3 | tee "$DIR/after-on"
@@ -203,14 +208,14 @@ T2=$(now)
 "$BIN/chime-lab" kill-agent --dir "$DIR" --host "$HOST2_NAME"
 until_ok 10 host_is "$HOST2_NAME" verdict agent-down || die "$HOST2_NAME's verdict did not become agent-down"
 sleep 1
-cf status -c "$CFG"
+cf status
 echo
-fences=$(cf history "$HOST2_NAME" -c "$CFG" --kind fence -o json | grep -c '"kind": "fence"' || true)
+fences=$(cf history "$HOST2_NAME" --kind fence -o json | grep -c '"kind": "fence"' || true)
 [ "$fences" -eq 0 ] || die "$HOST2_NAME was fenced"
 echo "fence records for $HOST2_NAME: $fences; its VMs:"
 "$BIN/chime-lab" show --dir "$DIR" | grep "^$HOST2_NAME "
 echo
-cf history "$HOST2_NAME" -c "$CFG" --since "$T2" -o timeline | cut -c1-220
+cf history "$HOST2_NAME" --since "$T2" -o timeline | cut -c1-220
 alerts_since "$T2" "$HOST2_NAME" | cut -c1-220
 
 step "9. a wrong BMC password is named, never printed"

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages chime-fence's lab, tests and demo need, only
-# those missing. Runs as root (CI and the lab need root anyway).
+# those missing. Runs as root (CI and the lab need root anyway). Not
+# libvirt-daemon-system: the lab runs its own libvirtd per host and makes
+# the mount points it needs itself (e2e/lab/doc.go), and that package would
+# start a system libvirtd and its networks on the machine.
 set -euo pipefail
 
 packages=(

@@ -83,7 +83,7 @@ func newConfigShowCmd() *cobra.Command {
 			return render(cmd.OutOrStdout(), output, view)
 		},
 	}
-	c.Flags().StringVarP(&file, "config", "c", "/etc/chime-fence/chime-fence.yaml", "configuration file")
+	c.Flags().StringVarP(&file, "config", "c", defaultConfig(), "configuration file")
 	c.Flags().StringVar(&host, "host", "", "show this host's effective policy")
 	c.Flags().StringVarP(&output, "output", "o", "yaml", "yaml or json")
 	return c

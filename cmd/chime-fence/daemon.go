@@ -73,7 +73,7 @@ SIGTERM or SIGINT stops it cleanly.`,
 			return runDaemon(ctx, file, hup, log)
 		},
 	}
-	c.Flags().StringVarP(&file, "config", "c", "/etc/chime-fence/chime-fence.yaml", "configuration file")
+	c.Flags().StringVarP(&file, "config", "c", defaultConfig(), "configuration file")
 	c.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	c.SetContext(context.Background())
 	return c

@@ -70,7 +70,7 @@ type apiFlags struct {
 }
 
 func (f *apiFlags) register(c *cobra.Command) {
-	c.Flags().StringVarP(&f.config, "config", "c", "/etc/chime-fence/chime-fence.yaml", "configuration file (daemon address and API token file)")
+	c.Flags().StringVarP(&f.config, "config", "c", defaultConfig(), "configuration file (daemon address and API token file)")
 	c.Flags().StringVarP(&f.output, "output", "o", "table", "table or json")
 	c.Flags().DurationVar(&f.timeout, "timeout", 10*time.Second, "deadline of each API call")
 }

@@ -55,6 +55,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return exitUsage
 }
 
+// envConfig names the configuration file when -c is not given, so
+// `chime-lab exec -- chime-fence status` runs with the lab's.
+const envConfig = "CHIME_FENCE_CONFIG"
+
+// defaultConfig is every -c flag's default: $CHIME_FENCE_CONFIG, else the
+// packaged path.
+func defaultConfig() string {
+	if f := os.Getenv(envConfig); f != "" {
+		return f
+	}
+	return "/etc/chime-fence/chime-fence.yaml"
+}
+
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "chime-fence",

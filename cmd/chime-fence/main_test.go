@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -53,6 +54,32 @@ func TestConfigValidate(t *testing.T) {
 	assert.Equal(t, exitUsage, code)
 	assert.Empty(t, out)
 	assert.Contains(t, errOut, `alerts.webhooks[0].events[2]: pattern "storm_guard.*" matches no event type (they are host.unreachable`)
+}
+
+// TestConfigFlagDefaultsToEnv: without -c, every command reads
+// $CHIME_FENCE_CONFIG (chime-lab exec sets it), else the packaged path; an
+// explicit -c wins.
+func TestConfigFlagDefaultsToEnv(t *testing.T) {
+	t.Setenv(envConfig, "")
+	code, _, errOut := runCLI("config", "show", "--host", "r2-node2")
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, "/etc/chime-fence/chime-fence.yaml")
+
+	t.Setenv(envConfig, example)
+	code, out, errOut := runCLI("config", "show", "--host", "r2-node2")
+	require.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, out, "r2-node2")
+	for _, args := range [][]string{{"status"}, {"daemon"}, {"test-node", "x"}, {"history", "x"}, {"host", "enable", "x"}} {
+		cmd, _, err := newRoot(io.Discard, io.Discard).Find(args)
+		require.NoError(t, err, "%v", args)
+		f := cmd.Flags().Lookup("config")
+		require.NotNil(t, f, "%v has -c", args)
+		assert.Equal(t, example, f.DefValue, "%v", args)
+	}
+
+	code, _, errOut = runCLI("config", "show", "-c", "/nonexistent/x.yaml")
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, "/nonexistent/x.yaml", "-c wins over the environment")
 }
 
 func TestConfigShowHostYAML(t *testing.T) {

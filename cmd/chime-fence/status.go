@@ -82,7 +82,7 @@ func newStatusCmd() *cobra.Command {
 			return nil
 		},
 	}
-	c.Flags().StringVarP(&file, "config", "c", "/etc/chime-fence/chime-fence.yaml", "configuration file (daemon address and API token)")
+	c.Flags().StringVarP(&file, "config", "c", defaultConfig(), "configuration file (daemon address and API token)")
 	c.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	c.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "deadline of the API call")
 	c.SetContext(context.Background())
@@ -183,7 +183,7 @@ func newHistoryCmd() *cobra.Command {
 			return nil
 		},
 	}
-	c.Flags().StringVarP(&file, "config", "c", "/etc/chime-fence/chime-fence.yaml", "configuration file (daemon address and API token)")
+	c.Flags().StringVarP(&file, "config", "c", defaultConfig(), "configuration file (daemon address and API token)")
 	c.Flags().StringVarP(&output, "output", "o", "text", "text, json (includes the evidence) or timeline (offsets from --since, "+
 		"with the last heartbeat and BMC readings the evidence names)")
 	c.Flags().StringVar(&sinceFlag, "since", "", "only records at or after this RFC 3339 time, or this long ago (10m)")

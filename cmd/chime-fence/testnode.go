@@ -64,7 +64,7 @@ Exit status: 0 when at least one fence level is usable and read power back,
 			return nil
 		},
 	}
-	c.Flags().StringVarP(&file, "config", "c", "/etc/chime-fence/chime-fence.yaml", "configuration file")
+	c.Flags().StringVarP(&file, "config", "c", defaultConfig(), "configuration file")
 	c.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	c.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "deadline of each check")
 	c.SetContext(context.Background())

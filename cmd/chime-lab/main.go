@@ -3,6 +3,8 @@
 //
 //	chime-lab up    --dir D [--name chlab] [--hosts 3] [--vms 3] [--vm NAME@HOST[:local]]... [--redfish N] [--both N] [--agent CMD]
 //	chime-lab show  --dir D
+//	chime-lab exec  [--lab NAME] -- CMD [ARG...]
+//	chime-lab env   [--lab NAME]
 //	chime-lab down  --dir D
 //	chime-lab sweep [--name chlab]
 //	chime-lab kill-agent --dir D --host H
@@ -12,8 +14,20 @@
 // up starts a keeper process (chime-lab serve, detached) that owns the lab
 // — its processes die with it — creates the VMs, and returns once the lab
 // is up, printing hosts, BMC power and VMs per host. The keeper's PID is in
-// D/keeper.pid, its log in D/keeper.log, the lab itself in D/lab. down
-// stops the keeper (which closes the lab) and sweeps whatever is left.
+// D/keeper.pid, its log in D/keeper.log, the lab itself in D/lab; it
+// closes every file descriptor it inherits (a lab started under flock(1)
+// must not hold the lock for its whole life). When the lab fails to start,
+// up prints why in plain text (host, step, the end of its boot log) and
+// exits 1. down stops the keeper (which closes the lab) and sweeps
+// whatever is left.
+//
+// exec runs a command in the lab's controller namespace, the only place
+// lab addresses are reachable from (the root namespace has unreachable
+// routes for them while a lab is up), with CHIME_FENCE_CONFIG (D's
+// chime-fence.yaml, where config writes by default) and
+// CHIME_FENCE_API_TOKEN_FILE in its environment; env prints the same as a
+// prefix, for $(chime-lab env) chime-fence status. Both find the lab by
+// --dir, by --lab NAME, or as the only lab up.
 // Exit codes: 0 success, 1 runtime failure, 2 usage error.
 package main
 
@@ -45,8 +59,12 @@ func main() {
 const usage = `usage:
   chime-lab up    --dir D [--name chlab] [--hosts 3] [--vms 3] [--vm NAME@HOST[:local]]... [--redfish N] [--both N]
   chime-lab show  --dir D
-  chime-lab env   --dir D          (shell variables describing the lab)
-  chime-lab config --dir D --out FILE [--mode observe|enforce]
+  chime-lab exec  [--lab NAME | --dir D] -- CMD [ARG...]
+                   (run CMD in the lab's controller namespace with CHIME_FENCE_CONFIG
+                    and the token files in its environment)
+  chime-lab env   [--lab NAME | --dir D]   (print that as a command prefix: $(chime-lab env) CMD)
+  chime-lab vars  --dir D          (shell variables describing the lab)
+  chime-lab config --dir D [--out D/chime-fence.yaml] [--mode observe|enforce]
   chime-lab down  --dir D
   chime-lab sweep [--name chlab]
   chime-lab kill-agent --dir D --host H   (SIGKILL H's agent, by PID; the host stays up)
@@ -67,6 +85,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	dir := fs.String("dir", "", "directory for the lab, its keeper's PID and log (absolute or relative)")
 	name := fs.String("name", lab.DefaultName, "lab name: prefix of its namespaces")
+	labName := fs.String("lab", "", "exec, env: the lab's name (default: the only lab up)")
 	hosts := fs.Int("hosts", 3, "number of hosts")
 	vms := fs.Int("vms", 3, "VMs to create, round-robin over the hosts, disks on shared storage")
 	redfish := fs.Int("redfish", 0, "give the last N hosts a Redfish BMC instead of IPMI")
@@ -75,7 +94,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"{host}, {addr}, {ctl} and {token} are replaced by the host's name, its address, the controller's address "+
 		"and the agent token file (written before the lab starts)")
 	heartbeat := fs.Duration("heartbeat", 0, "config: detection heartbeat interval (also the probe timeout); 0 keeps the defaults")
-	out := fs.String("out", "", "config: where to write the chime-fence configuration; webhook: the file deliveries are appended to")
+	out := fs.String("out", "", "config: where to write the chime-fence configuration (default D/chime-fence.yaml, which exec and env use); webhook: the file deliveries are appended to")
 	mode := fs.String("mode", "observe", "config: observe or enforce")
 	hostName := fs.String("host", "", "kill-agent, watch: the host (host1)")
 	sinceFlag := fs.String("since", "", "watch: offsets are from this RFC 3339 time (default: when watch starts)")
@@ -89,7 +108,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
-	if fs.NArg() > 0 {
+	if fs.NArg() > 0 && args[0] != "exec" {
 		fmt.Fprintf(stderr, "chime-lab: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
@@ -173,7 +192,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return show(d, stdout, stderr)
-	case "env":
+	case "exec", "env":
+		d := ""
+		if *dir != "" {
+			var ok bool
+			if d, ok = needDir(); !ok {
+				return 2
+			}
+		}
+		if args[0] == "exec" {
+			return execInLab(d, *labName, fs.Args(), stderr)
+		}
+		return printPrefix(d, *labName, stdout, stderr)
+	case "vars":
 		d, ok := needDir()
 		if !ok {
 			return 2
@@ -185,8 +216,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		if *out == "" {
-			fmt.Fprintln(stderr, "chime-lab: --out is required")
-			return 2
+			*out = configFile(d)
 		}
 		return writeConfig(d, *out, *mode, *heartbeat, stdout, stderr)
 	case "kill-agent":
@@ -304,6 +334,8 @@ func up(dir string, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer logf.Close()
+	_ = os.Remove(startErrorFile(dir))
+	noInheritance()
 	cmd := exec.Command(self, append([]string{"serve"}, args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -320,6 +352,11 @@ func up(dir string, args []string, stdout, stderr io.Writer) int {
 		}
 		select {
 		case err := <-exited:
+			if b, rerr := os.ReadFile(startErrorFile(dir)); rerr == nil {
+				fmt.Fprintf(stderr, "chime-lab: the lab did not start after %v:\n%s\n(keeper log %s)\n",
+					time.Since(t0).Round(10*time.Millisecond), strings.TrimSpace(string(b)), logPath)
+				return 1
+			}
 			fmt.Fprintf(stderr, "chime-lab: keeper exited (%v); log %s:\n%s\n", err, logPath, logTail(logPath))
 			return 1
 		case <-time.After(100 * time.Millisecond):
@@ -334,8 +371,12 @@ func up(dir string, args []string, stdout, stderr io.Writer) int {
 	return show(dir, stdout, stderr)
 }
 
+// startErrorFile holds, in plain text, why the keeper's lab did not start.
+func startErrorFile(dir string) string { return filepath.Join(dir, "start-error") }
+
 // serve is the keeper: it owns the lab until SIGTERM or SIGINT.
 func serve(cfg lab.Config, vms []vmSpec, dir string, stderr io.Writer) int {
+	closeInherited()
 	cfg.Log = zerolog.New(stderr).With().Timestamp().Logger()
 	log := cfg.Log.With().Str("component", "chime-lab").Logger()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -350,6 +391,8 @@ func serve(cfg lab.Config, vms []vmSpec, dir string, stderr io.Writer) int {
 	cancel()
 	if err != nil {
 		log.Error().Err(err).Msg("lab start failed")
+		// up prints this as it is: host, step and boot log, in plain text.
+		_ = os.WriteFile(startErrorFile(dir), []byte(err.Error()+"\n"), 0o644)
 		return 1
 	}
 	defer func() {
@@ -513,7 +556,7 @@ func keeperPID(dir string) int {
 
 func report(left []string, stdout, stderr io.Writer) int {
 	if len(left) == 0 {
-		fmt.Fprintln(stdout, "clean: no lab processes, namespaces, mounts or nftables tables left")
+		fmt.Fprintln(stdout, "clean: no lab processes, namespaces, mounts, nftables tables or root namespace routes left")
 		return 0
 	}
 	fmt.Fprintln(stderr, "chime-lab: left behind:")

@@ -25,6 +25,9 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{[]string{"up", "--dir", "/tmp/x", "--both", "-1"}, "--both -1 out of range"},
 		{[]string{"up", "--dir", "/tmp/x", "extra"}, `unexpected arguments ["extra"]`},
 		{[]string{"up", "--bogus"}, "flag provided but not defined: -bogus"},
+		{[]string{"exec"}, "exec: no command"},
+		{[]string{"exec", "--lab", "x", "--"}, "exec: no command"},
+		{[]string{"env", "extra"}, `unexpected arguments ["extra"]`},
 	} {
 		var out, errb bytes.Buffer
 		code := run(tc.args, &out, &errb)
@@ -55,4 +58,18 @@ func writePID(t *testing.T, dir, s string) {
 	if err := os.WriteFile(filepath.Join(dir, "keeper.pid"), []byte(s+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestExecAndEnvNameAMissingLab(t *testing.T) {
+	for _, args := range [][]string{
+		{"exec", "--lab", "nosuchlab", "--", "true"},
+		{"env", "--lab", "nosuchlab"},
+	} {
+		var out, errb bytes.Buffer
+		assert.Equal(t, 1, run(args, &out, &errb), "%v", args)
+		assert.Contains(t, errb.String(), `no lab "nosuchlab" is up`, "%v", args)
+	}
+	var out, errb bytes.Buffer
+	assert.Equal(t, 1, run([]string{"env", "--dir", t.TempDir()}, &out, &errb))
+	assert.Contains(t, errb.String(), "is the lab up?")
 }

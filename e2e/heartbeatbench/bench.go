@@ -20,6 +20,7 @@ import (
 
 	"github.com/chimestack/chime-fence/api"
 	"github.com/chimestack/chime-fence/configs"
+	"github.com/chimestack/chime-fence/e2e/blackhole"
 	"github.com/chimestack/chime-fence/e2e/nsenter"
 	"github.com/chimestack/chime-fence/store"
 )
@@ -151,6 +152,21 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	}
 	window := cfg.Detection.Window()
 
+	// The hosts' subnet is unreachable from the root namespace while the
+	// bench runs, so nothing aimed at a simulated host ever leaves the
+	// machine, even from a command run outside the bench's namespace.
+	owner := fmt.Sprintf("hbbench-%d", os.Getpid())
+	if err := blackhole.Claim(ctx, owner, []string{Subnet}); err != nil {
+		return nil, err
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := blackhole.Release(rctx, owner); err != nil {
+			say("%v", err)
+		}
+	}()
+
 	ns := fmt.Sprintf("chime-hbbench-%d", os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("ip netns add %s: %v: %s", ns, err, out)
@@ -173,7 +189,7 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 			say("%v", serr)
 		}
 	}()
-	say("netns %s: daemon pid %d, %d hosts, window %v; log %s", ns, d.pid, o.Hosts, window, d.logPath)
+	say("netns %s: daemon pid %d, %d hosts, window %v; log %s; %s unreachable from the root namespace", ns, d.pid, o.Hosts, window, d.logPath, Subnet)
 
 	dial := nsDialer(ns)
 	hc := &historyClient{base: "http://" + listen, token: files.APIToken,

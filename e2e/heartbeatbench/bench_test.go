@@ -13,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/chimestack/chime-fence/e2e/blackhole"
 )
 
 // TestRun runs the whole bench, small, against the real daemon: its own
@@ -72,8 +74,11 @@ func TestRun(t *testing.T) {
 	t.Run("cancel cleans up", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		var progress syncWriter
+		var during string
 		progress.onLine = func(l string) {
 			if strings.Contains(l, "load started") {
+				out, _ := exec.Command("ip", "route", "get", HostAddr(1)).CombinedOutput()
+				during = string(out)
 				time.AfterFunc(time.Second, cancel)
 			}
 		}
@@ -88,6 +93,12 @@ func TestRun(t *testing.T) {
 		}
 		require.Positive(t, pid, "progress names the daemon pid: %s", out)
 		assertGone(t, pid)
+		assert.Contains(t, during, "No route to host", "ip route get %s in the root namespace while the bench runs", HostAddr(1))
+		if len(blackhole.Live()) == 0 {
+			rs, err := blackhole.Routes(context.Background(), []string{Subnet})
+			require.NoError(t, err)
+			assert.Empty(t, rs, "the bench's route outlived it")
+		}
 	})
 	// Both runs removed their namespaces.
 	nets, err := exec.Command("ip", "netns", "list").Output()

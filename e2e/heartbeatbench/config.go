@@ -10,6 +10,9 @@ import (
 	"time"
 )
 
+// Subnet holds every simulated host's address.
+const Subnet = "10.200.0.0/16"
+
 // MaxHosts is how many distinct addresses 10.200.0.0/16 offers.
 const MaxHosts = 65534
 

@@ -9,7 +9,11 @@
 //     readiness checks, detection heartbeat_interval 1 s × 3 missed,
 //     probe_timeout 200 ms, mode observe, state in a temp directory and
 //     both token files 0600; checks it with configs.Load;
-//  2. creates a network namespace with only lo up and starts the daemon in
+//  2. makes 10.200.0.0/16 (Subnet) unreachable from the root namespace
+//     for the bench's lifetime (package e2e/blackhole: an `unreachable`
+//     route, removed at the end unless a lab or another bench still
+//     claims it), creates a network namespace with only lo up and starts
+//     the daemon in
 //     it (`ip netns exec`, which execs in place, so the PID is the
 //     daemon's). Nothing the bench or the daemon sends leaves that
 //     namespace: host addresses have no route there, so the daemon's

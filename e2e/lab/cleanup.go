@@ -122,8 +122,11 @@ func initPID(h Host) int {
 // Sweep removes what a lab called name left behind, e.g. after its owner
 // was killed: every process marked CHIME_LAB=name or living in one of the
 // lab's network namespaces ("name-*"), then those namespaces (nftables
-// tables inside them go with them). It does not touch the lab directory.
-// Sweeping a name with nothing left is a no-op.
+// tables inside them go with them), then, if all that went well, the
+// lab's index entry and its claim on the root namespace's unreachable
+// routes (the routes go unless another lab or bench claims them). It does
+// not touch the lab directory. Sweeping a name with nothing left is a
+// no-op.
 func Sweep(name string) error {
 	if !nameRE.MatchString(name) {
 		return fmt.Errorf("lab: sweep: invalid lab name %q", name)
@@ -156,6 +159,12 @@ func Sweep(name string) error {
 	for _, m := range labMounts(prefix, "") {
 		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
 			errs = append(errs, fmt.Errorf("lab: sweep %s: unmount %s: %w", name, m, err))
+		}
+	}
+	if len(errs) == 0 {
+		// The routes outlive a sweep that left namespaces behind.
+		if err := unisolate(name); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
@@ -207,9 +216,10 @@ func labMounts(prefix, dir string) []string {
 }
 
 // Leftovers describes anything of lab name (directory dir, may be "") that
-// still exists: processes, network namespaces, mounts, and nftables tables
+// still exists: processes, network namespaces, mounts, nftables tables
 // named like the lab's in the root namespace (the lab never creates any
-// there). Empty means clean.
+// there), its index entry and route claim, and lab-subnet routes once no
+// lab or bench claims any. Empty means clean.
 func Leftovers(name, dir string) []string {
 	var out []string
 	for _, p := range labProcs(name) {
@@ -221,6 +231,7 @@ func Leftovers(name, dir string) []string {
 	for _, m := range labMounts(name+"-", dir) {
 		out = append(out, "mount "+m)
 	}
+	out = append(out, isolationLeftovers(name)...)
 	if b, err := exec.Command("nft", "list", "tables").Output(); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
 			if strings.Contains(line, "chimelab") {

@@ -65,6 +65,10 @@ type Config struct {
 	RedfishArgs []string
 	// Log receives progress events (component=lab). Zero value: silent.
 	Log zerolog.Logger
+
+	// initPrelude, for tests, gives shell lines a host's init runs first
+	// (a deliberately broken boot).
+	initPrelude func(Host) string
 }
 
 var nameRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,9}$`)

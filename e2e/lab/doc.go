@@ -16,8 +16,20 @@
 //	        A BMCBoth host has its IPMI BMC there and its Redfish BMC on a
 //	        second address of the same eth0, 10.78.0.(110+I).
 //
-// The root namespace gets no lab address and no lab route; all lab traffic
-// stays inside these namespaces (run clients with Controller.Command).
+// The root namespace gets no lab address. While a lab is up, it gets an
+// `unreachable` route for each lab subnet (Subnets: 10.77.0.0/24 and
+// 10.78.0.0/24; there is no storage network) through package
+// e2e/blackhole: Start installs them before any lab address exists, and
+// Sweep (so Close) removes them unless another live lab or the heartbeat
+// bench still claims them (one claim file per owner under
+// /run/chime-blackhole; a claim whose process died no longer counts). A
+// client run in the root namespace by mistake, say chime-fence status with
+// the lab's config, fails at once with "no route to host" instead of
+// leaving the machine by its default route. All lab traffic stays inside
+// these namespaces: run clients with Controller.Command (chime-lab exec).
+// Start also indexes the lab as a symlink IndexDir/Name → Dir (Lookup,
+// Running; chime-lab exec --lab NAME); Sweep removes it, and IndexDir when
+// it is empty.
 //
 // A host is a power supply loop (Host.Dir/supervisor.sh, in the host's
 // netns) that boots the host while the power flag Host.Dir/power_on exists:
@@ -31,7 +43,20 @@
 // optional agent (Config.AgentCommand), and reaps children forever. The
 // per-host directories persist across power cycles (defined domains stay
 // defined) except Host.Dir/run, which is emptied at each boot like a real
-// /run. Local storage is /var/lib/libvirt/images inside the host; shared
+// /run.
+//
+// The lab needs no directory of the machine's own beyond the ordinary
+// Debian tree: /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt
+// exist only where libvirt-daemon-system is installed, which the lab does
+// not require. When one of those mount points (or /etc/libvirt) is
+// missing, Host.Dir/mountpoints.sh, run by host-init.sh, covers its parent
+// inside the host's mount namespace with a tmpfs holding the parent's
+// other entries (bind-mounted from the original; symlinks copied) and an
+// empty directory for it. Nothing is created on the machine's filesystems,
+// so there is nothing to remove at Close; it all vanishes with the host's
+// mount namespace at power-off. scripts/fresh-machine.sh hides those
+// directories (and /run/libvirt) from a command, and the demo's test runs
+// through it. Local storage is /var/lib/libvirt/images inside the host; shared
 // storage is SharedDir(), the same path in every host.
 //
 // Each power-on writes a new boot id to Host.Dir/boot_id and bind-mounts it
@@ -69,15 +94,23 @@
 //
 // Start needs root and RequiredTools; it sweeps leftovers of the same Name
 // first (so Name must be unique among labs running at once: tests pick
-// their own, e.g. "chlabt"), and returns only when every host's libvirtd answers over TCP from
-// the controller and on its socket. Every process the lab starts carries
+// their own, e.g. "chlabt"), and returns only when every host's libvirtd
+// answers over TCP from the controller and on its socket. A host that
+// cannot get there fails Start at once, not at ctx's deadline: its init
+// exited (the power supply logs "down rc=N"; at Start nothing powers a
+// host off), or its init has run for 3 s without a libvirtd. The error is
+// a *HostError naming the host, the step ("boot", "libvirtd", "QEMU
+// capabilities") and quoting the last lines of its boot log
+// (Host.Dir/console.log, and libvirtd's output from the libvirtd step
+// on), in plain text; the first failing host ends the wait for the others. Every process the lab starts carries
 // CHIME_LAB=Name in its environment or lives in a lab namespace, and dies
 // with the process that called Start (parent-death signals down to the
 // host's PID namespace): the caller must stay alive while it uses the lab
 // and must Close it (t.Cleanup). Close kills everything by PID, deletes the
 // namespaces and keeps Dir (logs). Sweep(Name) removes what a killed owner
 // left (namespaces, stray processes, mounts); Leftovers reports what still
-// exists, for tests asserting nothing is left. Attach(Dir) opens a lab
+// exists (the root namespace routes and the index entry included), for
+// tests asserting nothing is left. Attach(Dir) opens a lab
 // another process owns (chime-lab show/down).
 //
 // BMC passwords live in Host.BMC.PasswordFile (0600) and in ipmi_sim's

@@ -274,6 +274,11 @@ func (l *Lab) start(ctx context.Context) error {
 		h.BMC = h.BMCs[0]
 		l.hosts = append(l.hosts, h)
 	}
+	// Before any lab address exists, so none is ever reachable from the
+	// root namespace.
+	if err := l.isolate(ctx); err != nil {
+		return err
+	}
 	if err := l.buildNetwork(ctx); err != nil {
 		return err
 	}
@@ -293,13 +298,21 @@ func (l *Lab) start(ctx context.Context) error {
 			return err
 		}
 	}
+	// The first host that fails ends the wait for the others: its error is
+	// the answer, theirs would only say they were cancelled.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	errc := make(chan error, len(l.hosts))
 	for _, h := range l.hosts {
-		go func() { errc <- l.warm(ctx, h.Host) }()
+		go func() { errc <- l.warm(wctx, h.Host) }()
 	}
 	var errs []error
 	for range l.hosts {
-		errs = append(errs, <-errc)
+		err := <-errc
+		if err != nil && (len(errs) == 0 || !errors.Is(err, context.Canceled)) {
+			errs = append(errs, err)
+			cancel()
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -415,7 +428,7 @@ func plug(sw, br, port, ns, dev, ip string) [][]string {
 // writeHost lays out a host's directories, libvirt configuration and
 // scripts.
 func (l *Lab) writeHost(h *host) error {
-	for _, d := range []string{"etc", "run", "lib/images", "cache", "log"} {
+	for _, d := range []string{"etc", "run", "lib/images", "cache", "log", "stash"} {
 		if err := os.MkdirAll(filepath.Join(h.Dir, d), 0o755); err != nil {
 			return fmt.Errorf("lab: %s: %w", h.Name, err)
 		}
@@ -457,8 +470,12 @@ func (l *Lab) writeHost(h *host) error {
 		"Passwd": filepath.Join(l.cfg.Dir, "etc", "passwd"), "Group": filepath.Join(l.cfg.Dir, "etc", "group"),
 		"Agent": agent, "HostAddr": h.MgmtAddr, "CtlAddr": l.ctl.MgmtAddr,
 	}
+	if l.cfg.initPrelude != nil {
+		data["Prelude"] = l.cfg.initPrelude(h.Host)
+	}
 	for tmpl, out := range map[string]string{
 		"supervisor.sh": "supervisor.sh", "host-init.sh": "host-init.sh", "chassis-control.sh": "chassis-control",
+		"mountpoints.sh": "mountpoints.sh",
 	} {
 		var b strings.Builder
 		if err := scripts.ExecuteTemplate(&b, tmpl, data); err != nil {
@@ -527,7 +544,7 @@ func (l *Lab) startSupervisor(h *host) error {
 // WaitReady waits until h's libvirtd answers over TCP from the controller
 // namespace and on its unix socket, or ctx ends.
 func (l *Lab) WaitReady(ctx context.Context, h Host) error {
-	return l.waitLibvirt(ctx, h, true)
+	return l.waitLibvirt(ctx, h, true, false)
 }
 
 // warm waits until h is ready, then has its libvirtd probe QEMU's
@@ -535,14 +552,19 @@ func (l *Lab) WaitReady(ctx context.Context, h Host) error {
 // second), which a cluster's hosts did long ago and a lab's would
 // otherwise do in the middle of the first evacuation onto them. The cache
 // lives in the host's directory, so a power cycle keeps it.
+// Unlike WaitReady it fails as soon as the host's boot has: its init
+// exited or libvirtd died (HostError, quoting the boot log).
 func (l *Lab) warm(ctx context.Context, h Host) error {
-	if err := l.WaitReady(ctx, h); err != nil {
+	if err := l.waitLibvirt(ctx, h, true, true); err != nil {
 		return err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	if _, err := l.Virsh(cctx, h, "domcapabilities"); err != nil {
-		return fmt.Errorf("lab: %s: probe QEMU capabilities: %w", h.Name, err)
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return fmt.Errorf("lab: %s: %w", h.Name, ctx.Err())
+		}
+		return hostError(h, "QEMU capabilities", fmt.Errorf("virsh domcapabilities: %w", err))
 	}
 	return nil
 }
@@ -550,21 +572,26 @@ func (l *Lab) warm(ctx context.Context, h Host) error {
 // WaitBooted waits until h's libvirtd answers on its unix socket, or ctx
 // ends; unlike WaitReady it does not need h's network.
 func (l *Lab) WaitBooted(ctx context.Context, h Host) error {
-	return l.waitLibvirt(ctx, h, false)
+	return l.waitLibvirt(ctx, h, false, false)
 }
 
-func (l *Lab) waitLibvirt(ctx context.Context, h Host, tcp bool) error {
+// waitLibvirt polls h's libvirtd; with booting (Start) a failed boot ends
+// the wait at once instead of at ctx's deadline.
+func (l *Lab) waitLibvirt(ctx context.Context, h Host, tcp, booting bool) error {
 	var last error
 	for {
 		last = l.probeLibvirt(ctx, h, tcp)
 		if last == nil {
 			return nil
 		}
+		if booting {
+			if err := bootFailure(h); err != nil {
+				return err
+			}
+		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("lab: %s: libvirtd not ready: %w (last: %v); console: %s; libvirtd: %s",
-				h.Name, ctx.Err(), last, tailFile(filepath.Join(h.Dir, "console.log"), 600),
-				tailFile(filepath.Join(h.Dir, "log", "libvirtd.out"), 600))
+			return hostError(h, "libvirtd", fmt.Errorf("not answering: %w (last: %v)", ctx.Err(), last))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

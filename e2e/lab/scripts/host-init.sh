@@ -3,6 +3,9 @@
 # Runs in a fresh PID, UTS and mount namespace inside the host's netns.
 set -e
 H={{q .HostDir}}
+{{- if .Prelude}}
+{{.Prelude}}
+{{- end}}
 # /proc is still the root namespace's here, so this is our PID as the
 # chassis_control program sees it.
 read -r pid _ < /proc/self/stat
@@ -12,6 +15,8 @@ mount -t proc proc /proc
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/libvirt /run/lock
 mount --bind "$H/run" /run/libvirt
+# Mount points a machine without libvirt-daemon-system lacks.
+sh "$H/mountpoints.sh" /etc/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt
 mount --bind "$H/etc" /etc/libvirt
 mount --bind "$H/lib" /var/lib/libvirt
 mount --bind "$H/cache" /var/cache/libvirt

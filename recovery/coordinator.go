@@ -472,10 +472,11 @@ func (c *Coordinator) evacuate(ctx context.Context, rec store.FenceRecord, progr
 		log.Error().Msg("refusing to evacuate without a proven fence") // unreachable by construction
 		return EvacuationReport{}, errors.New("refusing to evacuate without a proven fence")
 	}
+	// No wait for the rest of the cluster to be judged: the plan samples
+	// its candidates' libvirt itself (a host not judged yet is a target
+	// only if it answers), a resumed task asks its targets directly, and
+	// the split-brain guard skips the fenced host, whose proof is rec.
 	c.ensureDrained(rec, log)
-	if err := c.awaitSettled(ctx, rec.Host, log); err != nil {
-		return EvacuationReport{}, err
-	}
 	id := TaskID(rec)
 	rep, err := c.runEvacuation(ctx, EvacuationRequest{TaskID: id, Host: rec.Host, CorrelationID: rec.CorrelationID,
 		Fence: fenceProof(rec), Progress: progress}, log)
@@ -486,44 +487,6 @@ func (c *Coordinator) evacuate(ctx context.Context, rec store.FenceRecord, progr
 		}
 	}
 	return rep, err
-}
-
-// settleLimit bounds how long an evacuation waits for hosts the daemon
-// has not judged yet; after it, they are simply not candidates.
-const settleLimit = 2 * time.Minute
-
-// awaitSettled waits until no other host's monitor state is unknown. A
-// daemon that just (re)started knows nothing of its hosts for one window:
-// a plan made now would find no eligible host (and the split-brain guard
-// would wait on the dead host's libvirt); a task resumed from the journal
-// only has its VMs' steps to finish and waits too, for the guard's sake.
-func (c *Coordinator) awaitSettled(ctx context.Context, failed string, log zerolog.Logger) error {
-	deadline := c.deps.Now().Add(settleLimit)
-	logged := false
-	for {
-		var unknown []string
-		for _, h := range c.deps.Cluster.Status().Hosts {
-			if h.Name != failed && h.Monitor == node.Unknown {
-				unknown = append(unknown, h.Name)
-			}
-		}
-		if len(unknown) == 0 {
-			return nil
-		}
-		if !c.deps.Now().Before(deadline) {
-			log.Warn().Strs("unknown", unknown).Msg("hosts still not judged; evacuating without them")
-			return nil
-		}
-		if !logged {
-			log.Info().Strs("unknown", unknown).Msg("evacuation waits until the daemon has judged every host")
-			logged = true
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("evacuation of %s: %w", failed, ctx.Err())
-		case <-time.After(c.cfg.Retry):
-		}
-	}
 }
 
 // ensureDrained drains a proven host whose drain was lost (the daemon

@@ -26,8 +26,11 @@
 //     back except what the fencer's levels retry themselves.
 //   - An automatic fence stops between levels when the host heartbeats
 //     again after it began, or the storm guard pauses (Plan.StillNeeded).
-//   - An evacuation waits (at most 2 minutes) until the daemon has judged
-//     every other host: a restarted daemon knows nobody for one window.
+//   - An evacuation starts (or resumes) at once, also right after a
+//     restart: the plan samples its candidates' libvirt (a host the daemon
+//     has not judged yet is a target only if it answers now), a resumed
+//     VM asks its target directly, and the fenced host's proof in the
+//     journal is all the split-brain guard needs about it.
 //   - Deps.Lock, when set, is the operator operations' host lock: an
 //     incident for a host an operator's task holds waits for it.
 //   - FenceNow, ConfirmDown and Rebuild are the operator's entry points.

@@ -70,7 +70,7 @@ func BuildTask(in PlanInput) (evacuator.Task, evacuator.Placement) {
 type EvacuationDeps struct {
 	Homes      func(host string) []store.DomainHome
 	Saved      func(host string) ([]store.DomainRecord, error)
-	Candidates func(failed string) []evacuator.Candidate
+	Candidates func(ctx context.Context, failed string) []evacuator.Candidate
 	Storage    evacuator.StorageRules
 	Limits     evacuator.Limits
 	Tasks      interface {
@@ -106,7 +106,7 @@ func (e *Evacuation) Evacuate(ctx context.Context, req EvacuationRequest) (Evacu
 			byUUID[r.UUID] = r
 		}
 		var p evacuator.Placement
-		cands := e.D.Candidates(req.Host)
+		cands := e.D.Candidates(ctx, req.Host)
 		if req.Target != "" {
 			cands = slices.DeleteFunc(cands, func(c evacuator.Candidate) bool { return c.Name != req.Target })
 		}

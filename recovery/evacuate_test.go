@@ -107,7 +107,7 @@ func TestEvacuateRecordsThePlanHonoursTheTargetAndReplays(t *testing.T) {
 		Saved: func(string) ([]store.DomainRecord, error) {
 			return []store.DomainRecord{in.Saved[eu1], in.Saved[eu2]}, nil
 		},
-		Candidates: func(string) []evacuator.Candidate { return in.Candidates },
+		Candidates: func(context.Context, string) []evacuator.Candidate { return in.Candidates },
 		Storage:    in.Storage, Limits: in.Limits, Tasks: j,
 		Record: func(r store.Record) { recs = append(recs, r) },
 		// No VM is executed: the hypervisor refuses everything, which

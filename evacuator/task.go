@@ -235,7 +235,11 @@ type Journal interface {
 type StoreJournal struct{ S *store.Store }
 
 // SaveTask writes t as one durable transaction.
-func (j StoreJournal) SaveTask(t Task) error {
+func (j StoreJournal) SaveTask(t Task) error { return j.SaveTaskRecords(t) }
+
+// SaveTaskRecords writes t and appends recs to the history in the same
+// durable transaction: what the API shows of the task, the history has.
+func (j StoreJournal) SaveTaskRecords(t Task, recs ...store.Record) error {
 	body, err := json.Marshal(t)
 	if err != nil {
 		return fmt.Errorf("save evacuation task %q: encode: %w", t.ID, err)
@@ -244,7 +248,7 @@ func (j StoreJournal) SaveTask(t Task) error {
 	if updated.IsZero() {
 		updated = t.Created
 	}
-	err = j.S.PutTask(store.TaskRecord{ID: t.ID, Host: t.Host, Open: t.State.Open(), Updated: updated, Body: body})
+	err = j.S.PutTaskRecords(store.TaskRecord{ID: t.ID, Host: t.Host, Open: t.State.Open(), Updated: updated, Body: body}, recs...)
 	if err != nil {
 		return fmt.Errorf("save evacuation task %q: %w", t.ID, err)
 	}

@@ -62,6 +62,10 @@ type EvacuationRequest struct {
 	Target string
 	// Progress, if set, sees the task after each journal write.
 	Progress func(evacuator.Task)
+	// Waiting, if set, is called once per task when it first waits for a
+	// re-plan (some VMs could not be placed or started), after the
+	// history record of it is durable.
+	Waiting func(EvacuationReport)
 }
 
 // EvacuationReport sums a finished evacuation up for alerts and history.
@@ -73,8 +77,11 @@ type EvacuationReport struct {
 	Unplaced []VMOutcome `json:"unplaced,omitempty"`
 	Elapsed  string      `json:"elapsed"`
 	// Replayed: the task had finished before this call (a repeated verdict
-	// or a restart), so this report is not a new result.
+	// or a restart), or recorded its own end (cancelled), so this report
+	// is not a new result.
 	Replayed bool `json:"-"`
+	// PartialAlerted: evacuation.partial was raised while it waited.
+	PartialAlerted bool `json:"-"`
 }
 
 // VMOutcome is one VM's result.
@@ -83,6 +90,8 @@ type VMOutcome struct {
 	Name   string `json:"name"`
 	Host   string `json:"host,omitempty"` // where it runs now
 	Reason string `json:"reason,omitempty"`
+	// Waiting: not moved yet, and a re-plan may still move it.
+	Waiting bool `json:"waiting,omitempty"`
 }
 
 // Deps are the coordinator's collaborators. All are required but Log.
@@ -514,6 +523,14 @@ func (c *Coordinator) runEvacuation(ctx context.Context, req EvacuationRequest, 
 	start := c.deps.Now()
 	c.alert(alert.Event{Type: alert.EvacuationStarted, Severity: "warning", At: start, Host: req.Host, CorrelationID: req.CorrelationID,
 		Summary: fmt.Sprintf("evacuating %s (task %s)", req.Host, req.TaskID)})
+	// evacuation.partial fires once, when VMs first wait; the task goes
+	// on and evacuation.finished follows when the last of them runs.
+	req.Waiting = func(rep EvacuationReport) {
+		summary := rep.Summary(req.Host)
+		c.alert(alert.Event{Type: alert.EvacuationPartial, Severity: "critical", At: c.deps.Now(), Host: req.Host, CorrelationID: req.CorrelationID,
+			Summary: summary, Details: map[string]any{"report": rep}})
+		log.Error().Msg(summary)
+	}
 	rep, err := c.deps.Evacuator.Evacuate(ctx, req)
 	now := c.deps.Now()
 	if err != nil {
@@ -529,9 +546,11 @@ func (c *Coordinator) runEvacuation(ctx context.Context, req EvacuationRequest, 
 	}
 	ev, _ := json.Marshal(rep)
 	summary := rep.Summary(req.Host)
-	c.record(store.Record{At: now, Host: req.Host, Kind: "evacuation", To: rep.State, CorrelationID: req.CorrelationID, Reason: summary, Evidence: ev})
+	if rep.State != string(evacuator.TaskCancelled) { // a cancel recorded itself with the task
+		c.record(store.Record{At: now, Host: req.Host, Kind: "evacuation", To: rep.State, CorrelationID: req.CorrelationID, Reason: summary, Evidence: ev})
+	}
 	typ, sev := alert.EvacuationFinished, "info"
-	if rep.State != "done" || len(rep.Unplaced) > 0 {
+	if (rep.State != "done" || len(rep.Unplaced) > 0) && !rep.PartialAlerted {
 		typ, sev = alert.EvacuationPartial, "critical"
 	}
 	c.alert(alert.Event{Type: typ, Severity: sev, At: now, Host: req.Host, CorrelationID: req.CorrelationID, Summary: summary,
@@ -546,7 +565,11 @@ func (r EvacuationReport) Summary(host string) string {
 	summary := fmt.Sprintf("evacuation of %s %s: %d running elsewhere, %d failed, %d not moved", host, r.State,
 		len(r.Running), len(r.Failed), len(r.Unplaced))
 	for _, u := range r.Unplaced {
-		summary += fmt.Sprintf("; %s: %s", u.Name, u.Reason)
+		if u.Waiting {
+			summary += fmt.Sprintf("; %s waits: %s", u.Name, u.Reason)
+		} else {
+			summary += fmt.Sprintf("; %s: %s", u.Name, u.Reason)
+		}
 	}
 	for _, f := range r.Failed {
 		summary += fmt.Sprintf("; %s FAILED: %s", f.Name, f.Reason)

@@ -334,10 +334,8 @@ func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *da
 		Storage: storageRules(cfg),
 		Limits:  schedulerLimits(cfg),
 		Tasks:   evacuator.StoreJournal{S: st},
-		Record: func(r store.Record) {
-			if _, err := st.Append(r); err != nil {
-				log.Error().Err(err).Str("host", r.Host).Msg("cannot record the evacuation plan in history")
-			}
+		Mirror: func(host, uuid string) (string, time.Time, bool, error) {
+			return evacuator.ReadMirror(captureConfig(cfg).MirrorDir, host, uuid)
 		},
 		Exec: evacuator.ExecDeps{
 			Hypervisor: hv.get,

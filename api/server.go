@@ -123,6 +123,7 @@ func New(b Backend, tok Tokens, reg *prometheus.Registry, log zerolog.Logger, op
 	s.mux.HandleFunc("POST "+PathHosts+"{host}/operations/{op}", s.operator(s.startOp))
 	s.mux.HandleFunc("GET "+PathTasks, s.reader(s.tasks))
 	s.mux.HandleFunc("GET "+PathTasks+"/{id}", s.reader(s.task))
+	s.mux.HandleFunc("POST "+PathTasks+"/{id}/cancel", s.operator(s.cancelTask))
 	s.mux.HandleFunc("GET "+PathHistory, s.reader(s.history))
 	s.mux.HandleFunc("GET "+PathHealthz, s.healthz)
 	s.mux.HandleFunc("GET "+PathReadyz, s.reader(s.readyz))

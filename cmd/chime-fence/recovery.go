@@ -315,10 +315,10 @@ func (c crashJournal) PutFence(r store.FenceRecord) error {
 }
 
 func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *daemon.Daemon, capture *evacuator.Capture,
-	alerts *alert.Dispatcher, reg prometheus.Registerer, lock func(host, owner string) (func(), error), log zerolog.Logger) (*recovery.Coordinator, error) {
+	alerts *alert.Dispatcher, reg prometheus.Registerer, lock func(host, owner string) (func(), error), log zerolog.Logger) (*recovery.Coordinator, *recovery.Evacuation, error) {
 	metrics, err := recovery.NewMetrics(reg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	send := func(ev alert.Event) {
 		if err := alerts.Send(ev); err != nil {
@@ -367,7 +367,7 @@ func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *da
 		Now: time.Now,
 		Log: log,
 	}}
-	return recovery.New(recovery.Config{Cluster: cfg.Cluster.Name}, recovery.Deps{
+	coord, err := recovery.New(recovery.Config{Cluster: cfg.Cluster.Name}, recovery.Deps{
 		Cluster: d, Journal: crashFenceJournal(st, log),
 		Setup: func(host string) (recovery.FenceSetup, error) { return fenceSetup(hv.config(), host, log) },
 		Fence: func(ctx context.Context, p fencer.Plan) fencer.Result {
@@ -375,4 +375,5 @@ func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *da
 		},
 		Evacuator: evac, Alert: send, Now: time.Now, Log: log, Metrics: metrics, Lock: lock,
 	})
+	return coord, evac, err
 }

@@ -340,12 +340,14 @@ func TestRecoveryCapacity(t *testing.T) {
 	require.NotEmpty(t, fences)
 	assert.Equal(t, "verified", fences[len(fences)-1].To, fences[len(fences)-1].Reason)
 
-	// The record: partial, counts, and every VM left behind named with its reason.
-	assert.Equal(t, "partial", evac.To, evac.Reason)
+	// The record: waiting (the task goes on: what did not fit is re-planned
+	// when capacity changes), counts, and every VM left behind named with
+	// its reason.
+	assert.Equal(t, "waiting", evac.To, evac.Reason)
 	assert.Contains(t, evac.Reason, fmt.Sprintf("%d running elsewhere, 0 failed, %d not moved", len(placed), len(left)+1))
 	var rep recovery.EvacuationReport
 	require.NoError(t, json.Unmarshal(evac.Evidence, &rep), "evacuation evidence: %s", evac.Evidence)
-	assert.Equal(t, "partial", rep.State)
+	assert.Equal(t, "waiting", rep.State)
 	assert.Empty(t, rep.Failed)
 	runningOn := map[string]string{}
 	for _, r := range rep.Running {
@@ -381,7 +383,7 @@ func TestRecoveryCapacity(t *testing.T) {
 		assert.Contains(t, why, fmt.Sprintf("no capacity: needs %d MiB", vmMiB), "%s", n)
 		assert.Contains(t, why, fmt.Sprintf("best host %s has %d MiB free", bestName, bestRoom), "%s: %s", n, why)
 		assert.Contains(t, why, fmt.Sprintf("memory overcommit %v, %d MiB reserved", lim.memOC, lim.reservedMiB), "%s: %s", n, why)
-		assert.Contains(t, evac.Reason, n+": "+why, "the record's summary names %s with its reason", n)
+		assert.Contains(t, evac.Reason, n+" waits: "+why, "the record's summary names %s with its reason", n)
 	}
 
 	// Reality matches the report: the placed VMs run exactly once, where the
@@ -425,6 +427,36 @@ func TestRecoveryCapacity(t *testing.T) {
 	hook.mu.Lock()
 	assert.Empty(t, hook.bad, "every delivery carries a valid signature")
 	hook.mu.Unlock()
+	// task show says what each pending VM waits for; task cancel ends it.
+	taskID := recovery.TaskID(store.FenceRecord{Host: h1.Name, CorrelationID: fences[len(fences)-1].CorrelationID})
+	task, err := d.client.Task(ctx, taskID)
+	require.NoError(t, err)
+	assert.Equal(t, "running", string(task.State), "a waiting evacuation is not over")
+	pending := map[string]string{}
+	for _, p := range task.Progress {
+		if p.State == "pending" {
+			pending[p.Name] = p.Detail
+		}
+	}
+	assert.ElementsMatch(t, left, sortedKeys(pending), "task show lists the waiting VMs: %+v", task.Progress)
+	for _, n := range left {
+		assert.Contains(t, pending[n], "waits: no capacity: needs", n)
+	}
+	cancelled, err := d.client.CancelTask(ctx, taskID, "e2e: capacity will not come")
+	require.NoError(t, err)
+	assert.Equal(t, "interrupted", string(cancelled.State))
+	assert.Contains(t, cancelled.Error, "e2e: capacity will not come")
+	var ended store.Record
+	require.Eventually(t, func() bool {
+		for _, r := range d.history(store.Query{Host: h1.Name, Kind: "evacuation"}) {
+			if r.To == "cancelled" {
+				ended = r
+				return true
+			}
+		}
+		return false
+	}, 40*time.Second, 100*time.Millisecond, "the cancel is recorded")
+	assert.Contains(t, ended.Reason, "cancelled by")
 	t.Logf("power loss → evacuation recorded (%d of %d evacuable VMs placed) in %s",
 		len(placed), len(placed)+len(left), evacDone.Round(time.Millisecond))
 }

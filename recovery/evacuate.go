@@ -176,7 +176,10 @@ type EvacuationDeps struct {
 	live      map[string]bool
 }
 
-type cancelReq struct{ by, reason string }
+type cancelReq struct {
+	by, reason string
+	done       chan struct{} // closed when the loop has written the end
+}
 
 // Evacuation is the Evacuator: plan once per task id, journal, execute,
 // and re-plan what waits until every evacuable VM runs or an operator
@@ -398,15 +401,32 @@ func (e *Evacuation) Cancel(id, by, reason string) (evacuator.Task, error) {
 		if e.D.cancelled == nil {
 			e.D.cancelled = map[string]cancelReq{}
 		}
-		e.D.cancelled[id] = cancelReq{by: by, reason: reason}
+		c, ok := e.D.cancelled[id]
+		if !ok {
+			c = cancelReq{by: by, reason: reason, done: make(chan struct{})}
+			e.D.cancelled[id] = c
+		}
 		e.D.mu.Unlock()
-		return t, nil // the loop that runs it ends it and writes the record
+		// The loop that runs it ends it and writes the record: at its next
+		// look (RetryPoll) while it waits, or when a pass in flight ends.
+		timer := time.NewTimer(CancelWait)
+		defer timer.Stop()
+		select {
+		case <-c.done:
+		case <-timer.C:
+		}
+		t, _, err = e.D.Tasks.Task(id)
+		return t, err
 	}
 	e.D.mu.Unlock()
 	_, err = e.cancel(t, cancelReq{by: by, reason: reason}, e.D.Now(), e.D.Log)
 	t, _, _ = e.D.Tasks.Task(id)
 	return t, err
 }
+
+// CancelWait bounds how long Cancel waits for the loop running a task to
+// end it; the task then ends later, and Cancel returns it as it is.
+const CancelWait = 10 * time.Second
 
 // Errors Cancel returns, for errors.Is.
 var (
@@ -428,6 +448,9 @@ func (e *Evacuation) cancel(t evacuator.Task, c cancelReq, start time.Time, log 
 	}
 	log.Warn().Str("task", t.ID).Msg(summary)
 	e.D.mu.Lock()
+	if c.done != nil {
+		close(c.done)
+	}
 	delete(e.D.cancelled, t.ID)
 	e.D.mu.Unlock()
 	return rep, nil

@@ -82,6 +82,9 @@ type EvacuationReport struct {
 	Replayed bool `json:"-"`
 	// PartialAlerted: evacuation.partial was raised while it waited.
 	PartialAlerted bool `json:"-"`
+	// Recorded: the history record of the end was written with the task's
+	// end, in one step; the caller does not record it again.
+	Recorded bool `json:"-"`
 }
 
 // VMOutcome is one VM's result.
@@ -546,7 +549,7 @@ func (c *Coordinator) runEvacuation(ctx context.Context, req EvacuationRequest, 
 	}
 	ev, _ := json.Marshal(rep)
 	summary := rep.Summary(req.Host)
-	if rep.State != string(evacuator.TaskCancelled) { // a cancel recorded itself with the task
+	if !rep.Recorded && !rep.Replayed { // else it is in the history with the task's end
 		c.record(store.Record{At: now, Host: req.Host, Kind: "evacuation", To: rep.State, CorrelationID: req.CorrelationID, Reason: summary, Evidence: ev})
 	}
 	typ, sev := alert.EvacuationFinished, "info"

@@ -214,7 +214,7 @@ func (e *Evacuation) Evacuate(ctx context.Context, req EvacuationRequest) (Evacu
 	e.enter(req.TaskID)
 	defer e.leave(req.TaskID)
 	deps := e.D.Exec
-	deps.Journal = e.D.Tasks
+	deps.Journal = endRecorder{TaskStore: e.D.Tasks, start: start, now: e.D.Now}
 	if deps.Clock == nil {
 		deps.Clock = evacuator.RealClock{}
 	}
@@ -239,7 +239,9 @@ func (e *Evacuation) Evacuate(ctx context.Context, req EvacuationRequest) (Evacu
 			}
 		}
 		if t.State != evacuator.TaskWaiting {
-			return report(t, start, e.D.Now()), nil
+			r := report(t, start, e.D.Now())
+			r.Recorded = true // by endRecorder, with the task's end
+			return r, nil
 		}
 		if c, ok := e.cancelOf(req.TaskID); ok {
 			return e.cancel(t, c, start, log)
@@ -374,6 +376,29 @@ func fingerprint(cs []evacuator.Candidate) string {
 	return strings.Join(parts, ", ")
 }
 
+// endRecorder is the executor's journal: the write that ends a task (done,
+// partial, failed) carries the evacuation's history record, so the API
+// never shows an ended task whose end the history lacks.
+type endRecorder struct {
+	TaskStore
+	start time.Time
+	now   func() time.Time
+}
+
+func (j endRecorder) SaveTask(t evacuator.Task) error {
+	if t.State.Open() || t.State == "" {
+		return j.TaskStore.SaveTask(t)
+	}
+	rep := report(t, j.start, j.now())
+	ev, _ := json.Marshal(rep)
+	at := t.Finished
+	if at.IsZero() {
+		at = j.now()
+	}
+	return j.SaveTaskRecords(t, store.Record{At: at, Host: t.Host, Kind: "evacuation", To: string(t.State),
+		CorrelationID: t.CorrelationID, Reason: rep.Summary(t.Host), Evidence: ev})
+}
+
 // waitingRecord is the history record of a task that first waits.
 func waitingRecord(t evacuator.Task, rep EvacuationReport, now time.Time) store.Record {
 	ev, _ := json.Marshal(rep)
@@ -438,7 +463,7 @@ func (e *Evacuation) cancel(t evacuator.Task, c cancelReq, start time.Time, log 
 	now := e.D.Now()
 	t.State, t.Finished, t.Updated, t.CancelledBy, t.CancelReason = evacuator.TaskCancelled, now, now, c.by, c.reason
 	rep := report(t, start, now)
-	rep.Replayed = true // recorded here, with the task, not by the caller
+	rep.Recorded = true
 	summary := fmt.Sprintf("evacuation of %s cancelled by %s: %s; %s", t.Host, c.by, orNone(c.reason), rep.Summary(t.Host))
 	ev, _ := json.Marshal(rep)
 	err := e.D.Tasks.SaveTaskRecords(t, store.Record{At: now, Host: t.Host, Kind: "evacuation", To: "cancelled",

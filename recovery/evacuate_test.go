@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -234,4 +235,36 @@ func TestReplanPlacesWhatWaitsWhenRoomAppears(t *testing.T) {
 		assert.False(t, u.Waiting, "%s", u.Name)
 	}
 	require.NoError(t, next.Validate())
+}
+
+// TestPlanInputFallsBackToTheMirror: a home the journal has no XML for
+// (a daemon's first start, before its first capture of the host) is
+// planned from the shared-storage mirror; one the mirror lacks too waits.
+func TestPlanInputFallsBackToTheMirror(t *testing.T) {
+	in := planInput()
+	var asked []string
+	e := &Evacuation{D: EvacuationDeps{
+		Homes: func(string) []store.DomainHome { return in.Homes },
+		Saved: func(string) ([]store.DomainRecord, error) { return []store.DomainRecord{in.Saved[eu2]}, nil },
+		Mirror: func(host, uuid string) (string, time.Time, bool, error) {
+			asked = append(asked, uuid)
+			if uuid == eu1 {
+				return in.Saved[eu1].XML, t0.Add(-time.Hour), true, nil
+			}
+			return "", time.Time{}, false, nil
+		},
+		Candidates: func(context.Context, string) []evacuator.Candidate { return in.Candidates },
+		Storage:    in.Storage, Limits: in.Limits,
+		Now: func() time.Time { return t0 },
+	}}
+	task, _ := BuildTask(e.planInput(context.Background(), in.Request, t0, zerolog.Nop()))
+	assert.ElementsMatch(t, []string{eu1, eu3, eu4}, asked, "the mirror is read only where the journal has no XML")
+	require.Len(t, task.VMs, 1)
+	assert.Equal(t, "web", task.VMs[0].Name, "rebuilt from the mirror")
+	waits := map[string]bool{}
+	for _, u := range task.Unplaced {
+		waits[u.Name] = u.Waiting
+	}
+	assert.Equal(t, map[string]bool{"never": true, "broken": true, "scratch": false}, waits,
+		"no XML anywhere yet: it waits (a capture may bring it); a local disk never moves")
 }

@@ -35,7 +35,9 @@ func TestSampleMeasuresWithoutAHealthyVerdict(t *testing.T) {
 
 	_, err = e.c.Sample(context.Background(), "nope")
 	assert.ErrorIs(t, err, ErrCaptureUnknownHost)
-	e.hv["h1"].stats = func(context.Context) (hypervisor.NodeStats, error) { return hypervisor.NodeStats{}, errors.New("connection refused") }
+	e.hv["h1"].stats = func(context.Context) (hypervisor.NodeStats, error) {
+		return hypervisor.NodeStats{}, errors.New("connection refused")
+	}
 	_, err = e.c.Sample(context.Background(), "h1")
 	assert.ErrorContains(t, err, "sample host h1: node stats: connection refused")
 }
@@ -54,7 +56,9 @@ func TestSampleStaleSamplesOnlyWhatIsMissingOrOld(t *testing.T) {
 	_, err := e.c.Sample(ctx, "fresh")
 	require.NoError(t, err)
 	e.clock.Advance(time.Second)
-	e.hv["down"].stats = func(context.Context) (hypervisor.NodeStats, error) { return hypervisor.NodeStats{}, errors.New("no route to host") }
+	e.hv["down"].stats = func(context.Context) (hypervisor.NodeStats, error) {
+		return hypervisor.NodeStats{}, errors.New("no route to host")
+	}
 	calls := map[string]int32{}
 	for h, hv := range e.hv {
 		calls[h] = hv.domainCalls.Load()

@@ -42,6 +42,12 @@ func WithOperations(o Operations) Option { return func(s *Server) { s.ops = o } 
 // WithFences shows each host's latest fence in the hosts endpoints.
 func WithFences(f Fences) Option { return func(s *Server) { s.fences = f } }
 
+// WithEvacuability fills each host's NotEvacuable in the status and hosts
+// endpoints: why its domains could not all be rebuilt if it failed now.
+func WithEvacuability(f func(host string) string) Option {
+	return func(s *Server) { s.notEvacuable = f }
+}
+
 // WithReadiness makes GET /v1/readyz report check's problems (none: ready).
 func WithReadiness(check func() []string) Option { return func(s *Server) { s.ready = check } }
 
@@ -59,6 +65,7 @@ func (s *Server) info(hs []daemon.HostStatus) ([]HostInfo, error) {
 	}
 	out := make([]HostInfo, len(hs))
 	for i, h := range hs {
+		s.addEvacuability(&h)
 		out[i] = HostInfo{HostStatus: h}
 		if r, ok := fences[h.Name]; ok {
 			out[i].Fence = &FenceSummary{State: r.State, CorrelationID: r.CorrelationID, Level: r.Level, Reason: r.Reason,

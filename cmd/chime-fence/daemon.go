@@ -188,6 +188,9 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 	defer ops.Close()
 	var engRunning atomic.Bool
 	srv, err := api.New(d, tokens, reg, log, api.WithOperations(taskBackend{Manager: ops, evac: evac, tasks: evacuator.StoreJournal{S: st}}), api.WithFences(st),
+		api.WithEvacuability(notEvacuable(d.Homes, st.Inventory, func(host, uuid string) (string, time.Time, bool, error) {
+			return evacuator.ReadMirror(captureConfig(hv.config()).MirrorDir, host, uuid)
+		})),
 		api.WithReadiness(func() []string {
 			var p []string
 			if _, err := st.Fences(); err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/chimestack/chime-fence/evacuator"
 	"github.com/chimestack/chime-fence/operations"
 	"github.com/chimestack/chime-fence/recovery"
+	"github.com/chimestack/chime-fence/store"
 )
 
 // OpEvacuate names evacuation tasks in the tasks endpoints and the CLI.
@@ -140,4 +141,42 @@ func evacView(t evacuator.Task) operations.Task {
 	}
 	v.Result = fmt.Sprintf("evacuation %s: %d running elsewhere, %d waiting, %d plan(s)", t.State, running, waiting, t.Plans)
 	return v
+}
+
+// notEvacuable says why some of host's domains could not be rebuilt if it
+// failed now: those without saved XML in the journal or the mirror (a
+// daemon's first start, before its first capture of the host). "" when
+// every domain has its XML; whether each is evacuable by its disks is the
+// fence readiness check's part.
+func notEvacuable(homes func(string) []store.DomainHome, saved func(string) ([]store.DomainRecord, error),
+	mirror func(host, uuid string) (string, time.Time, bool, error)) func(host string) string {
+	return func(host string) string {
+		hs := homes(host)
+		if len(hs) == 0 {
+			return ""
+		}
+		recs, err := saved(host)
+		if err != nil {
+			return "saved domain XML unreadable: " + err.Error()
+		}
+		have := map[string]bool{}
+		for _, r := range recs {
+			have[r.UUID] = r.XML != ""
+		}
+		var missing []string
+		for _, h := range hs {
+			if have[h.UUID] {
+				continue
+			}
+			if _, _, ok, err := mirror(host, h.UUID); err == nil && ok {
+				continue
+			}
+			missing = append(missing, h.Name)
+		}
+		if len(missing) == 0 {
+			return ""
+		}
+		return fmt.Sprintf("not yet evacuable: %d of %d domain(s) have no saved XML (not captured while healthy since the daemon started, not in the mirror): %s",
+			len(missing), len(hs), strings.Join(missing, ", "))
+	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/chimestack/chime-fence/evacuator"
 	"github.com/chimestack/chime-fence/operations"
+	"github.com/chimestack/chime-fence/store"
 )
 
 // TestEvacViewSaysWhatEachWaitingVMWaitsFor is what `task show` prints
@@ -47,4 +48,21 @@ func TestEvacViewSaysWhatEachWaitingVMWaitsFor(t *testing.T) {
 	assert.Equal(t, operations.TaskInterrupted, v.State)
 	assert.Equal(t, "cancelled by alice: host retired", v.Error)
 	assert.Equal(t, operations.VMFailed, v.Progress[1].State, "nothing waits in an ended task")
+}
+
+// TestNotEvacuableNamesDomainsWithoutXML: status says which hosts could
+// not have all their VMs rebuilt now, and why.
+func TestNotEvacuableNamesDomainsWithoutXML(t *testing.T) {
+	homes := map[string][]store.DomainHome{
+		"h1": {{UUID: "u1", Name: "web"}, {UUID: "u2", Name: "db"}, {UUID: "u3", Name: "cache"}},
+		"h2": {{UUID: "u4", Name: "ok"}},
+	}
+	saved := map[string][]store.DomainRecord{"h1": {{UUID: "u1", XML: "<domain/>"}}, "h2": {{UUID: "u4", XML: "<domain/>"}}}
+	f := notEvacuable(func(h string) []store.DomainHome { return homes[h] },
+		func(h string) ([]store.DomainRecord, error) { return saved[h], nil },
+		func(host, uuid string) (string, time.Time, bool, error) { return "<domain/>", time.Time{}, uuid == "u3", nil })
+	assert.Equal(t, "not yet evacuable: 1 of 3 domain(s) have no saved XML (not captured while healthy since the daemon started, not in the mirror): db", f("h1"),
+		"web is in the journal, cache in the mirror")
+	assert.Empty(t, f("h2"))
+	assert.Empty(t, f("h3"), "no domains: nothing to say")
 }

@@ -335,7 +335,7 @@ func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *da
 		Limits:  schedulerLimits(cfg),
 		Tasks:   evacuator.StoreJournal{S: st},
 		Mirror: func(host, uuid string) (string, time.Time, bool, error) {
-			return evacuator.ReadMirror(captureConfig(cfg).MirrorDir, host, uuid)
+			return evacuator.ReadMirror(captureConfig(hv.config()).MirrorDir, host, uuid)
 		},
 		Exec: evacuator.ExecDeps{
 			Hypervisor: hv.get,

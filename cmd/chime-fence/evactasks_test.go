@@ -60,7 +60,9 @@ func TestNotEvacuableNamesDomainsWithoutXML(t *testing.T) {
 	saved := map[string][]store.DomainRecord{"h1": {{UUID: "u1", XML: "<domain/>"}}, "h2": {{UUID: "u4", XML: "<domain/>"}}}
 	f := notEvacuable(func(h string) []store.DomainHome { return homes[h] },
 		func(h string) ([]store.DomainRecord, error) { return saved[h], nil },
-		func(host, uuid string) (string, time.Time, bool, error) { return "<domain/>", time.Time{}, uuid == "u3", nil })
+		func(host, uuid string) (string, time.Time, bool, error) {
+			return "<domain/>", time.Time{}, uuid == "u3", nil
+		})
 	assert.Equal(t, "not yet evacuable: 1 of 3 domain(s) have no saved XML (not captured while healthy since the daemon started, not in the mirror): db", f("h1"),
 		"web is in the journal, cache in the mirror")
 	assert.Empty(t, f("h2"))

@@ -66,6 +66,10 @@ type EvacuationRequest struct {
 	// re-plan (some VMs could not be placed or started), after the
 	// history record of it is durable.
 	Waiting func(EvacuationReport)
+	// StillProven, if set, is asked before each re-plan: an error (the
+	// fenced host heartbeated again) ends the waiting task instead, since
+	// a proof of death covers only the silence it was taken in.
+	StillProven func() error
 }
 
 // EvacuationReport sums a finished evacuation up for alerts and history.
@@ -491,7 +495,13 @@ func (c *Coordinator) evacuate(ctx context.Context, rec store.FenceRecord, progr
 	c.ensureDrained(rec, log)
 	id := TaskID(rec)
 	rep, err := c.runEvacuation(ctx, EvacuationRequest{TaskID: id, Host: rec.Host, CorrelationID: rec.CorrelationID,
-		Fence: fenceProof(rec), Progress: progress}, log)
+		Fence: fenceProof(rec), Progress: progress, StillProven: func() error {
+			if st, err := c.deps.Cluster.Host(rec.Host); err == nil && !provenSinceHeartbeat(rec, st) {
+				return fmt.Errorf("%s heartbeated at %s, after its fence began: a new incident, so its VMs are not moved on the old proof",
+					rec.Host, st.LastHeartbeat.Format(time.RFC3339Nano))
+			}
+			return nil
+		}}, log)
 	if err == nil && rec.Evacuation != id {
 		rec.Evacuation = id
 		if err := c.deps.Journal.PutFence(rec); err != nil {

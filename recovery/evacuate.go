@@ -229,6 +229,9 @@ func (e *Evacuation) Evacuate(ctx context.Context, req EvacuationRequest) (Evacu
 	bo := &backoff.ExponentialBackOff{InitialInterval: orDefault(e.D.RetryMin, DefaultRetryMin), Multiplier: 2,
 		MaxInterval: orDefault(e.D.RetryMax, DefaultRetryMax)}
 	bo.Reset()
+	// A task found waiting (a restart) is re-planned at once: the state it
+	// waited on is gone with the old daemon.
+	replanNow := t.State == evacuator.TaskWaiting
 	for {
 		if c, ok := e.cancelOf(req.TaskID); ok && t.State == evacuator.TaskWaiting {
 			return e.cancel(t, c, start, log)
@@ -264,12 +267,21 @@ func (e *Evacuation) Evacuate(ctx context.Context, req EvacuationRequest) (Evacu
 		for _, w := range t.Waiting() {
 			log.Warn().Str("vm", w.UUID).Str("name", w.Name).Time("next_plan", t.NextPlan).Msgf("%s waits: %s", w.Name, w.Reason)
 		}
-		why, err := e.awaitChange(ctx, req, t.NextPlan, deps.Clock)
-		if err != nil {
-			return report(t, start, e.D.Now()), fmt.Errorf("evacuate %s: %w (the task stays open and resumes)", req.Host, err)
+		why := "resumed after a restart"
+		if !replanNow {
+			var err error
+			if why, err = e.awaitChange(ctx, req, t.NextPlan, deps.Clock); err != nil {
+				return report(t, start, e.D.Now()), fmt.Errorf("evacuate %s: %w (the task stays open and resumes)", req.Host, err)
+			}
 		}
+		replanNow = false
 		if c, ok := e.cancelOf(req.TaskID); ok {
 			return e.cancel(t, c, start, log)
+		}
+		if req.StillProven != nil {
+			if err := req.StillProven(); err != nil {
+				return e.cancel(t, cancelReq{by: "recovery", reason: err.Error()}, start, log)
+			}
 		}
 		in := e.planInput(ctx, req, e.D.Now(), log)
 		var p evacuator.Placement

@@ -268,3 +268,40 @@ func TestPlanInputFallsBackToTheMirror(t *testing.T) {
 	assert.Equal(t, map[string]bool{"never": true, "broken": true, "scratch": false}, waits,
 		"no XML anywhere yet: it waits (a capture may bring it); a local disk never moves")
 }
+
+// TestAWaitingTaskEndsWhenTheFencedHostComesBack: the proof covers only
+// the silence it was taken in; a fenced host that heartbeats again is a
+// new incident, so what still waits is not moved on the old proof.
+func TestAWaitingTaskEndsWhenTheFencedHostComesBack(t *testing.T) {
+	in := planInput()
+	j := &memJournal{tasks: map[string]evacuator.Task{}}
+	clock := &fastClock{now: t0}
+	e := &Evacuation{D: EvacuationDeps{
+		Homes:      func(string) []store.DomainHome { return in.Homes },
+		Saved:      func(string) ([]store.DomainRecord, error) { return []store.DomainRecord{in.Saved[eu1]}, nil },
+		Candidates: func(context.Context, string) []evacuator.Candidate { return in.Candidates },
+		Storage:    in.Storage, Limits: in.Limits, Tasks: j,
+		Exec: evacuator.ExecDeps{Hypervisor: func(string) (evacuator.Hypervisor, error) { return nil, fmt.Errorf("no libvirt in this test") },
+			Peers: func() []string { return nil }, Clock: clock, PerTarget: 1},
+		Now: clock.Now,
+	}}
+	req := in.Request
+	asked := 0
+	req.StillProven = func() error {
+		asked++
+		if asked < 3 {
+			return nil
+		}
+		return fmt.Errorf("a heartbeated at 12:01, after its fence began")
+	}
+	rep, err := e.Evacuate(context.Background(), req)
+	require.NoError(t, err)
+	assert.Equal(t, string(evacuator.TaskCancelled), rep.State)
+	assert.Equal(t, 3, asked, "asked before every re-plan")
+	saved, _, _ := j.Task(req.TaskID)
+	assert.Equal(t, "recovery", saved.CancelledBy)
+	assert.Contains(t, saved.CancelReason, "after its fence began")
+	recs := j.records()
+	assert.Equal(t, "cancelled", recs[len(recs)-1].To)
+	assert.Len(t, recs, 5, "planned, waiting, 2 re-plans, cancelled: %+v", recs)
+}

@@ -546,6 +546,12 @@ func (c *Coordinator) runEvacuation(ctx context.Context, req EvacuationRequest, 
 	}
 	rep, err := c.deps.Evacuator.Evacuate(ctx, req)
 	now := c.deps.Now()
+	if err != nil && ctx.Err() != nil {
+		// The daemon is stopping: the task stays open in the journal and
+		// the next daemon resumes it. Nothing failed; nothing to alert.
+		log.Warn().Err(err).Msg("evacuation stopped with the daemon; it resumes at the next start")
+		return rep, err
+	}
 	if err != nil {
 		c.deps.Metrics.evacuationEnded(EvacuationReport{}, "error", now.Sub(start))
 		summary := fmt.Sprintf("evacuation of %s did not run: %v", req.Host, err)

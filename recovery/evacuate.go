@@ -232,6 +232,7 @@ func (e *Evacuation) Evacuate(ctx context.Context, req EvacuationRequest) (Evacu
 	// A task found waiting (a restart) is re-planned at once: the state it
 	// waited on is gone with the old daemon.
 	replanNow := t.State == evacuator.TaskWaiting
+	said := map[string]string{} // UUID → the wait reason last logged
 	for {
 		if c, ok := e.cancelOf(req.TaskID); ok && t.State == evacuator.TaskWaiting {
 			return e.cancel(t, c, start, log)
@@ -249,7 +250,6 @@ func (e *Evacuation) Evacuate(ctx context.Context, req EvacuationRequest) (Evacu
 		if c, ok := e.cancelOf(req.TaskID); ok {
 			return e.cancel(t, c, start, log)
 		}
-		running := countRunning(t)
 		wait := bo.NextBackOff()
 		t.NextPlan = deps.Clock.Now().Add(wait)
 		var recs []store.Record
@@ -265,7 +265,10 @@ func (e *Evacuation) Evacuate(ctx context.Context, req EvacuationRequest) (Evacu
 			req.Waiting(report(t, start, e.D.Now()))
 		}
 		for _, w := range t.Waiting() {
-			log.Warn().Str("vm", w.UUID).Str("name", w.Name).Time("next_plan", t.NextPlan).Msgf("%s waits: %s", w.Name, w.Reason)
+			if said[w.UUID] != w.Reason { // log what changed, not every round
+				said[w.UUID] = w.Reason
+				log.Warn().Str("vm", w.UUID).Str("name", w.Name).Time("next_plan", t.NextPlan).Msgf("%s waits: %s", w.Name, w.Reason)
+			}
 		}
 		why := "resumed after a restart"
 		if !replanNow {
@@ -289,13 +292,19 @@ func (e *Evacuation) Evacuate(ctx context.Context, req EvacuationRequest) (Evacu
 		plan, _ := json.Marshal(p.Hosts)
 		summary := fmt.Sprintf("re-plan %d of %s's evacuation (%s): %d placed, %d still wait", t.Plans, req.Host, why,
 			len(p.Assignments), len(t.Waiting()))
-		log.Warn().RawJSON("hosts", plan).Msg(summary)
-		if err := e.D.Tasks.SaveTaskRecords(t, store.Record{At: e.D.Now(), Host: req.Host, Kind: PlanKind, To: "re-planned",
-			CorrelationID: req.CorrelationID, Reason: summary, Evidence: plan}); err != nil {
-			return report(t, start, e.D.Now()), fmt.Errorf("evacuate %s: journal the re-plan: %w", req.Host, err)
-		}
-		if len(p.Assignments) > 0 && countRunning(t) >= running {
+		var rec []store.Record
+		if len(p.Assignments) > 0 {
+			// Only a re-plan that moves something goes into the history; the
+			// others would fill it every retry interval.
+			log.Warn().RawJSON("hosts", plan).Msg(summary)
+			rec = append(rec, store.Record{At: e.D.Now(), Host: req.Host, Kind: PlanKind, To: "re-planned",
+				CorrelationID: req.CorrelationID, Reason: summary, Evidence: plan})
 			bo.Reset() // progress: the next wait starts short again
+		} else {
+			log.Debug().RawJSON("hosts", plan).Msg(summary)
+		}
+		if err := e.D.Tasks.SaveTaskRecords(t, rec...); err != nil {
+			return report(t, start, e.D.Now()), fmt.Errorf("evacuate %s: journal the re-plan: %w", req.Host, err)
 		}
 	}
 }
@@ -305,16 +314,6 @@ func orDefault(d, def time.Duration) time.Duration {
 		return d
 	}
 	return def
-}
-
-func countRunning(t evacuator.Task) int {
-	n := 0
-	for _, vm := range t.VMs {
-		if vm.Step == evacuator.StepRunning {
-			n++
-		}
-	}
-	return n
 }
 
 // planInput gathers a plan's input now: the host's homes, their saved XML

@@ -138,6 +138,12 @@ func (c *Client) Task(ctx context.Context, id string) (operations.Task, error) {
 	return t, c.get(ctx, PathTasks+"/"+url.PathEscape(id), nil, &t)
 }
 
+// CancelTask is POST /v1/tasks/{id}/cancel: an operator ends a task.
+func (c *Client) CancelTask(ctx context.Context, id, reason string) (operations.Task, error) {
+	var t operations.Task
+	return t, c.do(ctx, http.MethodPost, PathTasks+"/"+url.PathEscape(id)+"/cancel", nil, operations.Request{Reason: reason}, &t)
+}
+
 // Tasks is GET /v1/tasks?host=H: the host's tasks (every host's when host
 // is ""), oldest first.
 func (c *Client) Tasks(ctx context.Context, host string) ([]operations.Task, error) {

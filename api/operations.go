@@ -21,6 +21,12 @@ type Operations interface {
 	Lock(host string) (operations.Holder, bool)
 }
 
+// Canceller ends a task by hand (POST /v1/tasks/{id}/cancel). Operations
+// that also implement it serve that endpoint; others answer 501.
+type Canceller interface {
+	Cancel(id, actor, reason string) (operations.Task, error)
+}
+
 // Fences reads the fence journal; *store.Store satisfies it.
 type Fences interface {
 	Fences() (map[string]store.FenceRecord, error)
@@ -35,6 +41,12 @@ func WithOperations(o Operations) Option { return func(s *Server) { s.ops = o } 
 
 // WithFences shows each host's latest fence in the hosts endpoints.
 func WithFences(f Fences) Option { return func(s *Server) { s.fences = f } }
+
+// WithEvacuability fills each host's NotEvacuable in the status and hosts
+// endpoints: why its domains could not all be rebuilt if it failed now.
+func WithEvacuability(f func(host string) string) Option {
+	return func(s *Server) { s.notEvacuable = f }
+}
 
 // WithReadiness makes GET /v1/readyz report check's problems (none: ready).
 func WithReadiness(check func() []string) Option { return func(s *Server) { s.ready = check } }
@@ -53,6 +65,7 @@ func (s *Server) info(hs []daemon.HostStatus) ([]HostInfo, error) {
 	}
 	out := make([]HostInfo, len(hs))
 	for i, h := range hs {
+		s.addEvacuability(&h)
 		out[i] = HostInfo{HostStatus: h}
 		if r, ok := fences[h.Name]; ok {
 			out[i].Fence = &FenceSummary{State: r.State, CorrelationID: r.CorrelationID, Level: r.Level, Reason: r.Reason,
@@ -197,6 +210,28 @@ func (s *Server) task(w http.ResponseWriter, r *http.Request, _ principal) {
 		opErr(w, err)
 		return
 	}
+	writeJSON(w, http.StatusOK, t)
+}
+
+// cancelTask ends a task by hand; the body is {"reason": "..."} or empty.
+func (s *Server) cancelTask(w http.ResponseWriter, r *http.Request, p principal) {
+	c, ok := s.ops.(Canceller)
+	if s.ops == nil || !ok {
+		writeErr(w, http.StatusNotImplemented, "task cancel is not enabled in this daemon")
+		return
+	}
+	req, err := DecodeOperation(http.MaxBytesReader(w, r.Body, MaxOperationBody))
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	t, err := c.Cancel(r.PathValue("id"), p.name, req.Reason)
+	if err != nil {
+		s.log.Warn().Str("task", r.PathValue("id")).Str("actor", p.name).Err(err).Msg("task cancel refused")
+		opErr(w, err)
+		return
+	}
+	s.log.Warn().Str("task", t.ID).Str("host", t.Host).Str("actor", p.name).Msg("task cancelled by an operator")
 	writeJSON(w, http.StatusOK, t)
 }
 

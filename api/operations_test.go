@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"net"
 	"net/http"
@@ -115,6 +116,7 @@ func TestEveryEndpointRefusesTheWrongToken(t *testing.T) {
 		{"POST", PathHosts + "h1/operations/confirm-down", `{"reason":"x"}`, false, true},
 		{"GET", PathTasks + "?host=h1", "", false, false},
 		{"GET", PathTasks + "/op-1", "", false, false},
+		{"POST", PathTasks + "/evac-h1-1/cancel", `{"reason":"x"}`, false, true},
 		{"GET", PathHistory, "", false, false},
 		{"GET", PathReadyz, "", false, false},
 		{"GET", PathMetrics, "", false, false},
@@ -290,6 +292,55 @@ func TestReadiness(t *testing.T) {
 	_, err = e.client.Ready(context.Background())
 	require.ErrorIs(t, err, ErrUnavailable)
 	assert.Contains(t, err.Error(), "HTTP 503: not ready: store closed; detector not running")
+}
+
+// cancelOps is operations whose tasks can be cancelled.
+type cancelOps struct {
+	*operations.Manager
+	got []string
+}
+
+func (c *cancelOps) Cancel(id, actor, reason string) (operations.Task, error) {
+	c.got = append(c.got, id+" by "+actor+": "+reason)
+	if id != "evac-h1-1" {
+		return operations.Task{}, fmt.Errorf("task %q: %w", id, operations.ErrNotFound)
+	}
+	return operations.Task{ID: id, Host: "h1", State: operations.TaskInterrupted, Error: "cancelled by " + actor}, nil
+}
+
+// TestCancelTask: POST /v1/tasks/{id}/cancel reaches the Canceller with
+// the token's name and the reason; operations without one answer 501.
+func TestCancelTask(t *testing.T) {
+	e := newOpsEnv(t)
+	ctx := context.Background()
+	_, err := e.client.CancelTask(ctx, "evac-h1-1", "x")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "task cancel is not enabled", "the Manager alone cannot cancel")
+
+	st, d := testDaemon(t, filepath.Join(t.TempDir(), "s2.db"))
+	c := &cancelOps{Manager: e.mgr}
+	s, err := New(d, allTokens, prometheus.NewRegistry(), zerolog.Nop(), WithOperations(c), WithFences(st),
+		WithEvacuability(func(h string) string { return "not yet evacuable: " + h }))
+	require.NoError(t, err)
+	srv := httptest.NewServer(s)
+	t.Cleanup(srv.Close)
+	cl := &Client{Base: srv.URL, Token: aliceTok}
+	tk, err := cl.CancelTask(ctx, "evac-h1-1", "host retired")
+	require.NoError(t, err)
+	assert.Equal(t, operations.TaskInterrupted, tk.State)
+	assert.Equal(t, []string{"evac-h1-1 by alice: host retired"}, c.got)
+	_, err = cl.CancelTask(ctx, "evac-nope", "")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "404")
+
+	// The status says why a host is not evacuable.
+	status, err := cl.Status(ctx)
+	require.NoError(t, err)
+	require.NotEmpty(t, status.Hosts)
+	assert.Equal(t, "not yet evacuable: "+status.Hosts[0].Name, status.Hosts[0].NotEvacuable)
+	h, err := cl.ShowHost(ctx, status.Hosts[0].Name)
+	require.NoError(t, err)
+	assert.Equal(t, "not yet evacuable: "+h.Name, h.NotEvacuable)
 }
 
 func TestServerWithoutOperations(t *testing.T) {

@@ -81,6 +81,9 @@ type Server struct {
 	ops    Operations
 	fences Fences
 	ready  func() []string
+	// notEvacuable says why a host's domains could not all be rebuilt if
+	// it failed now ("" when they could); see WithEvacuability.
+	notEvacuable func(host string) string
 }
 
 // New builds the handler. The agent token and at least one API token must
@@ -123,6 +126,7 @@ func New(b Backend, tok Tokens, reg *prometheus.Registry, log zerolog.Logger, op
 	s.mux.HandleFunc("POST "+PathHosts+"{host}/operations/{op}", s.operator(s.startOp))
 	s.mux.HandleFunc("GET "+PathTasks, s.reader(s.tasks))
 	s.mux.HandleFunc("GET "+PathTasks+"/{id}", s.reader(s.task))
+	s.mux.HandleFunc("POST "+PathTasks+"/{id}/cancel", s.operator(s.cancelTask))
 	s.mux.HandleFunc("GET "+PathHistory, s.reader(s.history))
 	s.mux.HandleFunc("GET "+PathHealthz, s.healthz)
 	s.mux.HandleFunc("GET "+PathReadyz, s.reader(s.readyz))
@@ -258,7 +262,17 @@ func (s *Server) notFound(w http.ResponseWriter, err error) bool {
 }
 
 func (s *Server) status(w http.ResponseWriter, _ *http.Request, _ principal) {
-	writeJSON(w, http.StatusOK, s.b.Status())
+	st := s.b.Status()
+	for i := range st.Hosts {
+		s.addEvacuability(&st.Hosts[i])
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) addEvacuability(h *daemon.HostStatus) {
+	if s.notEvacuable != nil {
+		h.NotEvacuable = s.notEvacuable(h.Name)
+	}
 }
 
 func (s *Server) host(w http.ResponseWriter, r *http.Request, _ principal) {

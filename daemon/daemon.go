@@ -533,6 +533,11 @@ type HostStatus struct {
 	// Active is how many domains the host's last heartbeat reported
 	// active (running, paused, starting); -1 before one listed them.
 	Active int `json:"active"`
+	// NotEvacuable, when set, says why some of the host's domains could
+	// not be rebuilt elsewhere if it failed now (e.g. no saved XML yet:
+	// not captured since the daemon started, and not in the mirror). The
+	// API fills it; the daemon itself leaves it empty.
+	NotEvacuable string `json:"not_evacuable,omitempty"`
 }
 
 // Status is the whole cluster.

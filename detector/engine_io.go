@@ -147,19 +147,24 @@ func (e *Engine) updateStorm(ctx context.Context, cfg EngineConfig, now time.Tim
 	refs.Configured = cfg.References
 	prev := e.storm
 	next := decide(refs, prev.Paused)
-	e.storm = next
 	if next.Paused == prev.Paused {
-		if next.Paused {
-			e.storm.Reason = next.Reason
-		}
+		e.storm = next
 		e.stormMu.Unlock()
 		return next.Paused
 	}
-	if next.Paused {
-		e.stormID = newID("storm")
-	}
 	id := e.stormID
+	if next.Paused {
+		id = newID("storm")
+	}
 	e.stormMu.Unlock()
+	// A flip becomes visible (Status) only once its history record is
+	// written: whoever sees the guard paused or cleared finds the record.
+	// Step runs on one goroutine, so nothing flips it meanwhile.
+	defer func() {
+		e.stormMu.Lock()
+		e.storm, e.stormID = next, id
+		e.stormMu.Unlock()
+	}()
 
 	rec := store.Record{At: now, Kind: "storm", From: "running", To: "paused", Reason: next.Reason, CorrelationID: id}
 	if !next.Paused {
@@ -169,6 +174,7 @@ func (e *Engine) updateStorm(ctx context.Context, cfg EngineConfig, now time.Tim
 		e.log.Error().Str("correlation_id", id).Msg("storm guard: pausing every decision: " + next.Reason)
 	}
 	e.record([]store.Record{rec})
+	e.flushRecords() // now, not by the recorder: see above
 	kind := AlertStormPaused
 	if !next.Paused {
 		kind = AlertStormCleared

@@ -369,3 +369,43 @@ func TestEngineEnforceHandsHostDownToTheFencer(t *testing.T) {
 	assert.Empty(t, recs, "enforce mode hands over instead of recording what it would do")
 	assert.Equal(t, []string{"host-down"}, r.w.alertKinds("b"))
 }
+
+// TestEngineStormFlipIsRecordedBeforeItShows: the API never shows the
+// guard paused or cleared while the history lacks the record (the cause
+// of a flaky lab test: the record was written by the recorder a moment
+// after Status already showed the flip).
+func TestEngineStormFlipIsRecordedBeforeItShows(t *testing.T) {
+	r := newRig(t, filepath.Join(t.TempDir(), "s.db"), nil, "a", "b", "c", "d")
+	r.run(2*time.Second, "a", "b", "c", "d")
+	r.w.power["b"], r.w.power["c"], r.w.power["d"] = power.Off, power.Off, power.Off
+	step := func(beating ...string) {
+		now := r.clk.Add(100 * time.Millisecond)
+		if now.Sub(t0)%time.Second == 0 {
+			for _, h := range beating {
+				r.beat(h)
+			}
+		}
+		r.e.Step(context.Background(), now) // no Flush: what a reader sees at once
+		r.e.Wait()
+	}
+	flips, was := 0, false
+	check := func() {
+		_, storm := r.e.Status()
+		if storm.Paused != was {
+			flips, was = flips+1, storm.Paused
+		}
+		recs, err := r.st.History(store.Query{Kind: "storm"})
+		require.NoError(t, err)
+		require.Len(t, recs, flips, "status shows paused=%v after %d flip(s); the history has %d storm records", storm.Paused, flips, len(recs))
+	}
+	for range 80 {
+		step("a")
+		check()
+	}
+	require.Equal(t, 1, flips, "the guard paused")
+	for range 50 {
+		step("a", "b", "c")
+		check()
+	}
+	require.Equal(t, 2, flips, "the guard cleared")
+}

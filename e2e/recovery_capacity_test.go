@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,10 +19,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chimestack/chime-fence/alert"
+	"github.com/chimestack/chime-fence/api"
 	"github.com/chimestack/chime-fence/daemon"
 	"github.com/chimestack/chime-fence/e2e/lab"
 	"github.com/chimestack/chime-fence/e2e/labconfig"
 	"github.com/chimestack/chime-fence/evacuator"
+	"github.com/chimestack/chime-fence/node"
 	"github.com/chimestack/chime-fence/recovery"
 	"github.com/chimestack/chime-fence/store"
 )
@@ -231,6 +234,13 @@ func libvirtFreeMiB(t *testing.T, ctx context.Context, l *lab.Lab, h lab.Host) i
 // record and the evacuation.partial alert name each with a capacity
 // reason; the opted-out VM, though of the highest priority, is reported as
 // not moved by policy.
+//
+// Issue 12's "done when" 3: the evacuation does not end there. Its task
+// waits, and `task show` names each waiting VM with its reason; a fourth
+// host, disabled until then, is enabled, and the two waiting VMs start on
+// it within one retry interval; the task then finishes (partial: the
+// opted-out VM never moves), evacuation.partial having fired once and
+// evacuation.finished at the end.
 func TestRecoveryCapacity(t *testing.T) {
 	ctx := context.Background()
 	const (
@@ -244,14 +254,14 @@ func TestRecoveryCapacity(t *testing.T) {
 		hook    *webhook
 		targets []capTarget
 	)
-	d := startDetectionLabWith(t, ctx, lab.Config{Name: "chcap", Hosts: 3}, func(l *lab.Lab) labconfig.Options {
+	d := startDetectionLabWith(t, ctx, lab.Config{Name: "chcap", Hosts: 4}, func(l *lab.Lab) labconfig.Options {
 		hook = startWebhook(t, l)
 		hs := l.Hosts()
 		// Before the daemon starts (its reserve is fixed at start): a VM
 		// runs on host2 and must be counted against it.
 		_, err := l.CreateVM(ctx, hs[1], lab.VMSpec{Name: "capbase", Shared: true, MemoryMiB: baseMiB})
 		require.NoError(t, err)
-		for _, h := range hs[1:] {
+		for _, h := range hs[1:3] { // host4 is disabled until the task waits
 			targets = append(targets, sizeTarget(t, ctx, l, h))
 		}
 		r, ok := reserveFor(targets, lim, vmMiB, k)
@@ -262,7 +272,10 @@ func TestRecoveryCapacity(t *testing.T) {
 			lim.memOC, lim.cpuOC, lim.reservedMiB)}
 	}, recoveryEnv)
 	hs := d.l.Hosts()
-	h1 := hs[0]
+	h1, spare := hs[0], hs[3]
+	_, err := d.client.SetAdminState(ctx, spare.Name, api.AdminRequest{State: node.Disabled, Reason: "e2e: the spare, enabled once the task waits"})
+	require.NoError(t, err)
+	d.waitHost(spare.Name, "disabled", 5*time.Second, func(s daemon.HostStatus) bool { return s.Admin == node.Disabled })
 	for _, c := range targets {
 		t.Logf("target %s: %d MiB, %d CPUs, %d MiB and %d vCPUs in use; capacity %d MiB (reserve %d MiB, overcommit %v), %d vCPUs: room for %d VM(s) of %d MiB",
 			c.name, c.memMiB, c.cpus, c.usedMiB, c.usedVCPUs, lim.memCap(c), lim.reservedMiB, lim.memOC, lim.vcpuCap(c), lim.slots(c, vmMiB), vmMiB)
@@ -340,12 +353,14 @@ func TestRecoveryCapacity(t *testing.T) {
 	require.NotEmpty(t, fences)
 	assert.Equal(t, "verified", fences[len(fences)-1].To, fences[len(fences)-1].Reason)
 
-	// The record: partial, counts, and every VM left behind named with its reason.
-	assert.Equal(t, "partial", evac.To, evac.Reason)
+	// The record: waiting (the task goes on: what did not fit is re-planned
+	// when capacity changes), counts, and every VM left behind named with
+	// its reason.
+	assert.Equal(t, "waiting", evac.To, evac.Reason)
 	assert.Contains(t, evac.Reason, fmt.Sprintf("%d running elsewhere, 0 failed, %d not moved", len(placed), len(left)+1))
 	var rep recovery.EvacuationReport
 	require.NoError(t, json.Unmarshal(evac.Evidence, &rep), "evacuation evidence: %s", evac.Evidence)
-	assert.Equal(t, "partial", rep.State)
+	assert.Equal(t, "waiting", rep.State)
 	assert.Empty(t, rep.Failed)
 	runningOn := map[string]string{}
 	for _, r := range rep.Running {
@@ -381,7 +396,7 @@ func TestRecoveryCapacity(t *testing.T) {
 		assert.Contains(t, why, fmt.Sprintf("no capacity: needs %d MiB", vmMiB), "%s", n)
 		assert.Contains(t, why, fmt.Sprintf("best host %s has %d MiB free", bestName, bestRoom), "%s: %s", n, why)
 		assert.Contains(t, why, fmt.Sprintf("memory overcommit %v, %d MiB reserved", lim.memOC, lim.reservedMiB), "%s: %s", n, why)
-		assert.Contains(t, evac.Reason, n+": "+why, "the record's summary names %s with its reason", n)
+		assert.Contains(t, evac.Reason, n+" waits: "+why, "the record's summary names %s with its reason", n)
 	}
 
 	// Reality matches the report: the placed VMs run exactly once, where the
@@ -425,6 +440,67 @@ func TestRecoveryCapacity(t *testing.T) {
 	hook.mu.Lock()
 	assert.Empty(t, hook.bad, "every delivery carries a valid signature")
 	hook.mu.Unlock()
+	// task show says what each pending VM waits for.
+	taskID := recovery.TaskID(store.FenceRecord{Host: h1.Name, CorrelationID: fences[len(fences)-1].CorrelationID})
+	task, err := d.client.Task(ctx, taskID)
+	require.NoError(t, err)
+	assert.Equal(t, "running", string(task.State), "a waiting evacuation is not over")
+	pending := map[string]string{}
+	for _, p := range task.Progress {
+		if p.State == "pending" {
+			pending[p.Name] = p.Detail
+		}
+	}
+	assert.ElementsMatch(t, left, sortedKeys(pending), "task show lists the waiting VMs: %+v", task.Progress)
+	for _, n := range left {
+		assert.Contains(t, pending[n], "waits: no capacity: needs", n)
+	}
+
+	// Room appears: the spare is enabled, and what waited starts there.
+	watch = watchDisks(d.l, disks)
+	enabled := time.Now()
+	_, err = d.client.SetAdminState(ctx, spare.Name, api.AdminRequest{State: node.Enabled, Reason: "e2e: capacity for the waiting VMs"})
+	require.NoError(t, err)
+	var final store.Record
+	require.Eventually(t, func() bool {
+		for _, r := range d.history(store.Query{Host: h1.Name, Kind: "evacuation"}) {
+			if r.To != "waiting" {
+				final = r
+				return true
+			}
+		}
+		return false
+	}, recovery.DefaultRetryMax+40*time.Second, 100*time.Millisecond, "the task finishes once the spare is enabled; daemon log:\n%s", tail(d.log(), 40))
+	finished := time.Since(enabled)
+	assert.Equal(t, "partial", final.To, "only the opted-out VM is not moved: %s", final.Reason)
+	assert.Contains(t, final.Reason, fmt.Sprintf("%d running elsewhere, 0 failed, 1 not moved", len(placed)+len(left)))
+	for _, n := range left {
+		assert.Equal(t, []string{spare.Name}, where(ctx, d.l, n), "%s runs exactly once, on the spare", n)
+	}
+	for _, n := range placed {
+		assert.Len(t, where(ctx, d.l, n), 1, "%s still runs exactly once", n)
+	}
+	assert.Empty(t, where(ctx, d.l, "capopt"))
+	require.Eventually(t, func() bool { return slices.Contains(hook.types(h1.Name), alert.EvacuationFinished) },
+		15*time.Second, 50*time.Millisecond, "evacuation.finished when the last VM runs; got %v", hook.types(h1.Name))
+	partials := 0
+	for _, ty := range hook.types(h1.Name) {
+		if ty == alert.EvacuationPartial {
+			partials++
+		}
+	}
+	assert.Equal(t, 1, partials, "evacuation.partial fires once")
+	task, err = d.client.Task(ctx, taskID)
+	require.NoError(t, err)
+	assert.Equal(t, "failed", string(task.State), "partial shows as failed in the task list: %s", task.Result)
+	_, err = d.client.CancelTask(ctx, taskID, "too late")
+	assert.ErrorContains(t, err, "already ended", "an ended task cannot be cancelled")
+	violations, _ = watch.finish()
+	assert.Empty(t, violations, "two QEMU processes held one disk after the spare was enabled")
+	t.Logf("spare enabled → the waiting VMs run and the task finishes in %s (retry interval at most %s)",
+		finished.Round(time.Millisecond), recovery.DefaultRetryMax)
+	assert.Less(t, finished, recovery.DefaultRetryMax+recovery.DefaultRetryMin+20*time.Second,
+		"within one retry interval (plus the VMs' start)")
 	t.Logf("power loss → evacuation recorded (%d of %d evacuable VMs placed) in %s",
 		len(placed), len(placed)+len(left), evacDone.Round(time.Millisecond))
 }

@@ -21,13 +21,19 @@
 // tasks are passed to Execute again: each VM resumes from its step after
 // asking its target what it has (running: done, never started twice;
 // defined: start; missing: define). Before every start each reachable peer
-// is asked whether it runs the UUID; if one does the VM is refused and
-// alerted. A VM whose start may have happened on a target that cannot then
-// be confirmed stopped is failed, not moved, so it cannot run twice.
+// but the fenced host (proven down: never asked) is asked whether it runs
+// the UUID, each within GuardTimeout; if one does the VM is refused and
+// alerted. A VM whose start may have happened on a target that cannot
+// then be confirmed stopped is failed, not moved, so it cannot run twice.
+// A VM that failed on every target with each copy confirmed removed is
+// failed with Retry; a task with such VMs or with Unplaced.Waiting ones
+// ends its pass as TaskWaiting (still open) for the caller to re-plan,
+// instead of finishing.
 //
 // Place plans a whole failed host at once and does no I/O: the caller
 // gathers the candidates (admin enabled, monitor normal, capacity,
-// allocated vCPUs and memory, free memory, CPU load from two NodeStats),
+// allocated vCPUs and memory, free memory, CPU load from two NodeStats;
+// Capture.SampleStale measures what is missing or stale at plan time),
 // and Place returns every VM exactly once, either assigned to a host with
 // up to 3 alternatives or unplaced with a reason an operator can act on.
 // Capacity includes the plan in progress, so the plan as a whole never

@@ -341,7 +341,7 @@ func (j *memJournal) OpenTasks() ([]Task, error) {
 	defer j.mu.Unlock()
 	var out []Task
 	for _, t := range j.tasks {
-		if t.State == TaskRunning {
+		if t.State.Open() {
 			out = append(out, t.Clone())
 		}
 	}

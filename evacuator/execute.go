@@ -20,6 +20,7 @@ const (
 	DefaultCallTimeout   = 10 * time.Second
 	DefaultVerifyTimeout = 30 * time.Second
 	DefaultPollInterval  = 250 * time.Millisecond
+	DefaultGuardTimeout  = 3 * time.Second
 )
 
 // Alert kinds Execute raises through ExecDeps.Alert. Results per VM (failed
@@ -66,8 +67,14 @@ type ExecDeps struct {
 	// Peers are the hosts the split-brain guard asks before every start
 	// (the VM's own target is skipped: it is checked directly). An
 	// unreachable peer is skipped, so include every host that might run
-	// the VM; the fenced host may be left out (it is proven down).
+	// the VM. The task's fenced host is never asked: its power-off is
+	// proven (the task's Fence), and a powered-off host would only hold
+	// each start up until its connect timeout.
 	Peers func() []string
+	// GuardTimeout bounds each peer's answer to the split-brain guard
+	// (default 3s): a live libvirtd answers in milliseconds, and one that
+	// does not is skipped anyway.
+	GuardTimeout time.Duration
 	// Rewrite adapts saved XML to a target (graphics listen address,
 	// bridge names). It must keep the UUID. Nil defines the XML as saved.
 	Rewrite func(xml, target string) (string, error)
@@ -113,7 +120,7 @@ func (d *ExecDeps) check() error {
 	if d.Peers == nil {
 		errs = append(errs, errors.New("Peers is nil (the split-brain guard needs the hosts to ask)"))
 	}
-	for name, v := range map[string]time.Duration{"CallTimeout": d.CallTimeout, "VerifyTimeout": d.VerifyTimeout, "PollInterval": d.PollInterval} {
+	for name, v := range map[string]time.Duration{"CallTimeout": d.CallTimeout, "GuardTimeout": d.GuardTimeout, "VerifyTimeout": d.VerifyTimeout, "PollInterval": d.PollInterval} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("%s %s is negative", name, v))
 		}
@@ -132,6 +139,9 @@ func (d *ExecDeps) check() error {
 	}
 	if d.CallTimeout == 0 {
 		d.CallTimeout = DefaultCallTimeout
+	}
+	if d.GuardTimeout == 0 {
+		d.GuardTimeout = DefaultGuardTimeout
 	}
 	if d.VerifyTimeout == 0 {
 		d.VerifyTimeout = DefaultVerifyTimeout
@@ -160,7 +170,7 @@ func Execute(ctx context.Context, t *Task, d ExecDeps) error {
 		return fmt.Errorf("evacuator: execute task %q: dependencies: %w", t.ID, err)
 	}
 	if t.State != "" && t.State != TaskRunning {
-		return nil
+		return nil // finished, or waiting for a re-plan (the caller's)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -208,6 +218,11 @@ func Execute(ctx context.Context, t *Task, d ExecDeps) error {
 				bad++
 			}
 		}
+		if len(t.Waiting()) > 0 {
+			// Not finished: what waits is re-planned by the caller.
+			t.State = TaskWaiting
+			return
+		}
 		switch {
 		case running == 0 && (bad > 0 || len(t.Unplaced) > 0):
 			t.State = TaskFailed
@@ -220,6 +235,10 @@ func Execute(ctx context.Context, t *Task, d ExecDeps) error {
 	})
 	if err != nil {
 		return err
+	}
+	if t.State == TaskWaiting {
+		e.log.Warn().Int("running", running).Int("waiting", len(t.Waiting())).Msg("evacuation pass ended; VMs wait for a re-plan")
+		return nil
 	}
 	e.log.Info().Str("state", string(t.State)).Int("running", running).Int("not_running", bad).
 		Int("unplaced", len(t.Unplaced)).Dur("took", t.Finished.Sub(t.Created)).Msg("evacuation finished")
@@ -556,7 +575,9 @@ func (e *executor) moveOn(ctx context.Context, i int, hv Hypervisor, skipCleanup
 			for _, tt := range vm.Tried {
 				all = append(all, tt.Host+": "+tt.Error)
 			}
-			vm.Step, vm.Error = StepFailed, "failed on every target: "+strings.Join(all, "; ")
+			// Every copy was confirmed removed (or never started), so a
+			// re-plan may try other hosts: the VM waits (Retry).
+			vm.Step, vm.Error, vm.Retry = StepFailed, "failed on every target: "+strings.Join(all, "; "), true
 			return
 		}
 		vm.Target, vm.Step, vm.Error, vm.Started, vm.MayRun = next, StepPending, "", time.Time{}, false
@@ -617,12 +638,13 @@ func (e *executor) cleanup(ctx context.Context, hv Hypervisor, uuid string, log 
 	return nil
 }
 
-// guard asks every peer but the target, in parallel, whether a domain with
-// uuid is active there, and returns those that say yes. A peer that does
-// not answer is skipped: it cannot be asked, and the fence rule already
-// covers the host that failed.
+// guard asks every peer but the target and the fenced host, in parallel,
+// whether a domain with uuid is active there, and returns those that say
+// yes. A peer that does not answer within GuardTimeout is skipped: it
+// cannot be asked, and the fence rule already covers the host that failed
+// (whose proof is the task's Fence: it is not asked at all).
 func (e *executor) guard(ctx context.Context, uuid, target string, log zerolog.Logger) []string {
-	seen := map[string]bool{target: true}
+	seen := map[string]bool{target: true, e.host: true}
 	var (
 		mu      sync.Mutex
 		holders []string
@@ -637,7 +659,7 @@ func (e *executor) guard(ctx context.Context, uuid, target string, log zerolog.L
 			hv, err := e.d.Hypervisor(p)
 			var dom hypervisor.Domain
 			if err == nil {
-				c, cancel := e.call(ctx)
+				c, cancel := context.WithTimeout(ctx, min(e.d.GuardTimeout, e.d.CallTimeout))
 				dom, err = hv.Domain(c, uuid)
 				cancel()
 			}

@@ -163,7 +163,7 @@ func TestExecuteHappyPath(t *testing.T) {
 	assert.Empty(t, open, "a finished task is not open")
 	assert.Empty(t, r.alerts.all())
 	assert.Empty(t, r.c.violations)
-	assert.Positive(t, r.c.count("dead domain"), "the guard asked the fenced host too (unreachable: skipped)")
+	assert.Zero(t, r.c.count("dead domain"), "the guard never asks the fenced host: its power-off is proven")
 
 	// OnProgress and AfterSave follow every write, in order.
 	writes := r.j.count()
@@ -240,7 +240,14 @@ func TestExecuteEveryTargetFails(t *testing.T) {
 	for _, h := range []string{"a", "b", "c"} {
 		assert.NotContains(t, r.c.host(h).doms, u1, "no copy left on %s", h)
 	}
-	assert.Equal(t, TaskFailed, task.State, "nothing runs")
+	assert.True(t, vm.Retry, "every copy was removed: a re-plan may try other hosts")
+	assert.Equal(t, TaskWaiting, task.State, "nothing runs, and the VM waits for a re-plan")
+	assert.True(t, task.Finished.IsZero(), "a waiting task is not finished")
+	assert.Equal(t, []UnplacedVM{{UUID: u1, Name: vm.Name, Reason: vm.Error, Waiting: true}}, task.Waiting(),
+		"the VM waits; the local-disk VM never will")
+	open, err := r.j.OpenTasks()
+	require.NoError(t, err)
+	require.Len(t, open, 1, "a waiting task stays open: a restart resumes it")
 	assert.GreaterOrEqual(t, r.clock.Now().Sub(tx0), 30*time.Second, "verify waited its timeout on the virtual clock")
 }
 

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/chimestack/chime-fence/heartbeat"
 )
@@ -148,4 +149,34 @@ func syncDir(dir string) error {
 		return fmt.Errorf("sync dir %s: %w", dir, err)
 	}
 	return nil
+}
+
+// ReadMirror returns the mirrored definition of uuid captured on host
+// (<dir>/<host>/<uuid>.xml) and when it was written. It is where a
+// rebuild's XML comes from when the journal has none: a daemon that
+// just started for the first time, on a cluster whose mirror an earlier
+// daemon (or a standby) wrote. ok is false when there is no such file.
+func ReadMirror(dir, host, uuid string) (xml string, written time.Time, ok bool, err error) {
+	if dir == "" {
+		return "", time.Time{}, false, nil
+	}
+	if err := checkHostName(host); err != nil {
+		return "", time.Time{}, false, fmt.Errorf("read mirror: %w", err)
+	}
+	if uuid == "" || strings.ContainsAny(uuid, "/\x00") || uuid == "." || uuid == ".." {
+		return "", time.Time{}, false, fmt.Errorf("read mirror of host %s: bad UUID %q", host, uuid)
+	}
+	p := filepath.Join(dir, host, uuid+".xml")
+	fi, err := os.Stat(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", time.Time{}, false, nil
+	}
+	if err != nil {
+		return "", time.Time{}, false, fmt.Errorf("read mirror of host %s: %w", host, err)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return "", time.Time{}, false, fmt.Errorf("read mirror of host %s: %w", host, err)
+	}
+	return string(b), fi.ModTime(), true, nil
 }

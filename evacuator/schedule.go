@@ -77,6 +77,10 @@ type Assignment struct {
 type Unplaced struct {
 	VM     VM     `json:"vm"`
 	Reason string `json:"reason"`
+	// NoRoom: the VM itself could move, but no host has room or is
+	// eligible now (capacity, anti-affinity, eligibility): a plan on
+	// another day may place it. False for a VM that can never move.
+	NoRoom bool `json:"no_room,omitempty"`
 }
 
 // HostReport is one candidate host after planning.
@@ -244,7 +248,7 @@ func Place(req PlaceRequest) Placement {
 			n = min(n+1, len(top))
 		}
 		if n == 0 {
-			p.Unplaced = append(p.Unplaced, Unplaced{VM: vm, Reason: explainUnplaced(vm, vcpus, hosts, pool, lim, func(h *planHost) bool {
+			p.Unplaced = append(p.Unplaced, Unplaced{VM: vm, NoRoom: true, Reason: explainUnplaced(vm, vcpus, hosts, pool, lim, func(h *planHost) bool {
 				_, on := occupied[h.idx<<32|gid]
 				return grouped && on
 			})})

@@ -14,19 +14,28 @@ type TaskState string
 
 const (
 	TaskRunning TaskState = "running" // work left; a restarted daemon resumes it
-	TaskDone    TaskState = "done"    // every VM runs on its new host
-	TaskPartial TaskState = "partial" // some VMs run; others failed, were refused or not placed
-	TaskFailed  TaskState = "failed"  // no VM runs
+	// TaskWaiting: every VM that could be placed was tried; some wait
+	// (Task.Waiting) for a re-plan: capacity, an eligible host, their XML.
+	// Open: it is retried with back-off and on every change that could
+	// help, and a restarted daemon resumes it.
+	TaskWaiting   TaskState = "waiting"
+	TaskDone      TaskState = "done"      // every VM runs on its new host
+	TaskPartial   TaskState = "partial"   // some VMs run; the others can never move here (refused, unsafe, not evacuable)
+	TaskFailed    TaskState = "failed"    // no VM runs, and none can
+	TaskCancelled TaskState = "cancelled" // an operator ended it (task cancel); what waited stays where it is
 )
 
 // Valid reports whether s is one of the states above.
 func (s TaskState) Valid() bool {
 	switch s {
-	case TaskRunning, TaskDone, TaskPartial, TaskFailed:
+	case TaskRunning, TaskWaiting, TaskDone, TaskPartial, TaskFailed, TaskCancelled:
 		return true
 	}
 	return false
 }
+
+// Open reports whether work is left: the task is resumed after a restart.
+func (s TaskState) Open() bool { return s == TaskRunning || s == TaskWaiting }
 
 // VMStep is how far one VM's rebuild got. The executor journals the step
 // before it acts (defining, starting) and after (defined, running), so the
@@ -70,6 +79,10 @@ type UnplacedVM struct {
 	UUID   string `json:"uuid"`
 	Name   string `json:"name"`
 	Reason string `json:"reason"`
+	// Waiting: a re-plan may place it (no capacity or eligible host now,
+	// no saved XML yet); false when it can never move (opted out, local
+	// disks, unreadable XML).
+	Waiting bool `json:"waiting,omitempty"`
 }
 
 // VMTask is one VM's rebuild.
@@ -88,7 +101,10 @@ type VMTask struct {
 	Step         VMStep        `json:"step"`
 	// MayRun: Start may have run on Target. Before another target is
 	// tried, the copy there must then be confirmed stopped.
-	MayRun  bool      `json:"may_run,omitempty"`
+	MayRun bool `json:"may_run,omitempty"`
+	// Retry: the VM failed on every target it was given, each copy
+	// confirmed removed, so a re-plan may give it new ones (Step failed).
+	Retry   bool      `json:"retry,omitempty"`
 	Error   string    `json:"error,omitempty"`
 	Updated time.Time `json:"updated"`
 	Started time.Time `json:"started,omitzero"` // first Start on the final target
@@ -109,6 +125,32 @@ type Task struct {
 	VMs      []VMTask     `json:"vms"`
 	Unplaced []UnplacedVM `json:"unplaced,omitempty"`
 	State    TaskState    `json:"state"`
+	// Plans counts the plans made (1 + re-plans); NextPlan is when the
+	// next re-plan is due at the latest while the task waits.
+	Plans    int       `json:"plans,omitempty"`
+	NextPlan time.Time `json:"next_plan,omitzero"`
+	// PartialAlerted: evacuation.partial was raised for this task (once).
+	PartialAlerted bool `json:"partial_alerted,omitempty"`
+	// CancelledBy and CancelReason say who ended the task and why.
+	CancelledBy  string `json:"cancelled_by,omitempty"`
+	CancelReason string `json:"cancel_reason,omitempty"`
+}
+
+// Waiting returns the VMs a re-plan may still move: unplaced ones marked
+// Waiting, and VMs that failed on every target with Retry.
+func (t Task) Waiting() []UnplacedVM {
+	var out []UnplacedVM
+	for _, vm := range t.VMs {
+		if vm.Step == StepFailed && vm.Retry {
+			out = append(out, UnplacedVM{UUID: vm.UUID, Name: vm.Name, Reason: vm.Error, Waiting: true})
+		}
+	}
+	for _, u := range t.Unplaced {
+		if u.Waiting {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // Clone returns a deep copy of t, safe to hand to another goroutine.
@@ -193,7 +235,11 @@ type Journal interface {
 type StoreJournal struct{ S *store.Store }
 
 // SaveTask writes t as one durable transaction.
-func (j StoreJournal) SaveTask(t Task) error {
+func (j StoreJournal) SaveTask(t Task) error { return j.SaveTaskRecords(t) }
+
+// SaveTaskRecords writes t and appends recs to the history in the same
+// durable transaction: what the API shows of the task, the history has.
+func (j StoreJournal) SaveTaskRecords(t Task, recs ...store.Record) error {
 	body, err := json.Marshal(t)
 	if err != nil {
 		return fmt.Errorf("save evacuation task %q: encode: %w", t.ID, err)
@@ -202,7 +248,7 @@ func (j StoreJournal) SaveTask(t Task) error {
 	if updated.IsZero() {
 		updated = t.Created
 	}
-	err = j.S.PutTask(store.TaskRecord{ID: t.ID, Host: t.Host, Open: t.State == TaskRunning, Updated: updated, Body: body})
+	err = j.S.PutTaskRecords(store.TaskRecord{ID: t.ID, Host: t.Host, Open: t.State.Open(), Updated: updated, Body: body}, recs...)
 	if err != nil {
 		return fmt.Errorf("save evacuation task %q: %w", t.ID, err)
 	}

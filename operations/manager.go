@@ -38,10 +38,12 @@ var DefaultTimeouts = map[Op]time.Duration{
 // Store is the durable state the Manager needs; *store.Store satisfies it.
 type Store interface {
 	PutOpTask(r store.OpTaskRecord) error
+	// PutOpTaskRecords writes the task and appends the history records in
+	// one durable step.
+	PutOpTaskRecords(r store.OpTaskRecord, recs ...store.Record) error
 	OpTasks(host string) ([]store.OpTaskRecord, error)
 	OpenOpTasks() ([]store.OpTaskRecord, error)
 	OpTaskByID(id string) (store.OpTaskRecord, bool, error)
-	Append(recs ...store.Record) ([]store.Record, error)
 }
 
 // Config tunes a Manager.
@@ -144,10 +146,9 @@ func (m *Manager) interruptLeftovers() error {
 		}
 		now := m.deps.Now()
 		t.State, t.Error, t.Updated, t.Finished = TaskInterrupted, RestartedReason, now, now
-		if err := m.persist(t); err != nil {
+		if err := m.persist(t, m.history(t, string(TaskRunning), RestartedReason)); err != nil {
 			return fmt.Errorf("operations: mark task %s interrupted: %w", t.ID, err)
 		}
-		m.history(t, string(TaskRunning), RestartedReason)
 		m.log.Warn().Str("host", t.Host).Str("task", t.ID).Str("op", string(t.Op)).Msg("task was running when the daemon stopped: marked interrupted")
 	}
 	return nil
@@ -181,7 +182,7 @@ func (m *Manager) Start(req Request) (Task, error) {
 	if req.Force {
 		t.Overridden = Overrides(req, v)
 	}
-	if err := m.persist(t); err != nil {
+	if err := m.persist(t, m.history(t, "", "")); err != nil {
 		m.mu.Unlock()
 		return Task{}, fmt.Errorf("operations: %s %s: record the task: %w", req.Op, req.Host, err)
 	}
@@ -191,7 +192,6 @@ func (m *Manager) Start(req Request) (Task, error) {
 	m.wg.Add(1)
 	m.mu.Unlock()
 
-	m.history(t, "", "")
 	m.log.Info().Str("host", t.Host).Str("task", t.ID).Str("op", string(t.Op)).Str("actor", t.Actor).Str("target", t.Target).
 		Msg("operation started")
 	go m.execute(r, exec)
@@ -358,11 +358,11 @@ func (m *Manager) finish(r *run, st TaskState, result, errText string) {
 	r.mu.Unlock()
 	t.State, t.Result, t.Error = st, result, errText
 	t.Updated, t.Finished = now, now
-	if err := m.persist(t); err != nil {
-		// The store keeps it "running": the next start marks it interrupted.
+	if err := m.persist(t, m.history(t, string(TaskRunning), "")); err != nil {
+		// The store keeps it "running" and the history its start: the
+		// next start marks it interrupted and records that.
 		m.log.Error().Err(err).Str("host", t.Host).Str("task", t.ID).Msg("task result not persisted")
 	}
-	m.history(t, string(TaskRunning), "")
 
 	// The end and the lock's release are one step for observers.
 	m.mu.Lock()
@@ -387,18 +387,20 @@ func (m *Manager) finish(r *run, st TaskState, result, errText string) {
 	close(r.done)
 }
 
-func (m *Manager) persist(t Task) error {
+// persist writes the task and its history records in one step: the API
+// never shows a task state the history lacks.
+func (m *Manager) persist(t Task, recs ...store.Record) error {
 	body, err := json.Marshal(t)
 	if err != nil {
 		return fmt.Errorf("encode task %s: %w", t.ID, err)
 	}
-	return m.deps.Store.PutOpTask(store.OpTaskRecord{ID: t.ID, Host: t.Host, Running: t.State == TaskRunning,
-		Created: t.Created, Updated: t.Updated, Body: body})
+	return m.deps.Store.PutOpTaskRecords(store.OpTaskRecord{ID: t.ID, Host: t.Host, Running: t.State == TaskRunning,
+		Created: t.Created, Updated: t.Updated, Body: body}, recs...)
 }
 
-// history records a task's start (from "") or end, with the actor and
-// reason; a failed write is logged, never fatal to the task.
-func (m *Manager) history(t Task, from, reason string) {
+// history is the record of a task's start (from "") or end, with the
+// actor and reason; persist writes it with the task.
+func (m *Manager) history(t Task, from, reason string) store.Record {
 	to := string(t.State)
 	summary := fmt.Sprintf("%s %s by %s", t.Op, t.Host, t.Actor)
 	if t.Target != "" {
@@ -431,10 +433,8 @@ func (m *Manager) history(t Task, from, reason string) {
 	if at.IsZero() {
 		at = m.deps.Now()
 	}
-	if _, err := m.deps.Store.Append(store.Record{At: at, Host: t.Host, Kind: HistoryKind, From: from, To: to,
-		Reason: summary, CorrelationID: t.ID, Evidence: ev}); err != nil {
-		m.log.Error().Err(err).Str("host", t.Host).Str("task", t.ID).Msg("operation history record not written")
-	}
+	return store.Record{At: at, Host: t.Host, Kind: HistoryKind, From: from, To: to,
+		Reason: summary, CorrelationID: t.ID, Evidence: ev}
 }
 
 // Task returns the task with this ID (ErrNotFound if none).

@@ -65,6 +65,14 @@ type EvacuationRequest struct {
 	Target string
 	// Progress, if set, sees the task after each journal write.
 	Progress func(evacuator.Task)
+	// Waiting, if set, is called once per task when it first waits for a
+	// re-plan (some VMs could not be placed or started), after the
+	// history record of it is durable.
+	Waiting func(EvacuationReport)
+	// StillProven, if set, is asked before each re-plan: an error (the
+	// fenced host heartbeated again) ends the waiting task instead, since
+	// a proof of death covers only the silence it was taken in.
+	StillProven func() error
 }
 
 // EvacuationReport sums a finished evacuation up for alerts and history.
@@ -76,8 +84,14 @@ type EvacuationReport struct {
 	Unplaced []VMOutcome `json:"unplaced,omitempty"`
 	Elapsed  string      `json:"elapsed"`
 	// Replayed: the task had finished before this call (a repeated verdict
-	// or a restart), so this report is not a new result.
+	// or a restart), or recorded its own end (cancelled), so this report
+	// is not a new result.
 	Replayed bool `json:"-"`
+	// PartialAlerted: evacuation.partial was raised while it waited.
+	PartialAlerted bool `json:"-"`
+	// Recorded: the history record of the end was written with the task's
+	// end, in one step; the caller does not record it again.
+	Recorded bool `json:"-"`
 }
 
 // VMOutcome is one VM's result.
@@ -86,6 +100,8 @@ type VMOutcome struct {
 	Name   string `json:"name"`
 	Host   string `json:"host,omitempty"` // where it runs now
 	Reason string `json:"reason,omitempty"`
+	// Waiting: not moved yet, and a re-plan may still move it.
+	Waiting bool `json:"waiting,omitempty"`
 }
 
 // Deps are the coordinator's collaborators. All are required but Log.
@@ -484,13 +500,20 @@ func (c *Coordinator) evacuate(ctx context.Context, rec store.FenceRecord, progr
 		log.Error().Msg("refusing to evacuate without a proven fence") // unreachable by construction
 		return EvacuationReport{}, errors.New("refusing to evacuate without a proven fence")
 	}
+	// No wait for the rest of the cluster to be judged: the plan samples
+	// its candidates' libvirt itself (a host not judged yet is a target
+	// only if it answers), a resumed task asks its targets directly, and
+	// the split-brain guard skips the fenced host, whose proof is rec.
 	c.ensureDrained(rec, log)
-	if err := c.awaitSettled(ctx, rec.Host, log); err != nil {
-		return EvacuationReport{}, err
-	}
 	id := TaskID(rec)
 	rep, err := c.runEvacuation(ctx, EvacuationRequest{TaskID: id, Host: rec.Host, CorrelationID: rec.CorrelationID,
-		Fence: fenceProof(rec), Progress: progress}, log)
+		Fence: fenceProof(rec), Progress: progress, StillProven: func() error {
+			if st, err := c.deps.Cluster.Host(rec.Host); err == nil && !provenSinceHeartbeat(rec, st) {
+				return fmt.Errorf("%s heartbeated at %s, after its fence began: a new incident, so its VMs are not moved on the old proof",
+					rec.Host, st.LastHeartbeat.Format(time.RFC3339Nano))
+			}
+			return nil
+		}}, log)
 	if err == nil && rec.Evacuation != id {
 		rec.Evacuation = id
 		if err := c.deps.Journal.PutFence(rec); err != nil {
@@ -498,44 +521,6 @@ func (c *Coordinator) evacuate(ctx context.Context, rec store.FenceRecord, progr
 		}
 	}
 	return rep, err
-}
-
-// settleLimit bounds how long an evacuation waits for hosts the daemon
-// has not judged yet; after it, they are simply not candidates.
-const settleLimit = 2 * time.Minute
-
-// awaitSettled waits until no other host's monitor state is unknown. A
-// daemon that just (re)started knows nothing of its hosts for one window:
-// a plan made now would find no eligible host (and the split-brain guard
-// would wait on the dead host's libvirt); a task resumed from the journal
-// only has its VMs' steps to finish and waits too, for the guard's sake.
-func (c *Coordinator) awaitSettled(ctx context.Context, failed string, log zerolog.Logger) error {
-	deadline := c.deps.Now().Add(settleLimit)
-	logged := false
-	for {
-		var unknown []string
-		for _, h := range c.deps.Cluster.Status().Hosts {
-			if h.Name != failed && h.Monitor == node.Unknown {
-				unknown = append(unknown, h.Name)
-			}
-		}
-		if len(unknown) == 0 {
-			return nil
-		}
-		if !c.deps.Now().Before(deadline) {
-			log.Warn().Strs("unknown", unknown).Msg("hosts still not judged; evacuating without them")
-			return nil
-		}
-		if !logged {
-			log.Info().Strs("unknown", unknown).Msg("evacuation waits until the daemon has judged every host")
-			logged = true
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("evacuation of %s: %w", failed, ctx.Err())
-		case <-time.After(c.cfg.Retry):
-		}
-	}
 }
 
 // ensureDrained drains a proven host whose drain was lost (the daemon
@@ -563,8 +548,22 @@ func (c *Coordinator) runEvacuation(ctx context.Context, req EvacuationRequest, 
 	start := c.deps.Now()
 	c.alert(alert.Event{Type: alert.EvacuationStarted, Severity: "warning", At: start, Host: req.Host, CorrelationID: req.CorrelationID,
 		Summary: fmt.Sprintf("evacuating %s (task %s)", req.Host, req.TaskID)})
+	// evacuation.partial fires once, when VMs first wait; the task goes
+	// on and evacuation.finished follows when the last of them runs.
+	req.Waiting = func(rep EvacuationReport) {
+		summary := rep.Summary(req.Host)
+		c.alert(alert.Event{Type: alert.EvacuationPartial, Severity: "critical", At: c.deps.Now(), Host: req.Host, CorrelationID: req.CorrelationID,
+			Summary: summary, Details: map[string]any{"report": rep}})
+		log.Error().Msg(summary)
+	}
 	rep, err := c.deps.Evacuator.Evacuate(ctx, req)
 	now := c.deps.Now()
+	if err != nil && ctx.Err() != nil {
+		// The daemon is stopping: the task stays open in the journal and
+		// the next daemon resumes it. Nothing failed; nothing to alert.
+		log.Warn().Err(err).Msg("evacuation stopped with the daemon; it resumes at the next start")
+		return rep, err
+	}
 	if err != nil {
 		c.deps.Metrics.evacuationEnded(EvacuationReport{}, "error", now.Sub(start))
 		summary := fmt.Sprintf("evacuation of %s did not run: %v", req.Host, err)
@@ -578,9 +577,11 @@ func (c *Coordinator) runEvacuation(ctx context.Context, req EvacuationRequest, 
 	}
 	ev, _ := json.Marshal(rep)
 	summary := rep.Summary(req.Host)
-	c.record(store.Record{At: now, Host: req.Host, Kind: "evacuation", To: rep.State, CorrelationID: req.CorrelationID, Reason: summary, Evidence: ev})
+	if !rep.Recorded && !rep.Replayed { // else it is in the history with the task's end
+		c.record(store.Record{At: now, Host: req.Host, Kind: "evacuation", To: rep.State, CorrelationID: req.CorrelationID, Reason: summary, Evidence: ev})
+	}
 	typ, sev := alert.EvacuationFinished, "info"
-	if rep.State != "done" || len(rep.Unplaced) > 0 {
+	if (rep.State != "done" || len(rep.Unplaced) > 0) && !rep.PartialAlerted {
 		typ, sev = alert.EvacuationPartial, "critical"
 	}
 	c.alert(alert.Event{Type: typ, Severity: sev, At: now, Host: req.Host, CorrelationID: req.CorrelationID, Summary: summary,
@@ -595,7 +596,11 @@ func (r EvacuationReport) Summary(host string) string {
 	summary := fmt.Sprintf("evacuation of %s %s: %d running elsewhere, %d failed, %d not moved", host, r.State,
 		len(r.Running), len(r.Failed), len(r.Unplaced))
 	for _, u := range r.Unplaced {
-		summary += fmt.Sprintf("; %s: %s", u.Name, u.Reason)
+		if u.Waiting {
+			summary += fmt.Sprintf("; %s waits: %s", u.Name, u.Reason)
+		} else {
+			summary += fmt.Sprintf("; %s: %s", u.Name, u.Reason)
+		}
 	}
 	for _, f := range r.Failed {
 		summary += fmt.Sprintf("; %s FAILED: %s", f.Name, f.Reason)

@@ -3,6 +3,7 @@ package recovery
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -372,7 +373,10 @@ func TestVerifiedSummaryNamesTheLevelsThatFailedFirst(t *testing.T) {
 		}), "each failed level once, with its last error, in order")
 }
 
-func TestResumeAfterACrashBetweenProofAndDrainWaitsForJudgedHosts(t *testing.T) {
+// TestResumeAfterACrashBetweenProofAndDrainResumesAtOnce: the journal's
+// proof is enough; the evacuation does not wait for the other hosts to be
+// judged (the plan samples its candidates itself).
+func TestResumeAfterACrashBetweenProofAndDrainResumesAtOnce(t *testing.T) {
 	r := newRig(t, true)
 	// The daemon died right after journaling the proof: host a is still
 	// enabled, and after the restart nobody has been judged yet.
@@ -392,14 +396,10 @@ func TestResumeAfterACrashBetweenProofAndDrainWaitsForJudgedHosts(t *testing.T) 
 
 	require.Eventually(t, func() bool { h, _ := r.cl.Host("a"); return h.Admin == node.Drained }, 5*time.Second, time.Millisecond,
 		"the lost drain is redone on resume")
-	time.Sleep(20 * time.Millisecond) // many retry periods
-	r.ev.mu.Lock()
-	assert.Empty(t, r.ev.reqs, "no plan while host b is not judged: it would find no eligible host")
-	r.ev.mu.Unlock()
-
-	r.set("b", func(h *daemonHost) { h.Monitor = node.Normal })
 	require.Eventually(t, func() bool { r.ev.mu.Lock(); defer r.ev.mu.Unlock(); return len(r.ev.reqs) == 1 }, 5*time.Second, time.Millisecond)
-	assert.Equal(t, "evac-a-a-1", r.ev.reqs[0].TaskID)
+	assert.Equal(t, "evac-a-a-1", r.ev.reqs[0].TaskID, "resumed while host b is still not judged")
+	h, _ := r.cl.Host("b")
+	assert.Equal(t, node.Unknown, h.Monitor)
 	assert.Empty(t, r.fences, "resumed, never fenced again")
 	recs, err := r.st.History(store.Query{Host: "a", Kind: "fence"})
 	require.NoError(t, err)
@@ -436,4 +436,51 @@ func TestAFenceStopsBetweenLevelsWhenTheHostHeartbeatsAgain(t *testing.T) {
 
 	out, err := r.c.FenceNow(context.Background(), "b", "T1", "alice", "")
 	require.NoError(t, err, out)
+}
+
+type evacFunc func(ctx context.Context, req EvacuationRequest) (EvacuationReport, error)
+
+func (f evacFunc) Evacuate(ctx context.Context, req EvacuationRequest) (EvacuationReport, error) {
+	return f(ctx, req)
+}
+
+// TestAnEvacuationStoppedWithTheDaemonIsNotAFailure: a waiting task that
+// ends because the daemon stops stays open for the next daemon; it is
+// neither recorded as an error nor alerted.
+func TestAnEvacuationStoppedWithTheDaemonIsNotAFailure(t *testing.T) {
+	r := newRig(t, true)
+	deps := r.c.deps
+	deps.Evacuator = evacFunc(func(ctx context.Context, req EvacuationRequest) (EvacuationReport, error) {
+		<-ctx.Done()
+		return EvacuationReport{TaskID: req.TaskID, State: "waiting"}, fmt.Errorf("evacuate a: %w (the task stays open and resumes)", ctx.Err())
+	})
+	c, err := New(Config{Cluster: "test"}, deps)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = c.runEvacuation(ctx, EvacuationRequest{TaskID: "evac-a-1", Host: "a", CorrelationID: "a-1"}, zerolog.Nop())
+	require.ErrorIs(t, err, context.Canceled)
+	recs, err := r.st.History(store.Query{Host: "a", Kind: "evacuation"})
+	require.NoError(t, err)
+	assert.Empty(t, recs, "no error record")
+	r.mu.Lock()
+	alerts := append([]string(nil), r.alerts...)
+	r.mu.Unlock()
+	assert.NotContains(t, alerts, "a:"+alert.EvacuationPartial, "no critical alert")
+
+	// A real failure still is both.
+	deps.Evacuator = evacFunc(func(context.Context, EvacuationRequest) (EvacuationReport, error) {
+		return EvacuationReport{}, errors.New("journal write failed")
+	})
+	c, err = New(Config{Cluster: "test"}, deps)
+	require.NoError(t, err)
+	_, err = c.runEvacuation(context.Background(), EvacuationRequest{TaskID: "evac-a-1", Host: "a", CorrelationID: "a-1"}, zerolog.Nop())
+	require.Error(t, err)
+	recs, err = r.st.History(store.Query{Host: "a", Kind: "evacuation"})
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	assert.Equal(t, "error", recs[0].To)
+	r.mu.Lock()
+	assert.Contains(t, r.alerts, "a:"+alert.EvacuationPartial)
+	r.mu.Unlock()
 }

@@ -27,14 +27,26 @@
 //   - The evacuation task's id is derived from the fence's incident, so a
 //     restarted daemon resumes the same task instead of planning a second
 //     one (Resume at start, and again whenever the verdict repeats).
-//   - Failures (no level verified, nothing placeable, a VM that cannot
-//     start) are alerted with every reason and leave the host unreachable
-//     and drained or as it was; nothing is retried behind the operator's
-//     back except what the fencer's levels retry themselves.
+//   - A failed fence (no level verified) is alerted with every reason and
+//     leaves the host unreachable as it was; it is not retried behind the
+//     operator's back beyond the fencer's own level retries.
+//   - An evacuation ends only when every evacuable VM runs or an operator
+//     cancels it (Evacuation.Cancel): VMs not placed (no room, no eligible
+//     host, no saved XML) or failed on every target wait in the task
+//     (evacuator.TaskWaiting) and are re-planned from fresh candidates
+//     with back-off (RetryMin doubling to RetryMax) and whenever the
+//     candidates' eligibility or capacity changes. EvacuationRequest.
+//     Waiting (evacuation.partial) fires once per task; the end is
+//     alerted as evacuation.finished when it was. Every write that changes
+//     what the API shows of a task (plan, waiting, re-plan, end, cancel)
+//     carries its history record in the same transaction.
 //   - An automatic fence stops between levels when the host heartbeats
 //     again after it began, or the storm guard pauses (Plan.StillNeeded).
-//   - An evacuation waits (at most 2 minutes) until the daemon has judged
-//     every other host: a restarted daemon knows nobody for one window.
+//   - An evacuation starts (or resumes) at once, also right after a
+//     restart: the plan samples its candidates' libvirt (a host the daemon
+//     has not judged yet is a target only if it answers now), a resumed
+//     VM asks its target directly, and the fenced host's proof in the
+//     journal is all the split-brain guard needs about it.
 //   - Deps.Lock, when set, is the operator operations' host lock: an
 //     incident for a host an operator's task holds waits for it.
 //   - FenceNow, ConfirmDown and Rebuild are the operator's entry points.

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -79,13 +80,42 @@ func TestBuildTaskPlacesOrExplainsEveryHome(t *testing.T) {
 type memJournal struct {
 	mu    sync.Mutex
 	tasks map[string]evacuator.Task
+	recs  []store.Record
 }
 
-func (j *memJournal) SaveTask(t evacuator.Task) error {
+func (j *memJournal) SaveTask(t evacuator.Task) error { return j.SaveTaskRecords(t) }
+
+func (j *memJournal) SaveTaskRecords(t evacuator.Task, recs ...store.Record) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.tasks[t.ID] = t.Clone()
+	j.recs = append(j.recs, recs...)
 	return nil
+}
+
+func (j *memJournal) records() []store.Record {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return append([]store.Record(nil), j.recs...)
+}
+
+// fastClock is a virtual clock whose Sleep passes at once.
+type fastClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fastClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fastClock) Sleep(ctx context.Context, d time.Duration) error {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+	return ctx.Err()
 }
 
 func (j *memJournal) OpenTasks() ([]evacuator.Task, error) { return nil, nil }
@@ -97,43 +127,181 @@ func (j *memJournal) Task(id string) (evacuator.Task, bool, error) {
 	return t.Clone(), ok, nil
 }
 
-func TestEvacuateRecordsThePlanHonoursTheTargetAndReplays(t *testing.T) {
+func TestEvacuateRecordsThePlanHonoursTheTargetWaitsAndCancels(t *testing.T) {
 	in := planInput()
 	j := &memJournal{tasks: map[string]evacuator.Task{}}
-	var recs []store.Record
 	var progress []evacuator.Task
-	e := &Evacuation{D: EvacuationDeps{
+	clock := &fastClock{now: t0}
+	var e *Evacuation
+	var waited []EvacuationReport
+	cancelled := make(chan struct{})
+	e = &Evacuation{D: EvacuationDeps{
 		Homes: func(string) []store.DomainHome { return in.Homes },
 		Saved: func(string) ([]store.DomainRecord, error) {
 			return []store.DomainRecord{in.Saved[eu1], in.Saved[eu2]}, nil
 		},
-		Candidates: func(string) []evacuator.Candidate { return in.Candidates },
+		Candidates: func(context.Context, string) []evacuator.Candidate { return in.Candidates },
 		Storage:    in.Storage, Limits: in.Limits, Tasks: j,
-		Record: func(r store.Record) { recs = append(recs, r) },
 		// No VM is executed: the hypervisor refuses everything, which
-		// the executor reports per VM; this test is about the plan.
+		// the executor reports per VM; the VM then waits for a re-plan.
 		Exec: evacuator.ExecDeps{Hypervisor: func(string) (evacuator.Hypervisor, error) { return nil, fmt.Errorf("no libvirt in this test") },
-			Peers: func() []string { return nil }, Clock: evacuator.RealClock{}, PerTarget: 1},
-		Now: func() time.Time { return t0 },
+			Peers: func() []string { return nil }, Clock: clock, PerTarget: 1},
+		Now: clock.Now,
 	}}
 	req := in.Request
 	req.Target = "b" // the operator's choice, though c is less loaded
 	req.Progress = func(t evacuator.Task) { progress = append(progress, t) }
+	req.Waiting = func(r EvacuationReport) {
+		waited = append(waited, r)
+		if len(waited) == 1 {
+			go func() { // Cancel waits for the loop, which waits for this hook
+				got, err := e.Cancel(req.TaskID, "alice", "e2e")
+				assert.NoError(t, err, "a live task is cancelled by its loop")
+				assert.Equal(t, evacuator.TaskCancelled, got.State, "Cancel returns once the loop ended the task")
+				close(cancelled)
+			}()
+		}
+	}
 	rep, err := e.Evacuate(context.Background(), req)
 	require.NoError(t, err)
-	assert.False(t, rep.Replayed)
+	<-cancelled
+	assert.Equal(t, string(evacuator.TaskCancelled), rep.State)
+	require.Len(t, waited, 1, "evacuation.partial's hook fires once")
 	saved, ok, _ := j.Task("evac-a-1")
 	require.True(t, ok)
 	require.Len(t, saved.VMs, 1)
 	assert.Equal(t, "b", saved.VMs[0].Target, "only the requested target")
-	require.Len(t, recs, 1)
+	assert.Equal(t, evacuator.TaskCancelled, saved.State)
+	assert.Equal(t, "alice", saved.CancelledBy)
+	recs := j.records()
+	require.GreaterOrEqual(t, len(recs), 3, "plan, waiting, (re-plans,) cancelled: %+v", recs)
 	assert.Equal(t, PlanKind, recs[0].Kind)
 	assert.Contains(t, recs[0].Reason, "web → b")
+	assert.Equal(t, []string{"planned", "waiting", "cancelled"}, []string{recs[0].To, recs[1].To, recs[len(recs)-1].To})
+	for _, r := range recs[2 : len(recs)-1] {
+		assert.Equal(t, "re-planned", r.To, "only re-plans between: %s", r.Reason)
+	}
+	assert.Contains(t, recs[1].Reason, "web waits: failed on every target")
 	require.NotEmpty(t, progress)
 	assert.Equal(t, "web", progress[0].VMs[0].Name, "the plan is reported before anything runs")
 
 	rep2, err := e.Evacuate(context.Background(), req)
 	require.NoError(t, err)
-	assert.True(t, rep2.Replayed, "a finished task only reports again")
-	assert.Len(t, recs, 1, "the plan is recorded once")
+	assert.True(t, rep2.Replayed, "an ended task only reports again")
+	assert.Len(t, j.records(), len(recs), "nothing recorded again")
+	_, err = e.Cancel(req.TaskID, "bob", "")
+	assert.ErrorIs(t, err, ErrTaskEnded)
+	_, err = e.Cancel("nope", "bob", "")
+	assert.ErrorIs(t, err, ErrNoTask)
+}
+
+// TestReplanPlacesWhatWaitsWhenRoomAppears: capacity short, one VM waits
+// with a capacity reason; a host enabled later takes it, and what already
+// runs is left alone.
+func TestReplanPlacesWhatWaitsWhenRoomAppears(t *testing.T) {
+	in := planInput()
+	in.Saved[eu4] = store.DomainRecord{UUID: eu4, Name: "never", XML: domXML(eu4, "never", "/mnt/shared/never.qcow2")}
+	in.Candidates = []evacuator.Candidate{
+		{Name: "a", Eligible: false, Why: "is the failed host"},
+		{Name: "b", Eligible: true, CPUs: 1, MemoryMiB: 1024, FreeMemoryMiB: -1, Load: -1}, // room for one 1 GiB VM
+		{Name: "c", Eligible: false, Why: "admin disabled", CPUs: 8, MemoryMiB: 16384, FreeMemoryMiB: -1, Load: -1},
+	}
+	in.Limits = evacuator.Limits{CPUOvercommit: 1, MemoryOvercommit: 1}
+	task, _ := BuildTask(in)
+	require.Len(t, task.VMs, 1)
+	task.VMs[0].Step = evacuator.StepRunning
+	task.State = evacuator.TaskWaiting
+	w := task.Waiting()
+	require.Len(t, w, 1, "%+v", task.Unplaced)
+	assert.Contains(t, w[0].Reason, "no capacity")
+
+	// Fresh samples count the VM now running on b.
+	in.Candidates[1].UsedVCPUs, in.Candidates[1].UsedMemoryMiB = 1, 1024
+	same, _ := Replan(task, in)
+	assert.Equal(t, evacuator.TaskWaiting, same.State, "nothing changed: still waiting")
+	assert.Len(t, same.Waiting(), 1)
+	assert.Equal(t, 2, same.Plans)
+
+	in.Candidates[2].Eligible, in.Candidates[2].Why = true, "" // enabled
+	next, p := Replan(task, in)
+	assert.Equal(t, evacuator.TaskRunning, next.State)
+	assert.Empty(t, next.Waiting())
+	require.Len(t, p.Assignments, 1)
+	require.Len(t, next.VMs, 2)
+	assert.Equal(t, evacuator.StepRunning, next.VMs[0].Step, "the running VM is left alone")
+	assert.Equal(t, "c", next.VMs[1].Target)
+	assert.Equal(t, evacuator.StepPending, next.VMs[1].Step)
+	for _, u := range next.Unplaced {
+		assert.False(t, u.Waiting, "%s", u.Name)
+	}
+	require.NoError(t, next.Validate())
+}
+
+// TestPlanInputFallsBackToTheMirror: a home the journal has no XML for
+// (a daemon's first start, before its first capture of the host) is
+// planned from the shared-storage mirror; one the mirror lacks too waits.
+func TestPlanInputFallsBackToTheMirror(t *testing.T) {
+	in := planInput()
+	var asked []string
+	e := &Evacuation{D: EvacuationDeps{
+		Homes: func(string) []store.DomainHome { return in.Homes },
+		Saved: func(string) ([]store.DomainRecord, error) { return []store.DomainRecord{in.Saved[eu2]}, nil },
+		Mirror: func(host, uuid string) (string, time.Time, bool, error) {
+			asked = append(asked, uuid)
+			if uuid == eu1 {
+				return in.Saved[eu1].XML, t0.Add(-time.Hour), true, nil
+			}
+			return "", time.Time{}, false, nil
+		},
+		Candidates: func(context.Context, string) []evacuator.Candidate { return in.Candidates },
+		Storage:    in.Storage, Limits: in.Limits,
+		Now: func() time.Time { return t0 },
+	}}
+	task, _ := BuildTask(e.planInput(context.Background(), in.Request, t0, zerolog.Nop()))
+	assert.ElementsMatch(t, []string{eu1, eu3, eu4}, asked, "the mirror is read only where the journal has no XML")
+	require.Len(t, task.VMs, 1)
+	assert.Equal(t, "web", task.VMs[0].Name, "rebuilt from the mirror")
+	waits := map[string]bool{}
+	for _, u := range task.Unplaced {
+		waits[u.Name] = u.Waiting
+	}
+	assert.Equal(t, map[string]bool{"never": true, "broken": true, "scratch": false}, waits,
+		"no XML anywhere yet: it waits (a capture may bring it); a local disk never moves")
+}
+
+// TestAWaitingTaskEndsWhenTheFencedHostComesBack: the proof covers only
+// the silence it was taken in; a fenced host that heartbeats again is a
+// new incident, so what still waits is not moved on the old proof.
+func TestAWaitingTaskEndsWhenTheFencedHostComesBack(t *testing.T) {
+	in := planInput()
+	j := &memJournal{tasks: map[string]evacuator.Task{}}
+	clock := &fastClock{now: t0}
+	e := &Evacuation{D: EvacuationDeps{
+		Homes:      func(string) []store.DomainHome { return in.Homes },
+		Saved:      func(string) ([]store.DomainRecord, error) { return []store.DomainRecord{in.Saved[eu1]}, nil },
+		Candidates: func(context.Context, string) []evacuator.Candidate { return in.Candidates },
+		Storage:    in.Storage, Limits: in.Limits, Tasks: j,
+		Exec: evacuator.ExecDeps{Hypervisor: func(string) (evacuator.Hypervisor, error) { return nil, fmt.Errorf("no libvirt in this test") },
+			Peers: func() []string { return nil }, Clock: clock, PerTarget: 1},
+		Now: clock.Now,
+	}}
+	req := in.Request
+	asked := 0
+	req.StillProven = func() error {
+		asked++
+		if asked < 3 {
+			return nil
+		}
+		return fmt.Errorf("a heartbeated at 12:01, after its fence began")
+	}
+	rep, err := e.Evacuate(context.Background(), req)
+	require.NoError(t, err)
+	assert.Equal(t, string(evacuator.TaskCancelled), rep.State)
+	assert.Equal(t, 3, asked, "asked before every re-plan")
+	saved, _, _ := j.Task(req.TaskID)
+	assert.Equal(t, "recovery", saved.CancelledBy)
+	assert.Contains(t, saved.CancelReason, "after its fence began")
+	recs := j.records()
+	assert.Equal(t, "cancelled", recs[len(recs)-1].To)
+	assert.Len(t, recs, 5, "planned, waiting, 2 re-plans, cancelled: %+v", recs)
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -28,10 +29,21 @@ type OpTaskRecord struct {
 // Created or Updated, and a body that is not a JSON object. A task keeps
 // the host it was created for: a put naming another host for an existing
 // ID is refused.
-func (s *Store) PutOpTask(r OpTaskRecord) error {
+func (s *Store) PutOpTask(r OpTaskRecord) error { return s.PutOpTaskRecords(r) }
+
+// PutOpTaskRecords is PutOpTask that also appends recs to the history in
+// the same transaction: a task state the API shows is never missing from
+// the history.
+func (s *Store) PutOpTaskRecords(r OpTaskRecord, recs ...Record) error {
 	const step = "put operation task"
 	if err := checkOpTask(r); err != nil {
 		return s.wrap(step, err)
+	}
+	recs = slices.Clone(recs)
+	for i := range recs {
+		if err := normalizeRecord(&recs[i]); err != nil {
+			return s.wrap(step, fmt.Errorf("operation task %q: history record %d of %d: %w", r.ID, i+1, len(recs), err))
+		}
 	}
 	r.Created = r.Created.UTC().Round(0)
 	r.Updated = r.Updated.UTC().Round(0)
@@ -57,6 +69,9 @@ func (s *Store) PutOpTask(r OpTaskRecord) error {
 		}
 		if err := b.Put([]byte(r.ID), v); err != nil {
 			return fmt.Errorf("put operation task %q: %w", r.ID, err)
+		}
+		if len(recs) > 0 {
+			return s.appendTx(tx, recs)
 		}
 		return nil
 	})

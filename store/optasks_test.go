@@ -103,3 +103,25 @@ func TestOpTaskCorruptValueReported(t *testing.T) {
 	require.ErrorIs(t, err, ErrCorrupt)
 	assert.Contains(t, err.Error(), `operation task under key "op-x" says it is "op-y"`)
 }
+
+// TestPutOpTaskRecordsIsOneStep: an operation's state and its history
+// record are written together, or neither is.
+func TestPutOpTaskRecordsIsOneStep(t *testing.T) {
+	s, _ := openTemp(t, Options{})
+	r := opTask("op-1", "h1", true, 0)
+	require.NoError(t, s.PutOpTaskRecords(r, Record{At: t0, Host: "h1", Kind: "operation", To: "running", Reason: "drain h1 started"}))
+	hist, err := s.History(Query{Host: "h1", Kind: "operation"})
+	require.NoError(t, err)
+	require.Len(t, hist, 1)
+
+	done := opTask("op-1", "h1", false, 1)
+	err = s.PutOpTaskRecords(done, Record{Host: "h1", Kind: "operation"}) // no At: refused
+	require.ErrorIs(t, err, ErrInvalid)
+	got, ok, err := s.OpTaskByID("op-1")
+	require.NoError(t, err)
+	require.True(t, ok)
+	assert.True(t, got.Running, "the task is as before")
+	hist, err = s.History(Query{Host: "h1"})
+	require.NoError(t, err)
+	assert.Len(t, hist, 1)
+}

@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -26,10 +27,21 @@ type TaskRecord struct {
 // transaction: when it returns nil the task is on disk. It refuses an empty
 // or NUL-bearing ID or host, a zero Updated, and a body that is not a JSON
 // object.
-func (s *Store) PutTask(r TaskRecord) error {
+func (s *Store) PutTask(r TaskRecord) error { return s.PutTaskRecords(r) }
+
+// PutTaskRecords is PutTask that also appends recs to the history in the
+// same transaction: a task state the API shows is never missing from the
+// history, and a history record never names a task state that was lost.
+func (s *Store) PutTaskRecords(r TaskRecord, recs ...Record) error {
 	const step = "put task"
 	if err := checkTask(r); err != nil {
 		return s.wrap(step, err)
+	}
+	recs = slices.Clone(recs)
+	for i := range recs {
+		if err := normalizeRecord(&recs[i]); err != nil {
+			return s.wrap(step, fmt.Errorf("task %q: history record %d of %d: %w", r.ID, i+1, len(recs), err))
+		}
 	}
 	r.Updated = r.Updated.UTC().Round(0)
 	body, err := compactBody("task", r.ID, r.Body)
@@ -44,6 +56,9 @@ func (s *Store) PutTask(r TaskRecord) error {
 	return s.write(step, func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bTasks).Put([]byte(r.ID), v); err != nil {
 			return fmt.Errorf("put task %q: %w", r.ID, err)
+		}
+		if len(recs) > 0 {
+			return s.appendTx(tx, recs)
 		}
 		return nil
 	})

@@ -143,3 +143,31 @@ func taskIDs(rs []TaskRecord) []string {
 	}
 	return out
 }
+
+// TestPutTaskRecordsIsOneStep: the task and its history records are
+// written together, or neither is.
+func TestPutTaskRecordsIsOneStep(t *testing.T) {
+	s, _ := openTemp(t, Options{})
+	r := TaskRecord{ID: "evac-a", Host: "h1", Open: true, Updated: t0, Body: json.RawMessage(`{"id":"evac-a","state":"waiting"}`)}
+	rec := Record{At: t0, Host: "h1", Kind: "evacuation", To: "waiting", Reason: "1 VM waits"}
+	require.NoError(t, s.PutTaskRecords(r, rec))
+	got, ok, err := s.TaskByID("evac-a")
+	require.NoError(t, err)
+	require.True(t, ok)
+	assert.JSONEq(t, `{"id":"evac-a","state":"waiting"}`, string(got.Body))
+	hist, err := s.History(Query{Host: "h1", Kind: "evacuation"})
+	require.NoError(t, err)
+	require.Len(t, hist, 1)
+	assert.Equal(t, "waiting", hist[0].To)
+
+	// A bad record refuses the whole step: the task is not changed either.
+	r.Body = json.RawMessage(`{"id":"evac-a","state":"done"}`)
+	err = s.PutTaskRecords(r, Record{Host: "h1", Kind: "evacuation"}) // no At
+	require.ErrorIs(t, err, ErrInvalid)
+	got, _, err = s.TaskByID("evac-a")
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"id":"evac-a","state":"waiting"}`, string(got.Body), "the task is as before")
+	hist, err = s.History(Query{Host: "h1"})
+	require.NoError(t, err)
+	assert.Len(t, hist, 1)
+}

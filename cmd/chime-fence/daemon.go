@@ -176,7 +176,7 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 		return usageErr(err)
 	}
 	var ops *operations.Manager // set before anything runs
-	coord, err = newCoordinator(cfg, hv, st, d, capture, alerts, reg,
+	coord, evac, err := newCoordinator(cfg, hv, st, d, capture, alerts, reg,
 		func(host, owner string) (func(), error) { return ops.TryLock(host, owner) }, log)
 	if err != nil {
 		return failureErr(err)
@@ -187,7 +187,10 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 	}
 	defer ops.Close()
 	var engRunning atomic.Bool
-	srv, err := api.New(d, tokens, reg, log, api.WithOperations(ops), api.WithFences(st),
+	srv, err := api.New(d, tokens, reg, log, api.WithOperations(taskBackend{Manager: ops, evac: evac, tasks: evacuator.StoreJournal{S: st}}), api.WithFences(st),
+		api.WithEvacuability(notEvacuable(d.Homes, st.Inventory, func(host, uuid string) (string, time.Time, bool, error) {
+			return evacuator.ReadMirror(captureConfig(hv.config()).MirrorDir, host, uuid)
+		})),
 		api.WithReadiness(func() []string {
 			var p []string
 			if err := st.Probe(time.Now()); err != nil {

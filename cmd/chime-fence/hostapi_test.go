@@ -21,9 +21,11 @@ import (
 	"github.com/chimestack/chime-fence/configs"
 	"github.com/chimestack/chime-fence/daemon"
 	"github.com/chimestack/chime-fence/detector"
+	"github.com/chimestack/chime-fence/evacuator"
 	"github.com/chimestack/chime-fence/node"
 	"github.com/chimestack/chime-fence/operations"
 	"github.com/chimestack/chime-fence/power"
+	"github.com/chimestack/chime-fence/recovery"
 	"github.com/chimestack/chime-fence/store"
 )
 
@@ -35,6 +37,7 @@ type realAPI struct {
 	file string
 	next chan struct{}
 	mgr  *operations.Manager
+	st   *store.Store
 }
 
 // quietPeers: every probe answers, every BMC says on, nothing alerts.
@@ -73,7 +76,7 @@ func newRealAPI(t *testing.T) *realAPI {
 	require.NoError(t, err)
 	d, err := daemon.New(st, eng, func() time.Duration { return time.Second }, nil, zerolog.Nop())
 	require.NoError(t, err)
-	r := &realAPI{file: file, next: make(chan struct{})}
+	r := &realAPI{file: file, next: make(chan struct{}), st: st}
 	drain := func(ctx context.Context, tk operations.Task, report operations.Report) (string, error) {
 		steps := [][]operations.VMProgress{
 			{{Name: "web", State: operations.VMPending}, {Name: "db", State: operations.VMPending}},
@@ -108,7 +111,9 @@ func newRealAPI(t *testing.T) *realAPI {
 	t.Cleanup(r.mgr.Close)
 	s, err := api.New(d, api.Tokens{Agent: "agent.token-secret", API: "api.token-secret",
 		Named: []api.Token{{Name: "grafana", Role: configs.RoleReadOnly, Secret: "grafana-secret"}}},
-		prometheus.NewRegistry(), zerolog.Nop(), api.WithOperations(r.mgr), api.WithFences(st))
+		prometheus.NewRegistry(), zerolog.Nop(), api.WithFences(st), api.WithOperations(taskBackend{Manager: r.mgr,
+			evac:  &recovery.Evacuation{D: recovery.EvacuationDeps{Tasks: evacuator.StoreJournal{S: st}, Now: time.Now, Log: zerolog.Nop()}},
+			tasks: evacuator.StoreJournal{S: st}}))
 	require.NoError(t, err)
 	srv := &httptest.Server{Listener: l, Config: &http.Server{Handler: s}}
 	srv.Start()
@@ -207,4 +212,38 @@ func TestCLIAgainstTheDaemonsAPI(t *testing.T) {
 	code, o, e = runOp("", "host", "show", "h2", "-c", r.file, "-o", "json")
 	require.Equal(t, exitOK, code, e)
 	assert.Contains(t, o, `"admin": "enabled"`)
+}
+
+// TestCLITaskShowAndCancelAnEvacuation: `task show` says what each waiting
+// VM waits for; `task cancel` ends the evacuation and records who and why
+// with it; a second cancel is refused.
+func TestCLITaskShowAndCancelAnEvacuation(t *testing.T) {
+	r := newRealAPI(t)
+	now := time.Now()
+	require.NoError(t, evacuator.StoreJournal{S: r.st}.SaveTask(evacuator.Task{ID: "evac-h2-c1", Host: "h2", CorrelationID: "c1",
+		Fence: "ipmi verified power off", Created: now, Updated: now, State: evacuator.TaskWaiting, Plans: 1, NextPlan: now.Add(5 * time.Second),
+		VMs:      []evacuator.VMTask{{UUID: "u1", Name: "web", Target: "h3", Step: evacuator.StepRunning}},
+		Unplaced: []evacuator.UnplacedVM{{UUID: "u2", Name: "db", Waiting: true, Reason: "no capacity: needs 4096 MiB"}}}))
+
+	code, out, errOut := runCLI("task", "show", "evac-h2-c1", "-c", r.file)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "evacuate")
+	assert.Contains(t, out, "waits: no capacity: needs 4096 MiB")
+	assert.Contains(t, out, "running on h3")
+
+	code, out, errOut = runCLI("task", "cancel", "evac-h2-c1", "-c", r.file, "--reason", "db moves by hand")
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "cancelled by api: db moves by hand")
+	recs, err := r.st.History(store.Query{Host: "h2", Kind: "evacuation"})
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	assert.Equal(t, "cancelled", recs[0].To)
+	assert.Contains(t, recs[0].Reason, "cancelled by api: db moves by hand")
+
+	code, _, errOut = runCLI("task", "cancel", "evac-h2-c1", "-c", r.file)
+	assert.NotEqual(t, 0, code)
+	assert.Contains(t, errOut, "already ended")
+	code, _, errOut = runCLI("task", "cancel", "op-nope", "-c", r.file)
+	assert.NotEqual(t, 0, code)
+	assert.Contains(t, errOut, "not found")
 }

@@ -146,7 +146,7 @@ func migrateExecutor(cs *configs.Store, d *daemon.Daemon, capture *evacuator.Cap
 		},
 		Cluster: func(source string) ([]evacuator.Candidate, evacuator.Limits, evacuator.StorageRules) {
 			cfg := cs.Current()
-			return candidates(d.Status(), source, capture.HostLoad), schedulerLimits(cfg), storageRules(cfg)
+			return planCandidates(context.Background(), d.Status(), source, capture), schedulerLimits(cfg), storageRules(cfg)
 		},
 		Exec: migration.Config{
 			Hosts: func(host string) (migration.Hypervisor, error) { return hv.client(host) },

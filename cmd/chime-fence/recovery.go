@@ -142,28 +142,66 @@ func isolationPolicy(pol configs.Policy) detector.IsolationPolicy {
 
 // candidates describes every host but the failed one for the scheduler:
 // eligibility from the admin and monitor states, capacity and load from
-// the inventory capture's last samples.
-func candidates(st daemon.Status, failed string, load func(host string) (evacuator.HostLoad, bool)) []evacuator.Candidate {
+// samples (the last capture's, or one taken at plan time). A host the
+// daemon has not judged yet (monitor unknown: it just started) is
+// eligible only when its libvirt answered a sample now: that answer is
+// what says it is alive. Pure.
+func candidates(st daemon.Status, failed string, samples map[string]evacuator.SampleResult) []evacuator.Candidate {
 	out := make([]evacuator.Candidate, 0, len(st.Hosts))
 	for _, h := range st.Hosts {
 		c := evacuator.Candidate{Name: h.Name, Rack: h.Rack, Eligible: true, FreeMemoryMiB: -1, Load: -1}
+		s := samples[h.Name]
 		switch {
 		case h.Name == failed:
 			c.Eligible, c.Why = false, "is the failed host"
 		case h.Admin != node.Enabled:
 			c.Eligible, c.Why = false, "admin "+h.Admin.String()
-		case h.Monitor != node.Normal:
+		case h.Monitor == node.Unknown && !(s.OK && s.Sampled):
+			c.Eligible, c.Why = false, "monitor unknown (not judged yet) and libvirt did not answer a sample at plan time"
+		case h.Monitor != node.Normal && h.Monitor != node.Unknown:
 			c.Eligible, c.Why = false, "monitor "+h.Monitor.String()
 		}
-		if l, ok := load(h.Name); ok {
+		if s.OK {
+			l := s.Load
 			c.CPUs, c.MemoryMiB, c.FreeMemoryMiB, c.Load = l.CPUs, l.MemoryMiB, l.FreeMemoryMiB, l.Load
 			c.UsedVCPUs, c.UsedMemoryMiB = l.UsedVCPUs, l.UsedMemoryMiB
 		} else if c.Eligible {
-			c.Eligible, c.Why = false, "capacity unknown: no libvirt sample yet"
+			why := "capacity unknown: no libvirt sample"
+			if s.Err != nil {
+				why = "capacity unknown: libvirt did not answer a sample at plan time: " + s.Err.Error()
+			}
+			c.Eligible, c.Why = false, why
 		}
 		out = append(out, c)
 	}
 	return out
+}
+
+// sampler measures capacity for a plan; *evacuator.Capture is one.
+type sampler interface {
+	SampleStale(ctx context.Context, hosts []string, maxAge time.Duration, fresh func(string) bool) map[string]evacuator.SampleResult
+}
+
+// planCandidates is candidates on samples no older than the plan allows:
+// every host that could take a VM (enabled, monitor normal or not judged
+// yet) whose last sample is missing or older than
+// evacuator.DefaultPlanSampleAge is sampled now, in parallel, within
+// evacuator.DefaultPlanSampleTimeout. A plan never fails on "capacity
+// unknown" for a host whose libvirt answers.
+func planCandidates(ctx context.Context, st daemon.Status, failed string, s sampler) []evacuator.Candidate {
+	var hosts []string
+	unknown := map[string]bool{}
+	for _, h := range st.Hosts {
+		if h.Name == failed || h.Admin != node.Enabled || (h.Monitor != node.Normal && h.Monitor != node.Unknown) {
+			continue
+		}
+		hosts = append(hosts, h.Name)
+		unknown[h.Name] = h.Monitor == node.Unknown
+	}
+	ctx, cancel := context.WithTimeout(ctx, evacuator.DefaultPlanSampleTimeout)
+	defer cancel()
+	samples := s.SampleStale(ctx, hosts, evacuator.DefaultPlanSampleAge, func(h string) bool { return unknown[h] })
+	return candidates(st, failed, samples)
 }
 
 func schedulerLimits(cfg *configs.Config) evacuator.Limits {
@@ -227,10 +265,15 @@ func captureConfig(cfg *configs.Config) evacuator.CaptureConfig {
 	if dir == "-" {
 		dir = ""
 	}
-	// Spread the first captures: a daemon (re)starting with thousands of
-	// hosts would otherwise dial every libvirtd in the same second.
+	// Spread the first captures, so a daemon (re)starting with thousands of
+	// hosts does not dial every libvirtd in the same second, but only as
+	// far as the cluster's size needs (20ms a host, at most 30s): until a
+	// host is captured once its VMs can only be rebuilt from the mirror.
+	// A host not healthy yet (the daemon just started and has not judged
+	// it) is looked at again every second: that look costs no I/O.
+	spread := min(cfg.Storage.InventoryInterval, 30*time.Second, time.Duration(len(cfg.Hosts))*20*time.Millisecond)
 	return evacuator.CaptureConfig{Interval: cfg.Storage.InventoryInterval, MirrorDir: dir, Storage: storageRules(cfg),
-		StartSpread: min(cfg.Storage.InventoryInterval, 30*time.Second)}
+		StartSpread: spread, HealthPoll: time.Second}
 }
 
 // crashEnv is for the lab's crash test only: the daemon SIGKILLs itself
@@ -297,10 +340,10 @@ func (c crashJournal) PutFence(r store.FenceRecord) error {
 }
 
 func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *daemon.Daemon, capture *evacuator.Capture,
-	alerts *alert.Dispatcher, reg prometheus.Registerer, lock func(host, owner string) (func(), error), log zerolog.Logger) (*recovery.Coordinator, error) {
+	alerts *alert.Dispatcher, reg prometheus.Registerer, lock func(host, owner string) (func(), error), log zerolog.Logger) (*recovery.Coordinator, *recovery.Evacuation, error) {
 	metrics, err := recovery.NewMetrics(reg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	send := func(ev alert.Event) {
 		if err := alerts.Send(ev); err != nil {
@@ -310,16 +353,14 @@ func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *da
 	evac := &recovery.Evacuation{D: recovery.EvacuationDeps{
 		Homes: d.Homes,
 		Saved: st.Inventory,
-		Candidates: func(failed string) []evacuator.Candidate {
-			return candidates(d.Status(), failed, capture.HostLoad)
+		Candidates: func(ctx context.Context, failed string) []evacuator.Candidate {
+			return planCandidates(ctx, d.Status(), failed, capture)
 		},
 		Storage: storageRules(cfg),
 		Limits:  schedulerLimits(cfg),
 		Tasks:   evacuator.StoreJournal{S: st},
-		Record: func(r store.Record) {
-			if _, err := st.Append(r); err != nil {
-				log.Error().Err(err).Str("host", r.Host).Msg("cannot record the evacuation plan in history")
-			}
+		Mirror: func(host, uuid string) (string, time.Time, bool, error) {
+			return evacuator.ReadMirror(captureConfig(hv.config()).MirrorDir, host, uuid)
 		},
 		Exec: evacuator.ExecDeps{
 			Hypervisor: hv.get,
@@ -351,7 +392,7 @@ func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *da
 		Now: time.Now,
 		Log: log,
 	}}
-	return recovery.New(recovery.Config{Cluster: cfg.Cluster.Name}, recovery.Deps{
+	coord, err := recovery.New(recovery.Config{Cluster: cfg.Cluster.Name}, recovery.Deps{
 		Cluster: d, Journal: crashFenceJournal(st, log),
 		Setup: func(host string) (recovery.FenceSetup, error) { return fenceSetup(hv.config(), host, log) },
 		Fence: func(ctx context.Context, p fencer.Plan) fencer.Result {
@@ -359,4 +400,5 @@ func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *da
 		},
 		Evacuator: evac, Alert: send, Now: time.Now, Log: log, Metrics: metrics, Lock: lock,
 	})
+	return coord, evac, err
 }

@@ -117,6 +117,9 @@ func printStatus(w io.Writer, st daemon.Status) {
 		if h.Readiness != nil && !h.Readiness.Ready {
 			fmt.Fprintf(w, "\n%s: fence readiness: %s", h.Name, h.Readiness.Summary)
 		}
+		if h.NotEvacuable != "" {
+			fmt.Fprintf(w, "\n%s: %s", h.Name, h.NotEvacuable)
+		}
 	}
 	fmt.Fprintln(w)
 }

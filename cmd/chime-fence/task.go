@@ -29,7 +29,7 @@ outcome; 'task show' prints one as it is now and exits 0.
 
 ` + exitCodesHelp,
 	}
-	c.AddCommand(newTaskShowCmd(), newTaskWaitCmd(), newTaskListCmd())
+	c.AddCommand(newTaskShowCmd(), newTaskWaitCmd(), newTaskListCmd(), newTaskCancelCmd())
 	return c
 }
 
@@ -58,6 +58,42 @@ func newTaskShowCmd() *cobra.Command {
 		},
 	}
 	f.register(c)
+	c.SetContext(context.Background())
+	return c
+}
+
+func newTaskCancelCmd() *cobra.Command {
+	var f apiFlags
+	var reason string
+	c := &cobra.Command{
+		Use:   "cancel ID",
+		Short: "End an evacuation task by hand: VMs still waiting stay where they are",
+		Long: `End an open evacuation task (evac-…, rebuild-…) by hand. VMs already
+running elsewhere stay there; VMs still waiting for a host are no longer
+re-planned (rebuild them later with 'host rebuild'). A rebuild in flight
+finishes first. The cancel is recorded in the history with who and why.
+
+` + exitCodesHelp,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeTaskIDs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, cl, err := f.connect()
+			if err != nil {
+				return err
+			}
+			t, err := call(cmd.Context(), &f, func(ctx context.Context) (operations.Task, error) { return cl.CancelTask(ctx, args[0], reason) })
+			if err != nil {
+				return err
+			}
+			if f.json() {
+				return writeJSONOut(cmd.OutOrStdout(), t)
+			}
+			printTask(cmd.OutOrStdout(), t)
+			return nil
+		},
+	}
+	f.register(c)
+	c.Flags().StringVar(&reason, "reason", "", "why, for the history")
 	c.SetContext(context.Background())
 	return c
 }

@@ -227,6 +227,9 @@ func printHost(w io.Writer, h api.HostInfo) {
 		r += ": " + oneLine(h.Readiness.Summary)
 	}
 	fmt.Fprintf(tw, "Fence readiness:\t%s\n", r)
+	if h.NotEvacuable != "" {
+		fmt.Fprintf(tw, "Evacuation:\t%s\n", h.NotEvacuable)
+	}
 	if f := h.Fence; f != nil {
 		s := f.State
 		if f.Proven {

@@ -18,6 +18,7 @@ import (
 	"github.com/chimestack/chime-fence/e2e/lab"
 	"github.com/chimestack/chime-fence/e2e/labconfig"
 	"github.com/chimestack/chime-fence/node"
+	"github.com/chimestack/chime-fence/operations"
 	"github.com/chimestack/chime-fence/store"
 )
 
@@ -149,6 +150,12 @@ func TestIsolationPolicies(t *testing.T) {
 	require.NoError(t, d.l.Hang(ctx, h3))
 	d.waitHost(h3.Name, "isolated-or-hung", 15*time.Second, func(s daemon.HostStatus) bool { return s.Verdict == detector.IsolatedOrHung })
 	time.Sleep(4 * time.Second) // 1 s grace, and then some
+	// An operator's confirm-down against the daemon's own evidence (the BMC
+	// reads power on during this silence) is refused, not acted on.
+	r := d.op(t, ctx, operations.OpConfirmDown, h3.Name, "--reason", "looks dead to me")
+	assert.Equal(t, 2, r.code, "%s", r)
+	assert.Contains(t, r.stderr, "BMC read power on", "%s", r)
+	assert.Contains(t, r.stderr, "--force", "%s", r)
 	assert.Empty(t, d.history(store.Query{Host: h3.Name, Kind: "fence"}), "on_isolation alert never fences")
 	assert.True(t, d.l.HostPowered(h3))
 	require.NoError(t, d.l.Unhang(ctx, h3))

@@ -60,6 +60,9 @@ type EvacuationRequest struct {
 	Host          string
 	CorrelationID string
 	Fence         string // how the host was proven down, for the task
+	// Started, if set, is called once the task is known to run (planned
+	// now, or open in the journal), never for a finished one.
+	Started func()
 	// Target, if set, is the only host the VMs may go to (an operator's
 	// rebuild --target).
 	Target string
@@ -546,8 +549,12 @@ func (c *Coordinator) ensureDrained(rec store.FenceRecord, log zerolog.Logger) {
 // and metrics. err is set only when the task could not run at all.
 func (c *Coordinator) runEvacuation(ctx context.Context, req EvacuationRequest, log zerolog.Logger) (EvacuationReport, error) {
 	start := c.deps.Now()
-	c.alert(alert.Event{Type: alert.EvacuationStarted, Severity: "warning", At: start, Host: req.Host, CorrelationID: req.CorrelationID,
-		Summary: fmt.Sprintf("evacuating %s (task %s)", req.Host, req.TaskID)})
+	// Only a task that runs is "started": a repeated verdict or a restart
+	// that finds it finished replays its report and alerts nothing.
+	req.Started = func() {
+		c.alert(alert.Event{Type: alert.EvacuationStarted, Severity: "warning", At: start, Host: req.Host, CorrelationID: req.CorrelationID,
+			Summary: fmt.Sprintf("evacuating %s (task %s)", req.Host, req.TaskID)})
+	}
 	// evacuation.partial fires once, when VMs first wait; the task goes
 	// on and evacuation.finished follows when the last of them runs.
 	req.Waiting = func(rep EvacuationReport) {
@@ -583,6 +590,10 @@ func (c *Coordinator) runEvacuation(ctx context.Context, req EvacuationRequest, 
 	typ, sev := alert.EvacuationFinished, "info"
 	if (rep.State != "done" || len(rep.Unplaced) > 0) && !rep.PartialAlerted {
 		typ, sev = alert.EvacuationPartial, "critical"
+	}
+	if rep.Replayed {
+		log.Info().RawJSON("report", ev).Msg("already finished: " + summary)
+		return rep, nil
 	}
 	c.alert(alert.Event{Type: typ, Severity: sev, At: now, Host: req.Host, CorrelationID: req.CorrelationID, Summary: summary,
 		Details: map[string]any{"report": rep}})

@@ -76,6 +76,9 @@ func (e *fakeEvac) Evacuate(_ context.Context, req EvacuationRequest) (Evacuatio
 		replayed = replayed || r.TaskID == req.TaskID
 	}
 	e.reqs = append(e.reqs, req)
+	if req.Started != nil && !replayed {
+		req.Started()
+	}
 	return EvacuationReport{TaskID: req.TaskID, State: "done", Running: []VMOutcome{{Name: "vm1", Host: "b"}},
 		Replayed: replayed}, nil
 }
@@ -186,6 +189,7 @@ func TestVerifiedFenceDrainsAndEvacuates(t *testing.T) {
 	assert.Equal(t, []string{"a"}, r.fences, "a proven host is never fenced twice for one silence")
 	require.Len(t, r.ev.reqs, 2)
 	assert.Equal(t, r.ev.reqs[0].TaskID, r.ev.reqs[1].TaskID)
+	assert.Len(t, r.alerts, 4, "the replayed, finished evacuation alerts nothing again: %v", r.alerts)
 }
 
 func TestFailedFenceEvacuatesNothing(t *testing.T) {
@@ -440,8 +444,14 @@ func TestAFenceStopsBetweenLevelsWhenTheHostHeartbeatsAgain(t *testing.T) {
 
 type evacFunc func(ctx context.Context, req EvacuationRequest) (EvacuationReport, error)
 
+// Evacuate runs f; like the real one, it says the task started unless f
+// replays a finished one.
 func (f evacFunc) Evacuate(ctx context.Context, req EvacuationRequest) (EvacuationReport, error) {
-	return f(ctx, req)
+	rep, err := f(ctx, req)
+	if req.Started != nil && !rep.Replayed {
+		req.Started()
+	}
+	return rep, err
 }
 
 // TestAnEvacuationStoppedWithTheDaemonIsNotAFailure: a waiting task that

@@ -211,6 +211,9 @@ func (e *Evacuation) Evacuate(ctx context.Context, req EvacuationRequest) (Evacu
 		r.Replayed = true
 		return r, nil
 	}
+	if req.Started != nil {
+		req.Started()
+	}
 	e.enter(req.TaskID)
 	defer e.leave(req.TaskID)
 	deps := e.D.Exec

@@ -89,6 +89,10 @@ type Daemon struct {
 	migSeen map[string]map[string]bool
 	evict   map[string]map[string]store.Eviction // host → UUID → eviction
 	rev     map[string]uint64
+	// listing is each host's last accepted domain listing (splitbrain.go:
+	// stale copies, autostart).
+	listing map[string][]heartbeat.Domain
+	onStale func(StaleCopy)
 }
 
 // New loads the persisted state. interval returns the configured heartbeat
@@ -125,7 +129,7 @@ func New(st State, eng Engine, interval func() time.Duration, clock func() time.
 	d := &Daemon{st: st, eng: eng, clock: clock, interval: interval, log: log.With().Str("component", "daemon").Logger(),
 		admin: admin, adminSince: since, homes: map[string]store.DomainHome{}, byHost: map[string]map[string]store.DomainHome{}, active: map[string]int{},
 		migSeen: map[string]map[string]bool{},
-		evict:   map[string]map[string]store.Eviction{}, rev: map[string]uint64{}}
+		evict:   map[string]map[string]store.Eviction{}, rev: map[string]uint64{}, listing: map[string][]heartbeat.Domain{}}
 	for _, h := range homes {
 		d.index(h)
 	}
@@ -149,6 +153,8 @@ func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 	var remove []string
 	var undo []store.DomainHome
 	var gone []store.Eviction
+	var stale []StaleCopy
+	var onStale func(StaleCopy)
 	d.homesMu.RLock()
 	defer d.homesMu.RUnlock()
 	d.mu.Lock()
@@ -168,8 +174,15 @@ func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 			}
 		}
 		d.active[hb.Host] = n
+		d.listing[hb.Host] = hb.Domains
+		stale, onStale = StaleCopies(hb.Host, hb.Domains, d.evict[hb.Host], d.homes, d.listing), d.onStale
 	}
 	d.mu.Unlock()
+	if onStale != nil {
+		for _, sc := range stale {
+			onStale(sc)
+		}
+	}
 	if len(put)+len(remove) > 0 {
 		if err := d.st.UpdateDomainHomes(put, remove); err != nil {
 			// Roll the cache back so the next heartbeat tries again; the

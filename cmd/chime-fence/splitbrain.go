@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/chimestack/chime-fence/alert"
+	"github.com/chimestack/chime-fence/daemon"
+	"github.com/chimestack/chime-fence/evacuator"
+	"github.com/chimestack/chime-fence/hypervisor"
+	"github.com/chimestack/chime-fence/store"
+)
+
+// SplitBrainKind is the history kind of a stale copy the daemon destroyed.
+const SplitBrainKind = "split-brain"
+
+// staleCopies destroys a VM's copy on the host it was evacuated from as
+// soon as a heartbeat shows it active there (daemon.StaleCopy), through
+// the daemon's own libvirt connection to that host, and raises a critical
+// split_brain.detected when the VM's home runs it too.
+//
+// Why the daemon's libvirt connection and not the agent's eviction path:
+// the agent already destroys evicted domains, but only once it holds a
+// current assignment and only at its reconcile pace, and its libvirt calls
+// queue behind libvirtd's own start-up work; the daemon acts on the first
+// heartbeat that shows the copy, in one call. Both paths only ever touch a
+// domain evicted from that host whose home is elsewhere, so they cannot
+// disagree; the agent's path then undefines it. The copy on the VM's home
+// is never touched (daemon.StaleCopies never names the home).
+type staleCopies struct {
+	hv      func(host string) (evacuator.Hypervisor, error)
+	send    func(alert.Event)
+	record  func(store.Record)
+	cluster string
+	timeout time.Duration
+	now     func() time.Time
+	log     zerolog.Logger
+
+	mu       sync.Mutex
+	inflight map[string]bool // host/uuid being destroyed
+	alerted  map[string]bool // host/uuid alerted, until destroyed
+	wg       sync.WaitGroup
+}
+
+func newStaleCopies(hv func(string) (evacuator.Hypervisor, error), send func(alert.Event), record func(store.Record),
+	cluster string, log zerolog.Logger) *staleCopies {
+	return &staleCopies{hv: hv, send: send, record: record, cluster: cluster, timeout: 10 * time.Second, now: time.Now,
+		log: log.With().Str("component", "split-brain").Logger(), inflight: map[string]bool{}, alerted: map[string]bool{}}
+}
+
+// seen is daemon.Daemon's OnStaleCopy: it returns at once; the destroy
+// runs in the background, one at a time per copy (the next heartbeat
+// retries a failed one).
+func (s *staleCopies) seen(sc daemon.StaleCopy) {
+	key := sc.Host + "/" + sc.UUID
+	s.mu.Lock()
+	if s.inflight[key] {
+		s.mu.Unlock()
+		return
+	}
+	s.inflight[key] = true
+	first := !s.alerted[key]
+	s.alerted[key] = true
+	s.mu.Unlock()
+	if first {
+		ev := s.log.Error().Str("host", sc.Host).Str("home", sc.Home).Str("domain", sc.Name).Str("uuid", sc.UUID).Bool("home_active", sc.HomeActive)
+		if sc.HomeActive {
+			ev.Msg("split brain: VM active on two hosts; destroying the copy on the host it was evacuated from")
+			s.send(alert.Event{Type: alert.SplitBrainDetected, Severity: alert.Critical, At: s.now(), Cluster: s.cluster, Host: sc.Host,
+				Summary: fmt.Sprintf("VM %s (%s) is active on %s, the host it was evacuated from, and on its home %s; destroying the copy on %s",
+					sc.Name, sc.UUID, sc.Host, sc.Home, sc.Host),
+				Details: map[string]any{"uuid": sc.UUID, "name": sc.Name, "stale_host": sc.Host, "home": sc.Home}})
+		} else {
+			ev.Msg("stale copy: VM rebuilt elsewhere is active on the host it was evacuated from; destroying it")
+		}
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.destroy(sc, key)
+	}()
+}
+
+func (s *staleCopies) destroy(sc daemon.StaleCopy, key string) {
+	defer func() {
+		s.mu.Lock()
+		delete(s.inflight, key)
+		s.mu.Unlock()
+	}()
+	log := s.log.With().Str("host", sc.Host).Str("home", sc.Home).Str("domain", sc.Name).Str("uuid", sc.UUID).Logger()
+	hv, err := s.hv(sc.Host)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+		err = hv.Destroy(ctx, sc.UUID)
+		cancel()
+	}
+	switch k := hypervisor.KindOf(err); {
+	case err == nil, k == hypervisor.KindNotFound, k == hypervisor.KindInvalid: // gone or already stopped (the agent's path)
+		s.mu.Lock()
+		delete(s.alerted, key)
+		s.mu.Unlock()
+		log.Warn().Err(err).Msg("stale copy destroyed")
+		s.record(store.Record{At: s.now(), Host: sc.Host, Kind: SplitBrainKind, To: "destroyed",
+			Reason: fmt.Sprintf("VM %s (%s), rebuilt on %s, was active on %s (home active: %v); its copy on %s was destroyed",
+				sc.Name, sc.UUID, sc.Home, sc.Host, sc.HomeActive, sc.Host)})
+	default:
+		log.Error().Err(err).Msg("stale copy NOT destroyed; retrying at the host's next heartbeat")
+	}
+}
+
+// wait waits for the destroys in flight (shutdown, tests).
+func (s *staleCopies) wait() { s.wg.Wait() }

@@ -187,7 +187,8 @@ func autostartPowerLoss(t *testing.T, name string, cut bool) {
 	}
 	_, err = os.Lstat(link)
 	assert.True(t, os.IsNotExist(err), "the autostart link is gone")
-	assert.Contains(t, readFile(h1.AgentLog), "autostart link removed before libvirtd starts")
+	assert.True(t, strings.Contains(readFile(h1.AgentLog), "autostart link removed before libvirtd starts"),
+		"prepare-boot logged the removal in %s", h1.AgentLog)
 }
 
 func readFile(p string) string {
@@ -223,7 +224,7 @@ func TestAutostartTurnedOffOnHealthyHost(t *testing.T) {
 	require.Eventually(t, func() bool { return autostart() == "disable" }, 10*time.Second, 50*time.Millisecond,
 		"the agent turns autostart off; agent log:\n%s", tail(readFile(h1.AgentLog), 20))
 	t.Logf("agent turned autostart off %s after virsh autostart (heartbeat interval %s)", time.Since(t0).Round(time.Millisecond), detInterval)
-	assert.Contains(t, readFile(h1.AgentLog), "libvirt autostart turned off")
+	assert.True(t, strings.Contains(readFile(h1.AgentLog), "libvirt autostart turned off"), "the agent logged it")
 
 	require.NoError(t, d.l.KillAgent(ctx, h1))
 	_, err = d.l.Virsh(ctx, h1, "autostart", "web")

@@ -99,14 +99,18 @@ func (s *staleCopies) destroy(sc daemon.StaleCopy, key string) {
 		cancel()
 	}
 	switch k := hypervisor.KindOf(err); {
-	case err == nil, k == hypervisor.KindNotFound, k == hypervisor.KindInvalid: // gone or already stopped (the agent's path)
+	case err == nil, k == hypervisor.KindNotFound, k == hypervisor.KindInvalid:
 		s.mu.Lock()
 		delete(s.alerted, key)
 		s.mu.Unlock()
-		log.Warn().Err(err).Msg("stale copy destroyed")
-		s.record(store.Record{At: s.now(), Host: sc.Host, Kind: SplitBrainKind, To: "destroyed",
-			Reason: fmt.Sprintf("VM %s (%s), rebuilt on %s, was active on %s (home active: %v); its copy on %s was destroyed",
-				sc.Name, sc.UUID, sc.Home, sc.Host, sc.HomeActive, sc.Host)})
+		to, how := "destroyed", "destroyed by the daemon"
+		if err != nil { // gone or already stopped: the agent's eviction path got there first
+			to, how = "already-stopped", "already stopped or undefined (by the host's agent)"
+		}
+		log.Warn().Err(err).Str("result", to).Msg("stale copy " + how)
+		s.record(store.Record{At: s.now(), Host: sc.Host, Kind: SplitBrainKind, To: to,
+			Reason: fmt.Sprintf("VM %s (%s), rebuilt on %s, was active on %s (home active: %v); its copy on %s was %s",
+				sc.Name, sc.UUID, sc.Home, sc.Host, sc.HomeActive, sc.Host, how)})
 	default:
 		log.Error().Err(err).Msg("stale copy NOT destroyed; retrying at the host's next heartbeat")
 	}

@@ -113,7 +113,8 @@ func TestStaleCopyFailedDestroyIsRetriedAlertedOnce(t *testing.T) {
 	r.hvs["h1"].err = &hypervisor.Error{Kind: hypervisor.KindInvalid, Host: "h1", Step: "destroy", Err: errors.New("domain is not running")}
 	r.s.seen(sc)
 	r.s.wait()
-	assert.Len(t, r.recs, 1, "already stopped (by the agent's eviction path) counts as done")
+	require.Len(t, r.recs, 1, "already stopped (by the agent's eviction path) counts as done")
+	assert.Equal(t, "already-stopped", r.recs[0].To)
 }
 
 func TestReportedAutostart(t *testing.T) {

@@ -12,7 +12,10 @@
 // old host (in its assignment's Evicted list) to destroy and undefine its
 // copy. Until the old host's agent reports the domain gone, that host's
 // reports of the domain are ignored (they never move its home back), and
-// the eviction stays in the store across restarts.
+// the eviction stays in the store across restarts. A report that lists
+// such a domain active is a stale copy (splitbrain.go): OnStaleCopy's
+// function is told at every such heartbeat, with whether the VM's home
+// runs it too; a domain whose home is the reporting host never is one.
 package daemon
 
 import (

@@ -24,6 +24,10 @@
 // is asked whether it runs the UUID; if one does the VM is refused and
 // alerted. A VM whose start may have happened on a target that cannot then
 // be confirmed stopped is failed, not moved, so it cannot run twice.
+// libvirt autostart is turned off before every start (a definition the
+// target kept may have it on): a rebuilt VM never starts by itself when
+// its new host powers on. A VM whose capture says autostart is on is not
+// evacuable (WithAutostart).
 //
 // Place plans a whole failed host at once and does no I/O: the caller
 // gathers the candidates (admin enabled, monitor normal, capacity,

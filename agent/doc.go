@@ -29,6 +29,10 @@
 //     elsewhere while this host was fenced); drain.go is the local drain
 //     (marker file, DrainLocal, MarkerLifts), shared with chime-agent
 //     drain.
+//   - autostart.go keeps libvirt autostart off (autostartLoop, fed by
+//     every health-check listing) and notices evicted domains active
+//     here; boot.go is chime-agent prepare-boot (PrepareBoot, BootReason),
+//     run before libvirtd at boot.
 //
 // # Safety rules (the caller can rely on them)
 //

@@ -241,6 +241,7 @@ func TestSplitBrainDetectedDestroysTheStaleCopy(t *testing.T) {
 	home := where(ctx, d.l, "sb")[0]
 	homePIDs := d.l.QEMUPIDs(hostNamed(t, d.l, home))
 	require.NoError(t, d.l.CutNetwork(ctx, h1))
+	s.w.arm()
 	on := time.Now()
 	require.NoError(t, d.l.PowerOn(ctx, h1))
 	require.Eventually(t, func() bool { st, _ := d.l.DomainState(ctx, h1, "sb"); return st == "running" },
@@ -260,6 +261,7 @@ func TestSplitBrainDetectedDestroysTheStaleCopy(t *testing.T) {
 	s.waitUndefined(t, ctx)
 	r := s.overlap(t, fmt.Sprintf("no prepare-boot, cut: stale copy stopped %s after the network returned", stopped.Round(time.Millisecond)))
 	assert.Positive(t, r.twice, "the lab did run the VM twice (what this test is about)")
+	assert.Positive(t, r.onOld)
 
 	require.Eventually(t, func() bool { return slices.Contains(s.hook.types(h1.Name), alert.SplitBrainDetected) },
 		10*time.Second, 50*time.Millisecond, "alerts for %s: %v", h1.Name, s.hook.types(h1.Name))

@@ -27,9 +27,11 @@ const (
 	EvacuationPartial  = "evacuation.partial"  // Details: per-VM results, the ones not placed and why
 
 	SplitBrainRefused = "split_brain.refused" // a rebuild's start refused: the domain already runs somewhere (the evacuator's guard)
-	// SplitBrainDetected: a VM rebuilt elsewhere runs again on the host it
-	// was evacuated from (Details: uuid, name, stale_host, home); the stale
-	// copy is destroyed at once.
+	// SplitBrainDetected: a VM runs on two hosts. Either it was rebuilt
+	// elsewhere and runs again on the host it was evacuated from (Details:
+	// uuid, name, stale_host, home; that copy is destroyed at once), or it
+	// runs on two hosts neither of which it was evacuated from for 30 s
+	// (Details: uuid, name, hosts; nothing is destroyed).
 	SplitBrainDetected = "split_brain.detected"
 
 	StormEngaged = "storm.engaged"

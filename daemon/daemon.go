@@ -94,8 +94,9 @@ type Daemon struct {
 	rev     map[string]uint64
 	// listing is each host's last accepted domain listing (splitbrain.go:
 	// stale copies, autostart).
-	listing map[string][]heartbeat.Domain
-	onStale func(StaleCopy)
+	listing  map[string]Listing
+	onStale  func(StaleCopy)
+	onDouble func(DoubleRun)
 }
 
 // New loads the persisted state. interval returns the configured heartbeat
@@ -132,7 +133,7 @@ func New(st State, eng Engine, interval func() time.Duration, clock func() time.
 	d := &Daemon{st: st, eng: eng, clock: clock, interval: interval, log: log.With().Str("component", "daemon").Logger(),
 		admin: admin, adminSince: since, homes: map[string]store.DomainHome{}, byHost: map[string]map[string]store.DomainHome{}, active: map[string]int{},
 		migSeen: map[string]map[string]bool{},
-		evict:   map[string]map[string]store.Eviction{}, rev: map[string]uint64{}, listing: map[string][]heartbeat.Domain{}}
+		evict:   map[string]map[string]store.Eviction{}, rev: map[string]uint64{}, listing: map[string]Listing{}}
 	for _, h := range homes {
 		d.index(h)
 	}
@@ -157,7 +158,9 @@ func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 	var undo []store.DomainHome
 	var gone []store.Eviction
 	var stale []StaleCopy
+	var double []DoubleRun
 	var onStale func(StaleCopy)
+	var onDouble func(DoubleRun)
 	d.homesMu.RLock()
 	defer d.homesMu.RUnlock()
 	d.mu.Lock()
@@ -166,6 +169,12 @@ func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 	// heartbeat the detector did not accept (replayed, late) describes the
 	// past: a dead host's last word must not move a domain back to it.
 	if accepted && hb.Health.Libvirt.OK && hb.Domains != nil {
+		// Before ObserveDomains: a domain running here moves its home here.
+		now, maxAge := d.clock(), 3*d.interval()
+		stale = StaleCopies(hb.Host, hb.Domains, d.evict[hb.Host], d.homes, d.listing, now, maxAge)
+		double = DoubleRuns(hb.Host, hb.Domains, d.evict[hb.Host], d.homes, d.listing, now, maxAge)
+		onStale, onDouble = d.onStale, d.onDouble
+		d.listing[hb.Host] = Listing{At: now, Domains: hb.Domains}
 		var doms []heartbeat.Domain
 		doms, gone = splitEvicted(hb.Domains, d.evict[hb.Host])
 		put, remove = evacuator.ObserveDomains(d.homes, d.byHost[hb.Host], hb.Host, doms, d.clock(), d.admin[hb.Host] == node.Drained)
@@ -177,13 +186,16 @@ func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 			}
 		}
 		d.active[hb.Host] = n
-		d.listing[hb.Host] = hb.Domains
-		stale, onStale = StaleCopies(hb.Host, hb.Domains, d.evict[hb.Host], d.homes, d.listing), d.onStale
 	}
 	d.mu.Unlock()
 	if onStale != nil {
 		for _, sc := range stale {
 			onStale(sc)
+		}
+	}
+	if onDouble != nil {
+		for _, dr := range double {
+			onDouble(dr)
 		}
 	}
 	if len(put)+len(remove) > 0 {

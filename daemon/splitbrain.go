@@ -2,10 +2,78 @@ package daemon
 
 import (
 	"sort"
+	"time"
 
 	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/hypervisor"
 	"github.com/chimestack/chime-fence/store"
 )
+
+// Listing is one host's last accepted domain listing and when it arrived
+// (the daemon's clock).
+type Listing struct {
+	At      time.Time
+	Domains []heartbeat.Domain
+}
+
+// state is uuid's state in the listing if the listing is at most maxAge
+// old at now and lists it: a host that went silent (a dead one) proves
+// nothing about what runs there now.
+func (l Listing) state(uuid string, now time.Time, maxAge time.Duration) (hypervisor.DomainState, bool) {
+	if l.At.IsZero() || now.Sub(l.At) > maxAge {
+		return 0, false
+	}
+	for _, d := range l.Domains {
+		if d.UUID == uuid {
+			return d.State, true
+		}
+	}
+	return 0, false
+}
+
+// DoubleRun is a VM reported running (not paused) on two hosts, neither
+// of which it was evacuated from: Host (this report) and Home (its home,
+// whose recent report also has it running). Which copy is stale is not
+// known, so nothing is destroyed; it is alerted. A live migration never
+// shows two running copies (the destination is paused until the switch,
+// the source paused after it).
+type DoubleRun struct {
+	UUID, Name string
+	Host, Home string
+}
+
+// DoubleRuns lists the VMs host's report shows running that its home
+// (another host) also reported running within maxAge at now, leaving out
+// domains evicted from host (StaleCopies has those). Pure; sorted by UUID.
+func DoubleRuns(host string, doms []heartbeat.Domain, evicted map[string]store.Eviction, homes map[string]store.DomainHome,
+	listings map[string]Listing, now time.Time, maxAge time.Duration) []DoubleRun {
+	var out []DoubleRun
+	for _, d := range doms {
+		if d.State != hypervisor.StateRunning {
+			continue
+		}
+		home, ok := homes[d.UUID]
+		if !ok || home.Host == host {
+			continue
+		}
+		if _, ev := evicted[d.UUID]; ev {
+			continue
+		}
+		if st, ok := listings[home.Host].state(d.UUID, now, maxAge); ok && st == hypervisor.StateRunning {
+			out = append(out, DoubleRun{UUID: d.UUID, Name: d.Name, Host: host, Home: home.Host})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].UUID < out[j].UUID })
+	return out
+}
+
+// OnDoubleRun sets the function told of every DoubleRun a heartbeat
+// shows, under the same contract as OnStaleCopy.
+func (d *Daemon) OnDoubleRun(fn func(DoubleRun)) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.onDouble = fn
+}
 
 // StaleCopy is a domain active on a host it was evicted from: rebuilt on
 // Home after Host was fenced, and running (or paused, holding its disks)
@@ -25,10 +93,10 @@ type StaleCopy struct {
 // active on host that host must get rid of (evicted, the daemon's
 // eviction list for host) and whose home is another host. A domain whose
 // home is host is never one, whatever the eviction list says. listings
-// are the hosts' last accepted domain listings (for HomeActive). Pure;
-// sorted by UUID.
+// are the hosts' last accepted domain listings; HomeActive needs one of
+// the home at most maxAge old at now. Pure; sorted by UUID.
 func StaleCopies(host string, doms []heartbeat.Domain, evicted map[string]store.Eviction, homes map[string]store.DomainHome,
-	listings map[string][]heartbeat.Domain) []StaleCopy {
+	listings map[string]Listing, now time.Time, maxAge time.Duration) []StaleCopy {
 	if len(evicted) == 0 {
 		return nil
 	}
@@ -44,14 +112,8 @@ func StaleCopies(host string, doms []heartbeat.Domain, evicted map[string]store.
 		if !ok || home.Host == host {
 			continue
 		}
-		sc := StaleCopy{UUID: d.UUID, Name: d.Name, Host: host, Home: home.Host}
-		for _, o := range listings[home.Host] {
-			if o.UUID == d.UUID {
-				sc.HomeActive = o.State.Active()
-				break
-			}
-		}
-		out = append(out, sc)
+		st, ok := listings[home.Host].state(d.UUID, now, maxAge)
+		out = append(out, StaleCopy{UUID: d.UUID, Name: d.Name, Host: host, Home: home.Host, HomeActive: ok && st.Active()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].UUID < out[j].UUID })
 	return out
@@ -74,9 +136,9 @@ func (d *Daemon) OnStaleCopy(fn func(StaleCopy)) {
 func (d *Daemon) AutostartOn(host string) (on map[string]bool, known bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	doms, known := d.listing[host]
+	l, known := d.listing[host]
 	on = map[string]bool{}
-	for _, dom := range doms {
+	for _, dom := range l.Domains {
 		if dom.Autostart {
 			on[dom.UUID] = true
 		}

@@ -178,6 +178,7 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 	}, cfg.Cluster.Name, log)
 	defer stale.wait()
 	d.OnStaleCopy(stale.seen)
+	d.OnDoubleRun(stale.double)
 	capture, err := evacuator.NewCapture(captureConfig(cfg), evacuator.CaptureDeps{Store: st, Hypervisor: hv.get,
 		Healthy: func(h string) bool { s, ok := eng.Host(h); return ok && s.Monitor == node.Normal }, Log: log})
 	if err != nil {

@@ -41,15 +41,25 @@ type staleCopies struct {
 	log     zerolog.Logger
 
 	mu       sync.Mutex
-	inflight map[string]bool // host/uuid being destroyed
-	alerted  map[string]bool // host/uuid alerted, until destroyed
+	inflight map[string]bool        // host/uuid being destroyed
+	alerted  map[string]bool        // host/uuid alerted, until destroyed
+	doubles  map[string]*doubleSeen // uuid/hostA/hostB
 	wg       sync.WaitGroup
 }
+
+// doubleConfirm is how long sightings of one VM running on the same two
+// hosts must span before it is alerted (a gap this long starts over), and
+// doubleRealert how often it is alerted again while it goes on.
+const (
+	doubleConfirm = 30 * time.Second
+	doubleRealert = 10 * time.Minute
+)
 
 func newStaleCopies(hv func(string) (evacuator.Hypervisor, error), send func(alert.Event), record func(store.Record),
 	cluster string, log zerolog.Logger) *staleCopies {
 	return &staleCopies{hv: hv, send: send, record: record, cluster: cluster, timeout: 10 * time.Second, now: time.Now,
-		log: log.With().Str("component", "split-brain").Logger(), inflight: map[string]bool{}, alerted: map[string]bool{}}
+		log: log.With().Str("component", "split-brain").Logger(), inflight: map[string]bool{}, alerted: map[string]bool{},
+		doubles: map[string]*doubleSeen{}}
 }
 
 // seen is daemon.Daemon's OnStaleCopy: it returns at once; the destroy
@@ -115,6 +125,49 @@ func (s *staleCopies) destroy(sc daemon.StaleCopy, key string) {
 		log.Error().Err(err).Msg("stale copy NOT destroyed; retrying at the host's next heartbeat")
 	}
 }
+
+// double is daemon.Daemon's OnDoubleRun: a VM running on two hosts
+// neither of which it was evacuated from. Which copy is stale is not known
+// (an operator started one by hand, a migration tool misbehaved), so
+// nothing is destroyed: a critical split_brain.detected names both hosts
+// once the sightings span doubleConfirm (heartbeat listings are snapshots
+// taken up to an interval apart, so the two ends of a live migration can
+// both read "running" for a few heartbeats; a real double run lasts), and
+// again every doubleRealert while it goes on.
+func (s *staleCopies) double(dr daemon.DoubleRun) {
+	a, b := min(dr.Host, dr.Home), max(dr.Host, dr.Home)
+	key := dr.UUID + "/" + a + "/" + b
+	now := s.now()
+	s.mu.Lock()
+	for k, st := range s.doubles { // forget ended ones
+		if now.Sub(st.last) > doubleConfirm {
+			delete(s.doubles, k)
+		}
+	}
+	st, ok := s.doubles[key]
+	if !ok {
+		st = &doubleSeen{first: now}
+		s.doubles[key] = st
+	}
+	st.last = now
+	due := now.Sub(st.first) >= doubleConfirm && (st.alerted.IsZero() || now.Sub(st.alerted) >= doubleRealert)
+	if due {
+		st.alerted = now
+	}
+	s.mu.Unlock()
+	if !due {
+		return
+	}
+	s.log.Error().Str("host", dr.Host).Str("other_host", dr.Home).Str("domain", dr.Name).Str("uuid", dr.UUID).
+		Msg("split brain: VM running on two hosts, neither evacuated from; nothing destroyed, an operator must stop one")
+	s.send(alert.Event{Type: alert.SplitBrainDetected, Severity: alert.Critical, At: now, Cluster: s.cluster, Host: dr.Host,
+		Summary: fmt.Sprintf("VM %s (%s) is running on %s and on %s; chime-fence cannot tell which copy is stale and destroys neither: stop one now",
+			dr.Name, dr.UUID, a, b),
+		Details: map[string]any{"uuid": dr.UUID, "name": dr.Name, "hosts": []string{a, b}}})
+}
+
+// doubleSeen is one VM seen running on the same two hosts.
+type doubleSeen struct{ first, last, alerted time.Time }
 
 // wait waits for the destroys in flight (shutdown, tests).
 func (s *staleCopies) wait() { s.wg.Wait() }

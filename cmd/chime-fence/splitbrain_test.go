@@ -129,3 +129,41 @@ func TestEvacuationAlertType(t *testing.T) {
 	assert.Equal(t, alert.SplitBrainRefused, evacuationAlertType(evacuator.AlertSplitBrain), "the guard's refusal has a declared type")
 	assert.Equal(t, evacuator.AlertUnsafe, evacuationAlertType(evacuator.AlertUnsafe))
 }
+
+// TestDoubleRunAlertedNotDestroyed: a VM running on two hosts neither of
+// which it was evacuated from: alerted once it lasted doubleConfirm (a
+// live migration's skewed snapshots do not), both hosts named, either
+// order one incident; again only after doubleRealert; nothing destroyed.
+func TestDoubleRunAlertedNotDestroyed(t *testing.T) {
+	r := newSBRig()
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	r.s.now = func() time.Time { return now }
+	seen := func(host, other string) {
+		r.s.double(daemon.DoubleRun{UUID: sbUUID, Name: "web", Host: host, Home: other})
+	}
+
+	seen("h2", "h1")
+	now = now.Add(time.Second)
+	seen("h1", "h2")
+	assert.Empty(t, r.events, "a migration's two ends can both read running for a moment")
+	now = now.Add(doubleConfirm + time.Second) // a gap: starts over
+	seen("h1", "h2")
+	assert.Empty(t, r.events)
+	for range 4 {
+		now = now.Add(doubleConfirm / 3)
+		seen("h2", "h1")
+	}
+	require.Len(t, r.events, 1, "lasted: one incident")
+	assert.Equal(t, alert.SplitBrainDetected, r.events[0].Type)
+	assert.Equal(t, alert.Critical, r.events[0].Severity)
+	assert.Equal(t, []string{"h1", "h2"}, r.events[0].Details["hosts"])
+	assert.Contains(t, r.events[0].Summary, "destroys neither")
+	for now2 := now.Add(doubleRealert); now.Before(now2); {
+		now = now.Add(doubleConfirm / 3)
+		seen("h1", "h2")
+	}
+	assert.Len(t, r.events, 2, "alerted again while it goes on")
+	r.s.wait()
+	assert.Empty(t, r.hvs["h1"].calls())
+	assert.Empty(t, r.hvs["h2"].calls(), "nothing destroyed")
+}

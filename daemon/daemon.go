@@ -15,7 +15,10 @@
 // the eviction stays in the store across restarts. A report that lists
 // such a domain active is a stale copy (splitbrain.go): OnStaleCopy's
 // function is told at every such heartbeat, with whether the VM's home
-// runs it too; a domain whose home is the reporting host never is one.
+// runs it too; a domain whose home is the reporting host never is one. A
+// domain reported running (not paused) on two hosts neither of which it
+// was evacuated from, both reports recent (3 heartbeat intervals), is a
+// DoubleRun, told to OnDoubleRun's function.
 package daemon
 
 import (

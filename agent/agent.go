@@ -30,6 +30,9 @@ type Hypervisor interface {
 	// a domain that does not exist is hypervisor.KindNotFound.
 	Destroy(ctx context.Context, uuid string) error
 	Undefine(ctx context.Context, uuid string) error
+	// SetAutostart turns libvirt's autostart of a domain on or off; the
+	// agent only ever turns it off (autostart.go).
+	SetAutostart(ctx context.Context, uuid string, on bool) error
 }
 
 // CheckHypervisor is what the health checks need from libvirtd.
@@ -174,6 +177,13 @@ type Agent struct {
 
 	fetchNow     chan struct{}
 	reconcileNow chan struct{}
+
+	// autostart.go: the domains the last listing showed with autostart on,
+	// and the evicted-but-active domains last logged.
+	autoMu       sync.Mutex
+	autoPending  []hypervisor.Domain
+	splitSeen    string
+	autostartNow chan struct{}
 }
 
 // New checks cfg and builds an agent; no I/O.
@@ -196,6 +206,7 @@ func New(cfg Config, hv Hypervisor, d Daemon, log zerolog.Logger) (*Agent, error
 		gate:         &gate{dir: cfg.StateDir},
 		fetchNow:     make(chan struct{}, 1),
 		reconcileNow: make(chan struct{}, 1),
+		autostartNow: make(chan struct{}, 1),
 	}
 	var checks CheckHypervisor = hv
 	if cfg.Checks != nil {
@@ -208,7 +219,7 @@ func New(cfg Config, hv Hypervisor, d Daemon, log zerolog.Logger) (*Agent, error
 	for _, p := range cfg.Storage {
 		jobs = append(jobs, storageJob(p, cfg.Host))
 	}
-	a.checks = newChecker(jobs, cfg.CheckTimeout, func(d []hypervisor.Domain) { a.observe(d) })
+	a.checks = newChecker(jobs, cfg.CheckTimeout, func(d []hypervisor.Domain) { a.observe(d); a.listed(d) })
 	return a, nil
 }
 
@@ -232,7 +243,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.startup(ctx)
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){a.checkLoop, a.heartbeatLoop, a.assignmentLoop, a.reconcileLoop} {
+	for _, loop := range []func(context.Context){a.checkLoop, a.heartbeatLoop, a.assignmentLoop, a.reconcileLoop, a.autostartLoop} {
 		wg.Add(1)
 		go func() { defer wg.Done(); loop(ctx) }()
 	}

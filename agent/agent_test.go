@@ -35,6 +35,7 @@ type fakeHV struct {
 	hang     chan struct{} // non-nil: Ping blocks until closed
 	// destroyErr and undefineErr fail those calls (per UUID, "" = all).
 	destroyErr, undefineErr map[string]error
+	autostartErr            error
 	rec                     *recorder // optional: call order
 }
 
@@ -92,6 +93,23 @@ func (f *fakeHV) Undefine(_ context.Context, uuid string) error {
 		}
 	}
 	return &hypervisor.Error{Kind: hypervisor.KindNotFound, Step: "undefine " + uuid}
+}
+
+// SetAutostart sets a domain's autostart; autostartErr fails it.
+func (f *fakeHV) SetAutostart(_ context.Context, uuid string, on bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rec.add(fmt.Sprintf("autostart %s %v", uuid, on))
+	if f.autostartErr != nil {
+		return f.autostartErr
+	}
+	for i := range f.doms {
+		if f.doms[i].UUID == uuid {
+			f.doms[i].Autostart = on
+			return nil
+		}
+	}
+	return &hypervisor.Error{Kind: hypervisor.KindNotFound, Step: "autostart " + uuid}
 }
 
 func pick(m map[string]error, uuid string) error {

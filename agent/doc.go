@@ -29,6 +29,10 @@
 //     elsewhere while this host was fenced); drain.go is the local drain
 //     (marker file, DrainLocal, MarkerLifts), shared with chime-agent
 //     drain.
+//   - autostart.go keeps libvirt autostart off (autostartLoop, fed by
+//     every health-check listing) and notices evicted domains active
+//     here; boot.go is chime-agent prepare-boot (PrepareBoot, BootReason),
+//     run before libvirtd at boot.
 //
 // # Safety rules (the caller can rely on them)
 //
@@ -87,6 +91,24 @@
 //     since the last heartbeat the daemon acknowledged. Domains paused on
 //     an I/O error are not counted: drivers/libvirt reports reasons only
 //     for shut-off domains.
+//   - libvirt autostart is turned off for every domain defined on the host
+//     (autostart.go), assigned or not, whatever the admin state, as soon
+//     as a health-check listing shows it on (within a heartbeat interval),
+//     and retried after every listing while it fails. Why every domain:
+//     the daemon may evacuate any domain of a host it fenced, and a copy
+//     libvirtd autostarts when the host powers on again would run beside
+//     the rebuilt one; the agent starts what the daemon assigns itself.
+//     Heartbeats report each domain's autostart as libvirt last said.
+//   - prepare-boot (boot.go, chime-agent prepare-boot) runs before
+//     libvirtd on every boot and removes every autostart link, without
+//     libvirtd or the daemon. The persisted state (drain marker, last
+//     admin state) only explains it in the log: no persisted state proves
+//     a domain may run, since the host may have been fenced and its VMs
+//     rebuilt elsewhere while it was off. It fails (libvirtd must not
+//     start) when a link cannot be removed.
+//   - An evicted domain that a listing shows active (a copy started after
+//     the cleanup) is logged as a split brain and destroyed by a reconcile
+//     round triggered at once, not at the next reconcile interval.
 //   - The token is never logged and never appears in errors.
 //
 // # What libvirt reports (measured in the lab, libvirt 9.0)

@@ -149,7 +149,13 @@ func TestDrainMarkerOutlivesTheAgent(t *testing.T) {
 	asg.AdminSince = rigNow.Add(-time.Hour)
 	d := &fakeDaemon{asg: asg}
 	r1, c := drainRig(t, hv, d, dir)
-	require.Eventually(t, func() bool { return d.fetchCount() >= 1 }, wait, 5*time.Millisecond)
+	// The fake counts a fetch when it answers, a moment before the agent
+	// holds the assignment (the marker then knew no admin state: flaked
+	// under load). Wait until the agent says the daemon's state.
+	require.Eventually(t, func() bool {
+		st, err := c.Status(context.Background())
+		return d.fetchCount() >= 1 && err == nil && st.AdminState == "enabled"
+	}, wait, 5*time.Millisecond)
 
 	res, err := c.Drain(context.Background())
 	require.NoError(t, err)

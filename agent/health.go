@@ -161,7 +161,7 @@ func (c *checker) snapshot() (heartbeat.Health, []heartbeat.Domain) {
 	if c.domainsOK {
 		doms = make([]heartbeat.Domain, 0, len(c.domains))
 		for _, d := range c.domains {
-			doms = append(doms, heartbeat.Domain{UUID: d.UUID, Name: d.Name, State: d.State, Reason: d.Reason})
+			doms = append(doms, heartbeat.Domain{UUID: d.UUID, Name: d.Name, State: d.State, Reason: d.Reason, Autostart: d.Autostart})
 		}
 	}
 	return h, doms

@@ -26,7 +26,13 @@ const (
 	EvacuationFinished = "evacuation.finished" // every evacuable domain runs elsewhere
 	EvacuationPartial  = "evacuation.partial"  // Details: per-VM results, the ones not placed and why
 
-	SplitBrainRefused = "split_brain.refused" // a start refused: the domain already runs somewhere
+	SplitBrainRefused = "split_brain.refused" // a rebuild's start refused: the domain already runs somewhere (the evacuator's guard)
+	// SplitBrainDetected: a VM runs on two hosts. Either it was rebuilt
+	// elsewhere and runs again on the host it was evacuated from (Details:
+	// uuid, name, stale_host, home; that copy is destroyed at once), or it
+	// runs on two hosts neither of which it was evacuated from for 30 s
+	// (Details: uuid, name, hosts; nothing is destroyed).
+	SplitBrainDetected = "split_brain.detected"
 
 	StormEngaged = "storm.engaged"
 	StormCleared = "storm.cleared"
@@ -36,7 +42,7 @@ const (
 
 // Types lists every event type the daemon sends.
 var Types = []string{HostUnreachable, HostVerdict, HostRebooted, HostReturned, FenceReadiness, FenceStarted, FenceSucceeded,
-	FenceFailed, EvacuationStarted, EvacuationFinished, EvacuationPartial, SplitBrainRefused, StormEngaged, StormCleared,
+	FenceFailed, EvacuationStarted, EvacuationFinished, EvacuationPartial, SplitBrainRefused, SplitBrainDetected, StormEngaged, StormCleared,
 	ConfigReloadFailed}
 
 // CheckPattern refuses a webhook filter that is not a valid glob or that
@@ -79,6 +85,7 @@ var defaultSeverity = map[string]string{
 	EvacuationFinished: Info,
 	EvacuationPartial:  Critical,
 	SplitBrainRefused:  Critical,
+	SplitBrainDetected: Critical,
 	StormEngaged:       Critical,
 	StormCleared:       Info,
 	ConfigReloadFailed: Warning,

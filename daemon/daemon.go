@@ -12,7 +12,13 @@
 // old host (in its assignment's Evicted list) to destroy and undefine its
 // copy. Until the old host's agent reports the domain gone, that host's
 // reports of the domain are ignored (they never move its home back), and
-// the eviction stays in the store across restarts.
+// the eviction stays in the store across restarts. A report that lists
+// such a domain active is a stale copy (splitbrain.go): OnStaleCopy's
+// function is told at every such heartbeat, with whether the VM's home
+// runs it too; a domain whose home is the reporting host never is one. A
+// domain reported running (not paused) on two hosts neither of which it
+// was evacuated from, both reports recent (3 heartbeat intervals), is a
+// DoubleRun, told to OnDoubleRun's function.
 package daemon
 
 import (
@@ -89,6 +95,11 @@ type Daemon struct {
 	migSeen map[string]map[string]bool
 	evict   map[string]map[string]store.Eviction // host → UUID → eviction
 	rev     map[string]uint64
+	// listing is each host's last accepted domain listing (splitbrain.go:
+	// stale copies, autostart).
+	listing  map[string]Listing
+	onStale  func(StaleCopy)
+	onDouble func(DoubleRun)
 }
 
 // New loads the persisted state. interval returns the configured heartbeat
@@ -125,7 +136,7 @@ func New(st State, eng Engine, interval func() time.Duration, clock func() time.
 	d := &Daemon{st: st, eng: eng, clock: clock, interval: interval, log: log.With().Str("component", "daemon").Logger(),
 		admin: admin, adminSince: since, homes: map[string]store.DomainHome{}, byHost: map[string]map[string]store.DomainHome{}, active: map[string]int{},
 		migSeen: map[string]map[string]bool{},
-		evict:   map[string]map[string]store.Eviction{}, rev: map[string]uint64{}}
+		evict:   map[string]map[string]store.Eviction{}, rev: map[string]uint64{}, listing: map[string]Listing{}}
 	for _, h := range homes {
 		d.index(h)
 	}
@@ -149,6 +160,10 @@ func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 	var remove []string
 	var undo []store.DomainHome
 	var gone []store.Eviction
+	var stale []StaleCopy
+	var double []DoubleRun
+	var onStale func(StaleCopy)
+	var onDouble func(DoubleRun)
 	d.homesMu.RLock()
 	defer d.homesMu.RUnlock()
 	d.mu.Lock()
@@ -157,6 +172,12 @@ func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 	// heartbeat the detector did not accept (replayed, late) describes the
 	// past: a dead host's last word must not move a domain back to it.
 	if accepted && hb.Health.Libvirt.OK && hb.Domains != nil {
+		// Before ObserveDomains: a domain running here moves its home here.
+		now, maxAge := d.clock(), 3*d.interval()
+		stale = StaleCopies(hb.Host, hb.Domains, d.evict[hb.Host], d.homes, d.listing, now, maxAge)
+		double = DoubleRuns(hb.Host, hb.Domains, d.evict[hb.Host], d.homes, d.listing, now, maxAge)
+		onStale, onDouble = d.onStale, d.onDouble
+		d.listing[hb.Host] = Listing{At: now, Domains: hb.Domains}
 		var doms []heartbeat.Domain
 		doms, gone = splitEvicted(hb.Domains, d.evict[hb.Host])
 		put, remove = evacuator.ObserveDomains(d.homes, d.byHost[hb.Host], hb.Host, doms, d.clock(), d.admin[hb.Host] == node.Drained)
@@ -170,6 +191,16 @@ func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 		d.active[hb.Host] = n
 	}
 	d.mu.Unlock()
+	if onStale != nil {
+		for _, sc := range stale {
+			onStale(sc)
+		}
+	}
+	if onDouble != nil {
+		for _, dr := range double {
+			onDouble(dr)
+		}
+	}
 	if len(put)+len(remove) > 0 {
 		if err := d.st.UpdateDomainHomes(put, remove); err != nil {
 			// Roll the cache back so the next heartbeat tries again; the

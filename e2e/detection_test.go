@@ -93,6 +93,11 @@ func startDetectionLabWith(t *testing.T, ctx context.Context, lc lab.Config, opt
 		argv := agentArgv(agentBin, tokenFile, "$CHIME_LAB_CONTROLLER_ADDR", h)
 		return []string{"sh", "-c", "exec " + strings.Join(argv, " ")}
 	}
+	if lc.PrepareBootCommand == nil { // before libvirtd, as examples/chime-agent-prepare-boot.service
+		lc.PrepareBootCommand = func(h lab.Host) []string {
+			return []string{agentBin, "prepare-boot", "--state-dir", filepath.Join(h.Dir, "agent-state")}
+		}
+	}
 	d.l = startLab(t, ctx, lc)
 	var opts labconfig.Options
 	if options != nil {

@@ -585,7 +585,7 @@ type inventoryDiff struct {
 // diffInventory compares a host's stored records with its domains now. It
 // is pure. Only persistent domains are saved; a record whose domain is no
 // longer defined (or is now transient) is removed; a record is rewritten
-// when its XML, name or active state changed.
+// when its XML, name, active state or autostart changed.
 func diffInventory(host string, stored []store.DomainRecord, doms []hypervisor.Domain, now time.Time) inventoryDiff {
 	old := make(map[string]store.DomainRecord, len(stored))
 	for _, r := range stored {
@@ -612,10 +612,11 @@ func diffInventory(host string, stored []store.DomainRecord, doms []hypervisor.D
 		hash := store.InventoryHash(dom.XML)
 		active := dom.State.Active()
 		r, known := old[dom.UUID]
-		if known && r.Hash == hash && r.Name == dom.Name && r.Active == active {
+		if known && r.Hash == hash && r.Name == dom.Name && r.Active == active && r.Autostart == dom.Autostart {
 			continue
 		}
-		d.put = append(d.put, store.DomainRecord{Host: host, UUID: dom.UUID, Name: dom.Name, XML: dom.XML, Hash: hash, CapturedAt: now, Active: active})
+		d.put = append(d.put, store.DomainRecord{Host: host, UUID: dom.UUID, Name: dom.Name, XML: dom.XML, Hash: hash, CapturedAt: now,
+			Active: active, Autostart: dom.Autostart})
 		if !known || r.Hash != hash {
 			d.xmlChanged = append(d.xmlChanged, dom.UUID)
 		}

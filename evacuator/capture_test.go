@@ -120,10 +120,11 @@ func (h *capHV) Events(ctx context.Context) <-chan hypervisor.Event {
 func (h *capHV) Domain(context.Context, string) (hypervisor.Domain, error) {
 	return hypervisor.Domain{}, errCapUnused
 }
-func (h *capHV) Define(context.Context, string) (string, error) { return "", errCapUnused }
-func (h *capHV) Start(context.Context, string) error            { return errCapUnused }
-func (h *capHV) Destroy(context.Context, string) error          { return errCapUnused }
-func (h *capHV) Undefine(context.Context, string) error         { return errCapUnused }
+func (h *capHV) Define(context.Context, string) (string, error)   { return "", errCapUnused }
+func (h *capHV) Start(context.Context, string) error              { return errCapUnused }
+func (h *capHV) Destroy(context.Context, string) error            { return errCapUnused }
+func (h *capHV) Undefine(context.Context, string) error           { return errCapUnused }
+func (h *capHV) SetAutostart(context.Context, string, bool) error { return errCapUnused }
 func (h *capHV) State(context.Context, string) (hypervisor.DomainState, error) {
 	return 0, errCapUnused
 }
@@ -334,6 +335,12 @@ func TestDiffInventory(t *testing.T) {
 	transient.Persistent = false
 	noXML := run
 	noXML.XML = ""
+	autostart := run
+	autostart.Autostart = true
+	freshAuto := fresh(autostart)
+	freshAuto.Autostart = true
+	storedAuto := stored(autostart)
+	storedAuto.Autostart = true
 
 	cases := []struct {
 		name       string
@@ -354,6 +361,9 @@ func TestDiffInventory(t *testing.T) {
 		{"transient: skipped", nil, []hypervisor.Domain{transient}, nil, nil, nil, 1, 0},
 		{"became transient (undefined while running): removed", []store.DomainRecord{stored(run)}, []hypervisor.Domain{transient}, nil, []string{cu1}, nil, 1, 0},
 		{"listed without XML: record kept", []store.DomainRecord{stored(run)}, []hypervisor.Domain{noXML}, nil, nil, nil, 0, 1},
+		{"autostart turned on: record rewritten with it", []store.DomainRecord{stored(run)}, []hypervisor.Domain{autostart}, []store.DomainRecord{freshAuto}, nil, nil, 0, 0},
+		{"autostart turned off: record rewritten", []store.DomainRecord{storedAuto}, []hypervisor.Domain{run}, []store.DomainRecord{fresh(run)}, nil, nil, 0, 0},
+		{"autostart still on: nothing", []store.DomainRecord{storedAuto}, []hypervisor.Domain{autostart}, nil, nil, nil, 0, 0},
 		{"listed twice: once", nil, []hypervisor.Domain{run, changedXML}, []store.DomainRecord{fresh(run)}, nil, []string{cu1}, 0, 0},
 	}
 	for _, c := range cases {

@@ -29,6 +29,10 @@
 // failed with Retry; a task with such VMs or with Unplaced.Waiting ones
 // ends its pass as TaskWaiting (still open) for the caller to re-plan,
 // instead of finishing.
+// libvirt autostart is turned off before every start (a definition the
+// target kept may have it on): a rebuilt VM never starts by itself when
+// its new host powers on. A VM whose capture says autostart is on is not
+// evacuable (WithAutostart).
 //
 // Place plans a whole failed host at once and does no I/O: the caller
 // gathers the candidates (admin enabled, monitor normal, capacity,

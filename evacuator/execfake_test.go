@@ -27,9 +27,10 @@ type execCluster struct {
 }
 
 type execDom struct {
-	name  string
-	xml   string
-	state hypervisor.DomainState
+	name      string
+	xml       string
+	state     hypervisor.DomainState
+	autostart bool
 }
 
 // execHost is one fake hypervisor. Hooks run under no lock, before the
@@ -50,6 +51,8 @@ type execHost struct {
 	afterStart hypervisor.DomainState
 	// destroyErr fails Destroy (the copy keeps running).
 	destroyErr error
+	// autostartErr fails SetAutostart.
+	autostartErr error
 
 	// inFlight counts attempts under way (from Define to the first State),
 	// maxInFlight the most at once.
@@ -187,6 +190,23 @@ func (h *execHost) Define(ctx context.Context, xml string) (string, error) {
 	return m[1], nil
 }
 
+func (h *execHost) SetAutostart(ctx context.Context, uuid string, on bool) error {
+	if err := h.enter("autostart"); err != nil {
+		return err
+	}
+	h.c.mu.Lock()
+	defer h.c.mu.Unlock()
+	if h.autostartErr != nil {
+		return h.autostartErr
+	}
+	d, ok := h.doms[uuid]
+	if !ok {
+		return notFound(h.name, "autostart", uuid)
+	}
+	d.autostart = on
+	return nil
+}
+
 func (h *execHost) Start(ctx context.Context, uuid string) error {
 	if err := h.enter("start"); err != nil {
 		return err
@@ -208,6 +228,9 @@ func (h *execHost) Start(ctx context.Context, uuid string) error {
 	}
 	if d.state.Active() {
 		return &hypervisor.Error{Kind: hypervisor.KindInvalid, Host: h.name, Step: "start", Err: fmt.Errorf("domain is already active")}
+	}
+	if d.autostart {
+		h.c.violations = append(h.c.violations, fmt.Sprintf("%s started on %s with autostart on", uuid, h.name))
 	}
 	for name, o := range h.c.hosts {
 		if od, ok := o.doms[uuid]; ok && od.state.Active() && name != h.name {

@@ -393,6 +393,16 @@ func (e *executor) attempt(ctx context.Context, i int) outcome {
 		}
 	}
 
+	// A definition the target already had may carry autostart; a rebuilt
+	// VM must not (its new host would start it by itself after a power
+	// cycle, even if it was evacuated again meanwhile). Off before start.
+	c, cancel := e.call(ctx)
+	err = hv.SetAutostart(c, vm.UUID, false)
+	cancel()
+	if err != nil {
+		return e.fail(ctx, i, hv, "autostart off", err, false, log)
+	}
+
 	began := e.d.Clock.Now()
 	holders := e.guard(ctx, vm.UUID, target, log)
 	log.Debug().Strs("holders", holders).Dur("took", e.d.Clock.Now().Sub(began)).Msg("split-brain guard asked every peer")
@@ -405,7 +415,7 @@ func (e *executor) attempt(ctx context.Context, i int) outcome {
 	if e.setStep(i, StepStarting) != nil {
 		return outAbort
 	}
-	c, cancel := e.call(ctx)
+	c, cancel = e.call(ctx)
 	began = e.d.Clock.Now()
 	err = hv.Start(c, vm.UUID)
 	cancel()

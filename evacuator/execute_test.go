@@ -753,3 +753,36 @@ func BenchmarkExecuteStoreJournal(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// TestExecuteTurnsAutostartOffBeforeStart: a target that already had a
+// definition with autostart on (a copy left from an earlier move) gets it
+// turned off before the start; every rebuilt VM has autostart off.
+func TestExecuteTurnsAutostartOffBeforeStart(t *testing.T) {
+	r := newRig("a", "b")
+	r.c.put("b", u1, "vm-01", hypervisor.StateShutoff)
+	r.c.host("b").doms[u1].autostart = true
+	task := newTask(vmTask(u1, "b", 0), vmTask(u2, "a", 0))
+	require.NoError(t, Execute(context.Background(), task, r.deps()))
+	assert.Equal(t, TaskDone, task.State)
+	assert.Empty(t, r.c.violations, "nothing started with autostart on")
+	assert.False(t, r.c.host("b").doms[u1].autostart)
+	assert.False(t, r.c.host("a").doms[u2].autostart)
+	assert.Equal(t, 1, r.c.count("b autostart"))
+	assert.Equal(t, 1, r.c.count("a autostart"))
+}
+
+// TestExecuteAutostartFailureStartsNothing: when autostart cannot be
+// turned off the VM is not started there (the next alternative is tried).
+func TestExecuteAutostartFailureStartsNothing(t *testing.T) {
+	r := newRig("a", "b")
+	r.c.host("a").autostartErr = &hypervisor.Error{Kind: hypervisor.KindUnknown, Host: "a", Step: "autostart off", Err: errors.New("permission denied")}
+	task := newTask(vmTask(u1, "a", 0, "b"))
+	require.NoError(t, Execute(context.Background(), task, r.deps()))
+	vm := task.VMs[0]
+	assert.Equal(t, StepRunning, vm.Step)
+	assert.Equal(t, "b", vm.Target)
+	require.Len(t, vm.Tried, 1)
+	assert.Contains(t, vm.Tried[0].Error, "autostart off")
+	assert.Zero(t, r.c.startsOn("a", u1), "never started where autostart could not be turned off")
+	assert.Empty(t, r.c.violations)
+}

@@ -115,6 +115,27 @@ func ParseVM(domainXML string, rules StorageRules) (VM, error) {
 	return vm, nil
 }
 
+// AutostartReason is why a VM whose libvirt autostart is on is not
+// evacuable: libvirtd on its old host would start the stale copy as soon
+// as that host powers on, beside the rebuilt one. chime-agent turns
+// autostart off; the VM becomes evacuable once it is reported off.
+const AutostartReason = "autostart on: would start again on its old host"
+
+// WithAutostart is vm as evacuation sees it when its autostart is on (or
+// vm unchanged when off): not evacuable, AutostartReason added to any
+// reason it already had. Pure.
+func WithAutostart(vm VM, on bool) VM {
+	if !on {
+		return vm
+	}
+	if vm.Evacuable {
+		vm.Evacuable, vm.Reason = false, AutostartReason
+	} else {
+		vm.Reason += "; " + AutostartReason
+	}
+	return vm
+}
+
 func classifyDisk(dd libvirtxml.DomainDisk, rules StorageRules) Disk {
 	disk := Disk{Device: dd.Device}
 	if disk.Device == "" {

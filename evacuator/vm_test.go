@@ -136,3 +136,22 @@ func TestToMiB(t *testing.T) {
 		assert.Equal(t, tc.want, got, "%d %s", tc.v, tc.unit)
 	}
 }
+
+func TestWithAutostart(t *testing.T) {
+	ok := VM{Name: "web", Evacuable: true, Reason: "all disks on shared storage"}
+	local := VM{Name: "db", Reason: "disk vda local"}
+	for _, c := range []struct {
+		name string
+		vm   VM
+		on   bool
+		want VM
+	}{
+		{"off: unchanged", ok, false, ok},
+		{"off, not evacuable: unchanged", local, false, local},
+		{"on: not evacuable, the reason says why", ok, true, VM{Name: "web", Reason: AutostartReason}},
+		{"on, already not evacuable: both reasons", local, true, VM{Name: "db", Reason: "disk vda local; " + AutostartReason}},
+	} {
+		assert.Equal(t, c.want, WithAutostart(c.vm, c.on), c.name)
+	}
+	assert.Equal(t, "autostart on: would start again on its old host", AutostartReason, "the text operators search for")
+}

@@ -122,6 +122,10 @@ type Domain struct {
 	// "destroyed", "unknown", ...); it tells a QEMU that died from a VM
 	// somebody stopped on purpose.
 	Reason string `json:"reason,omitempty"`
+	// Autostart: libvirt's autostart is on for the domain (the agent
+	// turns it off; the daemon evacuates no VM while it is on). Absent
+	// from agents that predate it, which read as off.
+	Autostart bool `json:"autostart,omitempty"`
 }
 
 // ValidUUID reports whether s is a lower-case canonical UUID, the form

@@ -132,3 +132,14 @@ func TestHeartbeatLocalMigrations(t *testing.T) {
 	bad.LocalMigrations = make([]LocalMigration, MaxLocalMigrations+1)
 	assert.ErrorContains(t, bad.Validate(), "257 local migrations listed, at most 256 allowed")
 }
+
+func TestDecodeDomainAutostart(t *testing.T) {
+	hb, err := Decode(strings.NewReader(`{"host":"h","boot_id":"b","seq":1,"domains":[` +
+		`{"uuid":"6f1c2a9e-0000-4000-8000-000000000001","autostart":true},{"uuid":"6f1c2a9e-0000-4000-8000-000000000002"}]}`))
+	require.NoError(t, err)
+	assert.True(t, hb.Domains[0].Autostart)
+	assert.False(t, hb.Domains[1].Autostart, "absent (an agent that predates the field) reads as off")
+	b, err := json.Marshal(Domain{UUID: "u"})
+	require.NoError(t, err)
+	assert.NotContains(t, string(b), "autostart", "off is left out")
+}

@@ -24,7 +24,7 @@ import (
 //	Health:    1 libvirt, 2 interfaces, 3 storage, 4 io_errors (sint64),
 //	           5 io_detail, 6 evictions
 //	Check:     1 name, 2 ok, 3 detail
-//	Domain:    1 uuid, 2 name, 3 state (text), 4 reason
+//	Domain:    1 uuid, 2 name, 3 state (text), 4 reason, 5 autostart (bool)
 //	LocalDrain: 1 since, 2 by
 //	LocalMigration: 1 id, 2 at, 3 uuid, 4 name, 5 dest, 6 interface,
 //	           7 moved, 8 error
@@ -47,7 +47,8 @@ func appendHeartbeat(b []byte, hb Heartbeat) []byte {
 			b = appendString(b, 1, d.UUID)
 			b = appendString(b, 2, d.Name)
 			b = appendString(b, 3, d.State.String())
-			return appendString(b, 4, d.Reason)
+			b = appendString(b, 4, d.Reason)
+			return appendBool(b, 5, d.Autostart)
 		})
 	}
 	if ld := hb.LocalDrain; ld != nil {
@@ -339,6 +340,8 @@ func decodeHeartbeat(b []byte) (Heartbeat, error) {
 					}
 				case 4:
 					return g.str("reason", &d.Reason)
+				case 5:
+					return g.boolean("autostart", &d.Autostart)
 				}
 				return nil
 			})

@@ -1,6 +1,7 @@
 package heartbeat
 
 import (
+	"bytes"
 	"math/rand/v2"
 	"reflect"
 	"strings"
@@ -22,7 +23,7 @@ func fullHeartbeat() Heartbeat {
 			Interfaces: []Check{{Name: "eth0", OK: true}, {Name: "eth1", Detail: "no carrier"}},
 			Storage:    []Check{{Name: "/var/lib/nova", OK: true}}, IOErrors: 3, IODetail: "vda: EIO",
 			Evictions: []Check{{Name: "web 6f1c2a9e-0000-4000-8000-000000000009", Detail: "undefine: busy"}}},
-		Domains: []Domain{{UUID: "6f1c2a9e-0000-4000-8000-000000000001", Name: "web", State: hypervisor.StateRunning},
+		Domains: []Domain{{UUID: "6f1c2a9e-0000-4000-8000-000000000001", Name: "web", State: hypervisor.StateRunning, Autostart: true},
 			{UUID: "6f1c2a9e-0000-4000-8000-000000000002", Name: "db", State: hypervisor.StateShutoff, Reason: "crashed"}},
 		LocalDrain: &LocalDrain{Since: at.Add(-time.Hour), By: "cli"},
 		LocalMigrations: []LocalMigration{{ID: "m1", At: at, UUID: "6f1c2a9e-0000-4000-8000-000000000003", Name: "app",
@@ -87,7 +88,8 @@ func randomHeartbeat(r *rand.Rand) Heartbeat {
 		hb.Domains = []Domain{}
 	case 2:
 		for range 1 + r.IntN(5) {
-			hb.Domains = append(hb.Domains, Domain{UUID: str(), Name: str(), State: hypervisor.DomainState(r.IntN(int(hypervisor.StateUnknown) + 1)), Reason: str()})
+			hb.Domains = append(hb.Domains, Domain{UUID: str(), Name: str(), State: hypervisor.DomainState(r.IntN(int(hypervisor.StateUnknown) + 1)), Reason: str(),
+				Autostart: r.IntN(2) == 0})
 		}
 	}
 	if r.IntN(2) == 0 {
@@ -255,4 +257,38 @@ func TestReplyToPayload(t *testing.T) {
 	assert.Equal(t, uint64(9), r.Seq)
 	assert.True(t, r.AgentStart.Equal(hb.AgentStart))
 	assert.Equal(t, Reply{}, ReplyToPayload([]byte("garbage")))
+}
+
+// TestWireDomainAutostart pins the autostart field: domain field 5, a
+// varint, written only when on, so a beat from an agent that predates it
+// (no field 5) reads as off and an older daemon skips it as unknown.
+func TestWireDomainAutostart(t *testing.T) {
+	const u = "6f1c2a9e-0000-4000-8000-000000000001"
+	for _, c := range []struct {
+		name string
+		dom  []byte
+		want bool
+	}{
+		{"on", protowire.AppendVarint(protowire.AppendTag(appendString(nil, 1, u), 5, protowire.VarintType), 1), true},
+		{"absent (older agent)", appendString(nil, 1, u), false},
+		{"explicit zero", protowire.AppendVarint(protowire.AppendTag(appendString(nil, 1, u), 5, protowire.VarintType), 0), false},
+	} {
+		b := appendHeartbeat(nil, Heartbeat{Host: "h", BootID: "b", Seq: 1})
+		b = appendMessage(b, 8, func(b []byte) []byte { return append(b, c.dom...) })
+		hb, err := DecodeHeartbeatPayload(b)
+		require.NoError(t, err, c.name)
+		require.Len(t, hb.Domains, 1, c.name)
+		assert.Equal(t, c.want, hb.Domains[0].Autostart, c.name)
+	}
+	on := appendMessage(nil, 8, func(b []byte) []byte {
+		b = appendString(appendString(b, 1, u), 3, "running")
+		return protowire.AppendVarint(protowire.AppendTag(b, 5, protowire.VarintType), 1)
+	})
+	assert.True(t, bytes.Contains(appendHeartbeat(nil, Heartbeat{Domains: []Domain{{UUID: u, State: hypervisor.StateRunning, Autostart: true}}}), on),
+		"encoded as domain field 5")
+	asString := appendMessage(appendHeartbeat(nil, Heartbeat{Host: "h", BootID: "b", Seq: 1}), 8, func(b []byte) []byte {
+		return appendString(appendString(b, 1, u), 5, "yes")
+	})
+	_, err := DecodeHeartbeatPayload(asString)
+	assert.ErrorContains(t, err, "autostart", "a wrong wire type is named")
 }

@@ -59,6 +59,11 @@ type Domain struct {
 	Reason string `json:"reason,omitempty"`
 	// Persistent is false for transient domains (no saved config).
 	Persistent bool `json:"persistent"`
+	// Autostart: libvirtd starts the domain whenever it starts. On a host
+	// that was fenced and whose VMs were rebuilt elsewhere, that is a
+	// second copy of each such VM the moment the host powers on, so the
+	// agent turns it off and the daemon evacuates no VM that has it on.
+	Autostart bool `json:"autostart,omitempty"`
 	// XML is the inactive, secure definition: what a rebuild defines.
 	XML string `json:"xml,omitempty"`
 }

@@ -60,7 +60,10 @@ type LevelReport struct {
 type DomainReport struct {
 	evacuator.VM
 	State hypervisor.DomainState `json:"state"`
-	Error string                 `json:"error,omitempty"` // XML we could not read
+	// Autostart: libvirt's autostart is on, so the VM is not evacuable
+	// (evacuator.WithAutostart) until chime-agent turns it off.
+	Autostart bool   `json:"autostart,omitempty"`
+	Error     string `json:"error,omitempty"` // XML we could not read
 }
 
 // LibvirtReport is the hypervisor check.
@@ -155,7 +158,7 @@ func checkLibvirt(ctx context.Context, t Target, now func() time.Time) (LibvirtR
 	lr.Reachable = true
 	out := make([]DomainReport, 0, len(doms))
 	for _, d := range doms {
-		dr := DomainReport{State: d.State}
+		dr := DomainReport{State: d.State, Autostart: d.Autostart}
 		vm, err := evacuator.ParseVM(d.XML, t.Storage)
 		if err != nil {
 			dr.VM = evacuator.VM{UUID: d.UUID, Name: d.Name, Reason: "domain XML unreadable"}
@@ -163,6 +166,7 @@ func checkLibvirt(ctx context.Context, t Target, now func() time.Time) (LibvirtR
 		} else {
 			dr.VM = vm
 		}
+		dr.VM = evacuator.WithAutostart(dr.VM, d.Autostart)
 		out = append(out, dr)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -195,6 +199,15 @@ func summarize(r Report) (bool, string) {
 			}
 		}
 		s += fmt.Sprintf("; %d of %d domain(s) evacuable", n, len(r.Domains))
+		var auto []string
+		for _, d := range r.Domains {
+			if d.Autostart {
+				auto = append(auto, d.Name)
+			}
+		}
+		if len(auto) > 0 {
+			s += fmt.Sprintf("; %s: %s (chime-agent turns it off)", evacuator.AutostartReason, strings.Join(auto, ", "))
+		}
 	} else if r.Libvirt != nil {
 		s += "; libvirt unreachable, domains unknown"
 	}

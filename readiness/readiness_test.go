@@ -138,6 +138,30 @@ func TestReadinessDomains(t *testing.T) {
 	assert.Equal(t, "ready: 1 of 1 fence level(s) usable (ipmi); 1 of 3 domain(s) evacuable", r.Summary)
 }
 
+// TestReadinessNamesAutostart: a VM with libvirt autostart on is not
+// evacuable, and the summary (test-node, the daemon's fence-readiness
+// record) names it.
+func TestReadinessNamesAutostart(t *testing.T) {
+	lister := listFunc(func(_ context.Context, _ bool) ([]hypervisor.Domain, error) {
+		return []hypervisor.Domain{
+			{Name: "web", UUID: "u1", State: hypervisor.StateRunning, Autostart: true, XML: xmlFor("web", "11111111-1111-1111-1111-111111111111", "/shared/web.qcow2")},
+			{Name: "app", UUID: "u2", State: hypervisor.StateRunning, XML: xmlFor("app", "22222222-2222-2222-2222-222222222222", "/shared/app.qcow2")},
+		}, nil
+	})
+	r := Run(context.Background(), Target{
+		Host: "n1", Levels: []Level{{Type: configs.LevelIPMI, Checker: answers(power.On)}},
+		Hypervisor: lister, Storage: evacuator.StorageRules{SharedPaths: []string{"/shared"}},
+	}, fakeNow())
+	require.Len(t, r.Domains, 2)
+	assert.Equal(t, "app", r.Domains[0].Name)
+	assert.True(t, r.Domains[0].Evacuable)
+	assert.False(t, r.Domains[1].Evacuable)
+	assert.True(t, r.Domains[1].Autostart)
+	assert.Equal(t, evacuator.AutostartReason, r.Domains[1].Reason)
+	assert.Equal(t, "ready: 1 of 1 fence level(s) usable (ipmi); 1 of 2 domain(s) evacuable; "+
+		"autostart on: would start again on its old host: web (chime-agent turns it off)", r.Summary)
+}
+
 func TestReadinessLibvirtDown(t *testing.T) {
 	lister := listFunc(func(context.Context, bool) ([]hypervisor.Domain, error) {
 		return nil, &hypervisor.Error{Kind: hypervisor.KindUnreachable, Host: "n1", Step: "libvirt: connect", Err: errors.New("no route to host")}

@@ -59,7 +59,7 @@ func BuildTask(in PlanInput) (evacuator.Task, evacuator.Placement) {
 				Reason: fmt.Sprintf("saved domain XML (captured %s) unreadable: %v", rec.CapturedAt.Format(time.RFC3339), err)})
 			continue
 		}
-		vms = append(vms, vm)
+		vms = append(vms, evacuator.WithAutostart(vm, rec.Autostart))
 		xmls[vm.UUID] = rec.XML
 	}
 	p := evacuator.Place(evacuator.PlaceRequest{FailedHost: in.Request.Host, VMs: vms, Hosts: in.Candidates, Limits: in.Limits})

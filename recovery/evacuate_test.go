@@ -76,6 +76,23 @@ func TestBuildTaskPlacesOrExplainsEveryHome(t *testing.T) {
 		"broken stays: "+reasons["broken"]+"; never stays: "+reasons["never"]+"; scratch stays: "+reasons["scratch"], PlanSummary(task))
 }
 
+// TestBuildTaskLeavesAutostartVMs: a VM whose saved record has libvirt
+// autostart on stays, with the reason; off (or absent) moves.
+func TestBuildTaskLeavesAutostartVMs(t *testing.T) {
+	in := planInput()
+	web := in.Saved[eu1]
+	web.Autostart = true
+	in.Saved[eu1] = web
+	task, _ := BuildTask(in)
+	assert.Empty(t, task.VMs, "nothing to rebuild")
+	reasons := map[string]string{}
+	for _, u := range task.Unplaced {
+		reasons[u.Name] = u.Reason
+	}
+	assert.Equal(t, "not evacuable: "+evacuator.AutostartReason, reasons["web"])
+	assert.Contains(t, PlanSummary(task), "web stays: not evacuable: autostart on: would start again on its old host")
+}
+
 // memJournal keeps tasks in memory.
 type memJournal struct {
 	mu    sync.Mutex

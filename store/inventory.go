@@ -33,6 +33,9 @@ type DomainRecord struct {
 	CapturedAt time.Time `json:"captured_at"`
 	// Active: a QEMU process may exist for it (running, paused, ...).
 	Active bool `json:"active"`
+	// Autostart: libvirt's autostart was on (the VM is then not
+	// evacuable; evacuator.WithAutostart).
+	Autostart bool `json:"autostart,omitempty"`
 }
 
 // InventoryHash is the hash PutInventory stores with an XML: compare it

@@ -112,7 +112,10 @@ daemon's host and port; a beat UDP does not answer goes over HTTP (see
 chime-agent drain stops every domain and keeps this host drained locally, even
 when the daemon cannot be reached (see chime-agent drain --help).
 chime-agent migrate live-migrates this host's VMs over a chosen network, also
-when the daemon cannot be reached (see chime-agent migrate --help).`,
+when the daemon cannot be reached (see chime-agent migrate --help).
+chime-agent prepare-boot runs before libvirtd at boot and removes every libvirt
+autostart link (see chime-agent prepare-boot --help); the agent keeps autostart
+off for every domain of the host while it runs.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -128,6 +131,7 @@ when the daemon cannot be reached (see chime-agent migrate --help).`,
 	cmd.SetErr(stderr)
 	cmd.AddCommand(newDrain(stdout, stderr, dialLibvirt))
 	cmd.AddCommand(newMigrate(stdout, stderr, realMigrateEnv()))
+	cmd.AddCommand(newPrepareBoot(stderr))
 	fs := cmd.Flags()
 	fs.StringVar(&f.host, "host", hostname, "this host's name as the daemon's configuration knows it")
 	fs.StringVar(&f.daemon, "daemon", "", "the daemon's address, e.g. http://10.0.0.2:7480 (required)")

@@ -335,3 +335,60 @@ func TestHeartbeatsOverUDP(t *testing.T) {
 		})
 	}
 }
+
+// TestPrepareBootUnit: the example unit runs prepare-boot once per boot
+// before libvirtd and virtqemud, which require it, and its ExecStart uses
+// only flags prepare-boot has.
+func TestPrepareBootUnit(t *testing.T) {
+	b, err := os.ReadFile("../../examples/chime-agent-prepare-boot.service")
+	require.NoError(t, err)
+	unit := strings.ReplaceAll(string(b), "\\\n", " ")
+	var exec []string
+	keys := map[string][]string{}
+	for _, line := range strings.Split(unit, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if !ok || strings.HasPrefix(k, "#") {
+			continue
+		}
+		keys[k] = append(keys[k], strings.Fields(v)...)
+		if k == "ExecStart" {
+			exec = strings.Fields(v)
+		}
+	}
+	assert.Equal(t, []string{"oneshot"}, keys["Type"])
+	assert.Subset(t, keys["Before"], []string{"libvirtd.service", "virtqemud.service"}, "ordered before either libvirt daemon")
+	assert.Subset(t, keys["RequiredBy"], []string{"libvirtd.service", "virtqemud.service"}, "they do not start when it fails")
+	require.GreaterOrEqual(t, len(exec), 2)
+	assert.Equal(t, []string{"/usr/local/bin/chime-agent", "prepare-boot"}, exec[:2])
+	cmd := newPrepareBoot(&lockedBuf{})
+	require.NoError(t, cmd.ParseFlags(exec[2:]), "every flag in ExecStart exists")
+	assert.Equal(t, "/var/lib/chime-agent", cmd.Flag("state-dir").Value.String())
+	assert.Equal(t, "[/etc/libvirt/qemu/autostart]", cmd.Flag("autostart-dir").Value.String())
+}
+
+// TestPrepareBootCommand: the real command removes every link of the
+// directory (a broken one too), keeps the configs, logs each removal, and
+// exits 0; bad flags exit 2.
+func TestPrepareBootCommand(t *testing.T) {
+	etc := t.TempDir()
+	auto := filepath.Join(etc, "autostart")
+	require.NoError(t, os.Mkdir(auto, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(etc, "web.xml"),
+		[]byte("<domain type='kvm'><name>web</name><uuid>6F1C2A9E-0000-4000-8000-000000000001</uuid></domain>"), 0o600))
+	require.NoError(t, os.Symlink("../web.xml", filepath.Join(auto, "web.xml")))
+	require.NoError(t, os.Symlink(filepath.Join(etc, "gone.xml"), filepath.Join(auto, "gone.xml")))
+	code, _, stderr := runCLI(t, "prepare-boot", "--state-dir", t.TempDir(), "--autostart-dir", auto)
+	require.Equal(t, 0, code, stderr)
+	left, err := os.ReadDir(auto)
+	require.NoError(t, err)
+	assert.Empty(t, left)
+	assert.FileExists(t, filepath.Join(etc, "web.xml"), "the domain stays defined")
+	assert.Contains(t, stderr, `"uuid":"6f1c2a9e-0000-4000-8000-000000000001"`)
+	assert.Contains(t, stderr, `"domain":"web"`)
+	assert.Equal(t, 2, strings.Count(stderr, "autostart link removed before libvirtd starts"))
+	assert.Contains(t, stderr, "no persisted admin state")
+
+	code, _, stderr = runCLI(t, "prepare-boot", "--autostart-dir", "relative/dir")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, `--autostart-dir "relative/dir": want an absolute path`)
+}

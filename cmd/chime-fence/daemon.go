@@ -167,6 +167,18 @@ func runDaemon(ctx context.Context, file string, hup <-chan os.Signal, log zerol
 	hv := newHypervisors(log)
 	hv.configure(cfg)
 	defer hv.close()
+	stale := newStaleCopies(hv.get, func(ev alert.Event) {
+		if err := alerts.Send(ev); err != nil {
+			log.Error().Err(err).Str("type", ev.Type).Msg("alert not queued")
+		}
+	}, func(r store.Record) {
+		if _, err := st.Append(r); err != nil {
+			log.Error().Err(err).Str("host", r.Host).Msg("cannot record the stale copy's destroy in history")
+		}
+	}, cfg.Cluster.Name, log)
+	defer stale.wait()
+	d.OnStaleCopy(stale.seen)
+	d.OnDoubleRun(stale.double)
 	capture, err := evacuator.NewCapture(captureConfig(cfg), evacuator.CaptureDeps{Store: st, Hypervisor: hv.get,
 		Healthy: func(h string) bool { s, ok := eng.Host(h); return ok && s.Monitor == node.Normal }, Log: log})
 	if err != nil {

@@ -339,6 +339,30 @@ func (c crashJournal) PutFence(r store.FenceRecord) error {
 	return err
 }
 
+// evacuationAlertType is the event type of an evacuator alert kind: the
+// split-brain guard's refusal is the declared split_brain.refused.
+func evacuationAlertType(kind string) string {
+	if kind == evacuator.AlertSplitBrain {
+		return alert.SplitBrainRefused
+	}
+	return kind
+}
+
+// reportedAutostart is the captured records with autostart as the host's
+// last heartbeat reported it, when one did (known): it is newer than a
+// capture, which runs once a minute. Pure; recs is not modified.
+func reportedAutostart(recs []store.DomainRecord, on map[string]bool, known bool) []store.DomainRecord {
+	if !known {
+		return recs
+	}
+	out := make([]store.DomainRecord, len(recs))
+	for i, r := range recs {
+		r.Autostart = on[r.UUID]
+		out[i] = r
+	}
+	return out
+}
+
 func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *daemon.Daemon, capture *evacuator.Capture,
 	alerts *alert.Dispatcher, reg prometheus.Registerer, lock func(host, owner string) (func(), error), log zerolog.Logger) (*recovery.Coordinator, *recovery.Evacuation, error) {
 	metrics, err := recovery.NewMetrics(reg)
@@ -352,7 +376,12 @@ func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *da
 	}
 	evac := &recovery.Evacuation{D: recovery.EvacuationDeps{
 		Homes: d.Homes,
-		Saved: st.Inventory,
+		// The last heartbeat's autostart is fresher than the capture's.
+		Saved: func(host string) ([]store.DomainRecord, error) {
+			recs, err := st.Inventory(host)
+			on, known := d.AutostartOn(host)
+			return reportedAutostart(recs, on, known), err
+		},
 		Candidates: func(ctx context.Context, failed string) []evacuator.Candidate {
 			return planCandidates(ctx, d.Status(), failed, capture)
 		},
@@ -384,7 +413,7 @@ func newCoordinator(cfg *configs.Config, hv *hypervisors, st *store.Store, d *da
 				return d.Relocate(vm.UUID, vm.Name, t.Host, vm.Target, time.Now())
 			},
 			Alert: func(kind, summary string) {
-				send(alert.Event{Type: kind, Severity: "critical", At: time.Now(), Cluster: cfg.Cluster.Name, Summary: summary})
+				send(alert.Event{Type: evacuationAlertType(kind), Severity: "critical", At: time.Now(), Cluster: cfg.Cluster.Name, Summary: summary})
 			},
 			AfterSave: crashHook(log),
 			Log:       log,

@@ -175,6 +175,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 				}
 				return out
 			}
+			cfg.PrepareBootCommand = prepareBootOf(argv)
 		}
 		// `make build` puts chime-redfish-sim next to chime-lab.
 		if self, err := os.Executable(); err == nil {
@@ -580,4 +581,24 @@ func logTail(path string) string {
 		b = b[len(b)-2000:]
 	}
 	return string(b)
+}
+
+// prepareBootOf is the lab's PrepareBootCommand for an --agent argv that
+// runs chime-agent: its prepare-boot with the same --state-dir, before
+// libvirtd as the agent's systemd units order it; nil for another agent.
+func prepareBootOf(argv []string) func(lab.Host) []string {
+	if len(argv) == 0 || filepath.Base(argv[0]) != "chime-agent" {
+		return nil
+	}
+	return func(h lab.Host) []string {
+		out := []string{argv[0], "prepare-boot"}
+		for i, a := range argv {
+			if a == "--state-dir" && i+1 < len(argv) {
+				out = append(out, "--state-dir", strings.ReplaceAll(argv[i+1], "{host}", h.Name))
+			} else if v, ok := strings.CutPrefix(a, "--state-dir="); ok {
+				out = append(out, "--state-dir", strings.ReplaceAll(v, "{host}", h.Name))
+			}
+		}
+		return out
+	}
 }

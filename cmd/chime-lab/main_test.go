@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+
+	"github.com/chimestack/chime-fence/e2e/lab"
 )
 
 func TestUsageErrorsExitTwo(t *testing.T) {
@@ -72,4 +74,15 @@ func TestExecAndEnvNameAMissingLab(t *testing.T) {
 	var out, errb bytes.Buffer
 	assert.Equal(t, 1, run([]string{"env", "--dir", t.TempDir()}, &out, &errb))
 	assert.Contains(t, errb.String(), "is the lab up?")
+}
+
+func TestPrepareBootOf(t *testing.T) {
+	assert.Nil(t, prepareBootOf([]string{"/bin/other-agent", "--state-dir", "/x"}), "only chime-agent has prepare-boot")
+	assert.Nil(t, prepareBootOf(nil))
+	h := lab.Host{Name: "host2"}
+	assert.Equal(t, []string{"/b/chime-agent", "prepare-boot", "--state-dir", "/s/host2"},
+		prepareBootOf([]string{"/b/chime-agent", "--host", "{host}", "--state-dir", "/s/{host}"})(h))
+	assert.Equal(t, []string{"/b/chime-agent", "prepare-boot", "--state-dir", "/s"},
+		prepareBootOf([]string{"/b/chime-agent", "--state-dir=/s"})(h))
+	assert.Equal(t, []string{"chime-agent", "prepare-boot"}, prepareBootOf([]string{"chime-agent"})(h), "its default state dir")
 }

@@ -54,7 +54,12 @@ func describe(l *golibvirt.Libvirt, d golibvirt.Domain, withXML bool) (hyperviso
 	if err != nil {
 		return hypervisor.Domain{}, err
 	}
-	hd := hypervisor.Domain{UUID: FormatUUID(d.UUID), Name: d.Name, State: mapState(st), Reason: stopReason(st, reason), Persistent: pers == 1}
+	auto, err := l.DomainGetAutostart(d)
+	if err != nil {
+		return hypervisor.Domain{}, err
+	}
+	hd := hypervisor.Domain{UUID: FormatUUID(d.UUID), Name: d.Name, State: mapState(st), Reason: stopReason(st, reason),
+		Persistent: pers == 1, Autostart: auto != 0}
 	if withXML {
 		x, err := l.DomainGetXMLDesc(d, golibvirt.DomainXMLSecure|golibvirt.DomainXMLInactive)
 		if err != nil {
@@ -112,6 +117,21 @@ func schemaLoadFailed(err error) bool {
 func (c *Client) Start(ctx context.Context, uuid string) error {
 	return c.onDomain(ctx, "start", uuid, func(l *golibvirt.Libvirt, d golibvirt.Domain) error {
 		return l.DomainCreate(d)
+	})
+}
+
+// SetAutostart turns libvirt's autostart of a domain on or off. Off is
+// what chime-fence wants everywhere: a host that comes back after a fence
+// must not start copies of VMs that now run elsewhere before its agent
+// has heard from the daemon.
+func (c *Client) SetAutostart(ctx context.Context, uuid string, on bool) error {
+	op := "autostart off"
+	var v int32
+	if on {
+		op, v = "autostart on", 1
+	}
+	return c.onDomain(ctx, op, uuid, func(l *golibvirt.Libvirt, d golibvirt.Domain) error {
+		return l.DomainSetAutostart(d, v)
 	})
 }
 

@@ -56,6 +56,11 @@ type Config struct {
 	// (its mgmt address) and CHIME_LAB_CONTROLLER_ADDR (the controller's
 	// mgmt address) in its environment.
 	AgentCommand func(Host) []string
+	// PrepareBootCommand, if set, gives the argv of a command run inside
+	// the host at every power-on BEFORE libvirtd starts (chime-agent
+	// prepare-boot, as its systemd unit orders it), output appended to
+	// Host.AgentLog. libvirtd starts after it whether it succeeded or not.
+	PrepareBootCommand func(Host) []string
 	// RedfishSim is the chime-redfish-sim binary for BMCRedfish hosts; ""
 	// builds ./cmd/chime-redfish-sim of this module with `go build` into
 	// Dir/bin (needs the module source and a Go toolchain).

@@ -128,3 +128,23 @@ func TestPrepareDirWipesOnlyLabDirs(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, string(b), "\nlibvirt-qemu:")
 }
+
+// TestHostInitRunsPrepareBootBeforeLibvirtd: with a PrepareBootCommand
+// the host's init runs it (in the foreground) before libvirtd starts;
+// without one, nothing is added.
+func TestHostInitRunsPrepareBootBeforeLibvirtd(t *testing.T) {
+	render := func(prepare string) string {
+		var b strings.Builder
+		require.NoError(t, scripts.ExecuteTemplate(&b, "host-init.sh", map[string]string{
+			"Host": "host1", "HostDir": "/lab/h1", "Passwd": "/lab/passwd", "Group": "/lab/group", "HostAddr": "10.0.0.1", "CtlAddr": "10.0.0.2",
+			"Agent": "'/bin/agent'", "PrepareBoot": prepare}))
+		return b.String()
+	}
+	s := render("'/bin/chime-agent' 'prepare-boot'")
+	pb, lv, ag := strings.Index(s, "'/bin/chime-agent' 'prepare-boot'"), strings.Index(s, "libvirtd --listen"), strings.Index(s, "'/bin/agent'")
+	require.Positive(t, pb)
+	assert.Less(t, pb, lv, "prepare-boot before libvirtd")
+	assert.Less(t, lv, ag)
+	assert.NotContains(t, s[pb:lv], "&\n", "prepare-boot runs in the foreground: libvirtd waits for it")
+	assert.NotContains(t, render(""), "prepare-boot")
+}

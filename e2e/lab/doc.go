@@ -38,9 +38,11 @@
 // and a tmpfs /run, bind-mounts per-host directories over /etc/libvirt,
 // /run/libvirt, /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt,
 // and lab copies over /etc/passwd and /etc/group (with the libvirt-qemu
-// user Debian's libvirtd needs) and /etc/hosts, then starts `libvirtd
-// --listen` (TCP 16509 on its lab address, no auth; Host.LibvirtURI), the
-// optional agent (Config.AgentCommand), and reaps children forever. The
+// user Debian's libvirtd needs) and /etc/hosts, runs the optional
+// Config.PrepareBootCommand (chime-agent prepare-boot), then starts
+// `libvirtd --listen` (TCP 16509 on its lab address, no auth;
+// Host.LibvirtURI), the optional agent (Config.AgentCommand), and reaps
+// children forever. The
 // per-host directories persist across power cycles (defined domains stay
 // defined) except Host.Dir/run, which is emptied at each boot like a real
 // /run.

@@ -453,22 +453,32 @@ func (l *Lab) writeHost(h *host) error {
 			return fmt.Errorf("lab: %s: %w", h.Name, err)
 		}
 	}
-	var agent string
-	if l.cfg.AgentCommand != nil {
-		argv := l.cfg.AgentCommand(h.Host)
+	quoted := func(what string, cmd func(Host) []string) (string, error) {
+		if cmd == nil {
+			return "", nil
+		}
+		argv := cmd(h.Host)
 		if len(argv) == 0 {
-			return fmt.Errorf("lab: %s: AgentCommand returned an empty argv", h.Name)
+			return "", fmt.Errorf("lab: %s: %s returned an empty argv", h.Name, what)
 		}
 		q := make([]string, len(argv))
 		for i, a := range argv {
 			q[i] = shq(a)
 		}
-		agent = strings.Join(q, " ")
+		return strings.Join(q, " "), nil
+	}
+	agent, err := quoted("AgentCommand", l.cfg.AgentCommand)
+	if err != nil {
+		return err
+	}
+	prepareBoot, err := quoted("PrepareBootCommand", l.cfg.PrepareBootCommand)
+	if err != nil {
+		return err
 	}
 	data := map[string]string{
 		"Host": h.Name, "HostDir": h.Dir, "Netns": h.Netns, "HangTable": hangTable,
 		"Passwd": filepath.Join(l.cfg.Dir, "etc", "passwd"), "Group": filepath.Join(l.cfg.Dir, "etc", "group"),
-		"Agent": agent, "HostAddr": h.MgmtAddr, "CtlAddr": l.ctl.MgmtAddr,
+		"Agent": agent, "PrepareBoot": prepareBoot, "HostAddr": h.MgmtAddr, "CtlAddr": l.ctl.MgmtAddr,
 	}
 	if l.cfg.initPrelude != nil {
 		data["Prelude"] = l.cfg.initPrelude(h.Host)

@@ -26,6 +26,11 @@ type VMSpec struct {
 	Shared bool
 	// NoStart only defines the domain.
 	NoStart bool
+	// Shareable makes the disk raw and marks it <shareable/>: QEMU's image
+	// lock then lets a second QEMU write it (as NFS without working locks
+	// or RBD without exclusive-lock would), so nothing but chime-fence
+	// keeps two copies of the VM from running at once.
+	Shareable bool
 	// MemoryMiB is the guest's memory; 0 means 64. QEMU TCG with no OS
 	// touches little of it, so a few hundred MiB cost little.
 	MemoryMiB int
@@ -103,6 +108,10 @@ func SpecXML(spec VMSpec, disk string) (string, error) {
 	if vcpus == 0 {
 		vcpus = 1
 	}
+	shareable := ""
+	if spec.Shareable {
+		shareable = "\n      <shareable/>"
+	}
 	var n, d bytes.Buffer
 	_ = xml.EscapeText(&n, []byte(spec.Name))
 	_ = xml.EscapeText(&d, []byte(disk))
@@ -114,14 +123,23 @@ func SpecXML(spec VMSpec, disk string) (string, error) {
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
+      <driver name='qemu' type='%s'/>
       <source file='%s'/>
-      <target dev='vda' bus='virtio'/>
+      <target dev='vda' bus='virtio'/>%s
     </disk>
     <memballoon model='none'/>
   </devices>
 </domain>
-`, n.String(), metadataXML(spec), mem, vcpus, d.String()), nil
+`, n.String(), metadataXML(spec), mem, vcpus, diskFormat(spec), d.String(), shareable), nil
+}
+
+// diskFormat is the disk image format of spec: raw when shareable (QEMU
+// refuses a shared qcow2), qcow2 otherwise.
+func diskFormat(spec VMSpec) string {
+	if spec.Shareable {
+		return "raw"
+	}
+	return "qcow2"
 }
 
 // metadataXML is the <metadata> block of spec, or "" when it has none.
@@ -155,17 +173,18 @@ func (l *Lab) CreateVM(ctx context.Context, h Host, spec VMSpec) (VM, error) {
 		return VM{}, err // before anything is created
 	}
 	var file string // the disk's path from the root namespace
+	format := diskFormat(spec)
 	if spec.Shared {
-		file = filepath.Join(l.SharedDir(), spec.Name+".qcow2")
+		file = filepath.Join(l.SharedDir(), spec.Name+"."+format)
 		vm.Disk = file
 	} else {
-		file = filepath.Join(h.Dir, "lib", "images", spec.Name+".qcow2")
-		vm.Disk = "/var/lib/libvirt/images/" + spec.Name + ".qcow2"
+		file = filepath.Join(h.Dir, "lib", "images", spec.Name+"."+format)
+		vm.Disk = "/var/lib/libvirt/images/" + spec.Name + "." + format
 	}
 	if _, err := os.Stat(file); err == nil {
 		return VM{}, fmt.Errorf("lab: VM %s: disk %s already exists", spec.Name, file)
 	}
-	if _, err := run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", file, "64M"); err != nil {
+	if _, err := run(ctx, "qemu-img", "create", "-q", "-f", format, file, "64M"); err != nil {
 		return VM{}, fmt.Errorf("lab: VM %s: %w", spec.Name, err)
 	}
 	x, err := SpecXML(spec, vm.Disk)

@@ -27,6 +27,9 @@ mount --bind "$H/hosts" /etc/hosts
 mount --bind "$H/boot_id" /proc/sys/kernel/random/boot_id
 set +e
 echo "$(date +%s.%N) {{.Host}} up, boot_id $(cat /proc/sys/kernel/random/boot_id)"
+{{- if .PrepareBoot}}
+CHIME_LAB_AGENT=1 {{.PrepareBoot}} >>"$H/agent.log" 2>&1 </dev/null || echo "$(date +%s.%N) prepare-boot failed rc=$?"
+{{- end}}
 libvirtd --listen --pid-file /run/libvirt/libvirtd.pid >>/var/log/libvirt/libvirtd.out 2>&1 </dev/null &
 {{- if .Agent}}
 CHIME_LAB_AGENT=1 CHIME_LAB_HOST_ADDR={{q .HostAddr}} CHIME_LAB_CONTROLLER_ADDR={{q .CtlAddr}} {{.Agent}} >>"$H/agent.log" 2>&1 </dev/null &

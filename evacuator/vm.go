@@ -100,6 +100,7 @@ func ParseVM(domainXML string, rules StorageRules) (VM, error) {
 			blockers = append(blockers, fmt.Sprintf("%d host device(s) passed through", n))
 		}
 	}
+	blockers = append(blockers, notAllowed(&d, rules)...)
 	switch {
 	case vm.OptOut:
 		vm.Reason = `opted out by metadata evacuate="false"`

@@ -42,19 +42,7 @@ func newTaskShowCmd() *cobra.Command {
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: completeTaskIDs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, cl, err := f.connect()
-			if err != nil {
-				return err
-			}
-			t, err := call(cmd.Context(), &f, func(ctx context.Context) (operations.Task, error) { return cl.Task(ctx, args[0]) })
-			if err != nil {
-				return err
-			}
-			if f.json() {
-				return writeJSONOut(cmd.OutOrStdout(), t)
-			}
-			printTask(cmd.OutOrStdout(), t)
-			return nil
+			return showTaskAfter(cmd, &f, func(ctx context.Context, cl *api.Client) (operations.Task, error) { return cl.Task(ctx, args[0]) })
 		},
 	}
 	f.register(c)
@@ -77,19 +65,9 @@ finishes first. The cancel is recorded in the history with who and why.
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: completeTaskIDs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, cl, err := f.connect()
-			if err != nil {
-				return err
-			}
-			t, err := call(cmd.Context(), &f, func(ctx context.Context) (operations.Task, error) { return cl.CancelTask(ctx, args[0], reason) })
-			if err != nil {
-				return err
-			}
-			if f.json() {
-				return writeJSONOut(cmd.OutOrStdout(), t)
-			}
-			printTask(cmd.OutOrStdout(), t)
-			return nil
+			return showTaskAfter(cmd, &f, func(ctx context.Context, cl *api.Client) (operations.Task, error) {
+				return cl.CancelTask(ctx, args[0], reason)
+			})
 		},
 	}
 	f.register(c)
@@ -271,4 +249,22 @@ func completeTaskIDs(cmd *cobra.Command, args []string, toComplete string) ([]st
 		}
 	}
 	return out, cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveKeepOrder
+}
+
+// showTaskAfter runs one task call against the daemon and prints the task
+// it returns (text, or JSON with -o json).
+func showTaskAfter(cmd *cobra.Command, f *apiFlags, do func(context.Context, *api.Client) (operations.Task, error)) error {
+	_, cl, err := f.connect()
+	if err != nil {
+		return err
+	}
+	t, err := call(cmd.Context(), f, func(ctx context.Context) (operations.Task, error) { return do(ctx, cl) })
+	if err != nil {
+		return err
+	}
+	if f.json() {
+		return writeJSONOut(cmd.OutOrStdout(), t)
+	}
+	printTask(cmd.OutOrStdout(), t)
+	return nil
 }

@@ -26,6 +26,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -37,6 +38,7 @@ import (
 
 	"github.com/chimestack/chime-fence/daemon"
 	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/identity"
 	"github.com/chimestack/chime-fence/node"
 	"github.com/chimestack/chime-fence/store"
 )
@@ -70,8 +72,12 @@ type Server struct {
 	hbUDP   hbCounts
 	reg     *prometheus.Registry
 
-	// sealer opens heartbeat datagrams and seals replies (agent token).
-	sealer *heartbeat.Sealer
+	// agents are the cluster secrets host credentials derive from.
+	agents identity.Ring
+	// sealers caches each host's datagram sealers (one per secret of
+	// agents, current first), filled once a datagram authenticates, so
+	// forged host names never grow it.
+	sealers sync.Map // host → []*heartbeat.Sealer
 	// now is the clock of the datagram logs' rate limits.
 	now                               func() time.Time
 	udpDropped, udpRefused, udpFailed everySecond
@@ -96,12 +102,8 @@ func New(b Backend, tok Tokens, reg *prometheus.Registry, log zerolog.Logger, op
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	sealer, err := heartbeat.NewSealer(tok.Agent)
-	if err != nil {
-		return nil, fmt.Errorf("api: %w", err)
-	}
 	s := &Server{b: b, creds: creds, log: log.With().Str("component", "api").Logger(), mux: http.NewServeMux(), reg: reg,
-		sealer: sealer, now: time.Now,
+		agents: tok.Agents, now: time.Now,
 		udpDropped: newEverySecond(), udpRefused: newEverySecond(), udpFailed: newEverySecond()}
 	for _, o := range opts {
 		o(s)
@@ -202,7 +204,7 @@ func unknownHost(host string) string {
 	return fmt.Sprintf("host %q is not in the daemon's configuration", host)
 }
 
-func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
+func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request, caller string) {
 	if r.ContentLength > heartbeat.MaxBodyBytes {
 		s.hbHTTP.tooLarge.Inc()
 		writeErr(w, http.StatusRequestEntityTooLarge, "heartbeat of %d bytes exceeds %d", r.ContentLength, heartbeat.MaxBodyBytes)
@@ -221,6 +223,12 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "%v", err)
 		return
 	}
+	if hb.Host != caller {
+		// Its local_drain, migration reports and domain list would be
+		// taken as the other host's.
+		s.forbidden(w, r, caller, hb.Host, "heartbeat")
+		return
+	}
 	ack, err := s.b.Heartbeat(hb)
 	if errors.Is(err, daemon.ErrUnknownHost) {
 		s.hbHTTP.unknownHost.Inc()
@@ -236,10 +244,14 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, ack)
 }
 
-func (s *Server) assignment(w http.ResponseWriter, r *http.Request) {
+func (s *Server) assignment(w http.ResponseWriter, r *http.Request, caller string) {
 	host := r.URL.Query().Get("host")
 	if host == "" {
 		writeErr(w, http.StatusBadRequest, "query parameter host is required")
+		return
+	}
+	if host != caller {
+		s.forbidden(w, r, caller, host, "assignment read")
 		return
 	}
 	a, err := s.b.Assignment(host)

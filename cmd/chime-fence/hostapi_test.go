@@ -22,6 +22,7 @@ import (
 	"github.com/chimestack/chime-fence/daemon"
 	"github.com/chimestack/chime-fence/detector"
 	"github.com/chimestack/chime-fence/evacuator"
+	"github.com/chimestack/chime-fence/identity"
 	"github.com/chimestack/chime-fence/node"
 	"github.com/chimestack/chime-fence/operations"
 	"github.com/chimestack/chime-fence/power"
@@ -109,7 +110,7 @@ func newRealAPI(t *testing.T) *realAPI {
 		}})
 	require.NoError(t, err)
 	t.Cleanup(r.mgr.Close)
-	s, err := api.New(d, api.Tokens{Agent: "agent.token-secret", API: "api.token-secret",
+	s, err := api.New(d, api.Tokens{Agents: testRing(t), API: "api.token-secret",
 		Named: []api.Token{{Name: "grafana", Role: configs.RoleReadOnly, Secret: "grafana-secret"}}},
 		prometheus.NewRegistry(), zerolog.Nop(), api.WithFences(st), api.WithOperations(taskBackend{Manager: r.mgr,
 			evac:  &recovery.Evacuation{D: recovery.EvacuationDeps{Tasks: evacuator.StoreJournal{S: st}, Now: time.Now, Log: zerolog.Nop()}},
@@ -246,4 +247,10 @@ func TestCLITaskShowAndCancelAnEvacuation(t *testing.T) {
 	code, _, errOut = runCLI("task", "cancel", "op-nope", "-c", r.file)
 	assert.NotEqual(t, 0, code)
 	assert.Contains(t, errOut, "not found")
+}
+
+func testRing(t *testing.T) identity.Ring {
+	r, err := identity.NewRing(testClusterSecret, "")
+	require.NoError(t, err)
+	return r
 }

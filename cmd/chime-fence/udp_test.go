@@ -15,6 +15,7 @@ import (
 
 	"github.com/chimestack/chime-fence/api"
 	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/identity"
 	"github.com/chimestack/chime-fence/node"
 )
 
@@ -38,7 +39,7 @@ func freeUDPPort(t *testing.T) int {
 // udpBeat sends one heartbeat datagram to addr and returns the reply.
 func udpBeat(t *testing.T, addr string, hb heartbeat.Heartbeat) heartbeat.Reply {
 	t.Helper()
-	sealer, err := heartbeat.NewSealer("agent.token-secret")
+	sealer, err := heartbeat.NewSealer(identity.AgentCredential(testClusterSecret, hb.Host))
 	require.NoError(t, err)
 	c, err := net.Dial("udp", addr)
 	require.NoError(t, err)

@@ -110,3 +110,20 @@ func TestHeartbeatUDPListen(t *testing.T) {
 		})
 	}
 }
+
+// TestTrustAgentDrain: off by default (an agent's drain alone does not start
+// VMs elsewhere), on when a policy says so.
+func TestTrustAgentDrain(t *testing.T) {
+	c, err := Parse("/etc/chime/c.yaml", []byte(minimal), noEnv)
+	require.NoError(t, err)
+	h, _ := c.Host("n1")
+	assert.False(t, h.Effective.TrustAgentDrain, "the default")
+	y := strings.Replace(minimal, "    levels: [ipmi]\n", "    levels: [ipmi]\n    trust_agent_drain: true\n", 1)
+	require.NotEqual(t, minimal, y)
+	c, err = Parse("/etc/chime/c.yaml", []byte(y), noEnv)
+	require.NoError(t, err)
+	h, _ = c.Host("n1")
+	assert.True(t, h.Effective.TrustAgentDrain)
+	_, err = Parse("/etc/chime/c.yaml", []byte(strings.Replace(y, "trust_agent_drain: true", "trust_agent_drain: maybe", 1)), noEnv)
+	assert.ErrorContains(t, err, "trust_agent_drain")
+}

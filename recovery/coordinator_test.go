@@ -96,10 +96,10 @@ type rig struct {
 	// byAgent: a verified fence is proven by the agent-drain level
 	// (3 domains stopped); trust is the policy's trust_agent_drain.
 	byAgent, trust bool
-	now    time.Time
-	reg    *prometheus.Registry
-	locks  map[string]string // host → owner
-	owners []string          // every owner that took a lock
+	now            time.Time
+	reg            *prometheus.Registry
+	locks          map[string]string // host → owner
+	owners         []string          // every owner that took a lock
 	// iso and levels, when set, are the hosts' on_isolation policy and
 	// fence levels; plans are the plans Fence was given.
 	iso    detector.IsolationPolicy

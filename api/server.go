@@ -1,12 +1,15 @@
 // Package api is the daemon's HTTP interface: the agent endpoints
-// (heartbeat, assignment) under the agent token; the operator endpoints
+// (heartbeat, assignment) under each host's own agent credential (package
+// identity), for that host only; the operator endpoints
 // (status, hosts, operations, tasks, history, admin state, readiness) under
 // API tokens with roles (read-only suffices for /metrics); /v1/healthz without a token.
 //
 // Authentication: a request's bearer token is compared in constant time
-// with every configured token. No or an unknown token is 401. A known token
-// with the wrong role is 403: the agent token outside agent endpoints, an
-// API token on an agent endpoint, a read-only token on anything but GET.
+// with every configured token; an agent's credential is compared with the
+// credential derived for the host it names (identity.HeaderHost). No or an
+// unknown token is 401. A known token with the wrong role is 403: an agent
+// credential outside agent endpoints or about another host than its own,
+// an API token on an agent endpoint, a read-only token on anything but GET.
 // The operator's token name is the actor recorded for what it starts.
 //
 // Every refusal is a 4xx with a JSON body {"error": "..."} that says what
@@ -15,7 +18,8 @@
 // ErrNotFound 404, ErrConflict 409, ErrUnavailable 501.
 //
 // Heartbeats also arrive as UDP datagrams (ServeHeartbeats, udp.go): sealed
-// with a key derived from the agent token, answered only when authentic, to
+// with a key derived from the credential of the host they name, answered
+// only when authentic, to
 // the datagram's source, with the Ack or the reason HTTP would give in a 4xx.
 package api
 

@@ -210,12 +210,17 @@ func ReadTokens(c configs.Controller) (Tokens, error) {
 	if c.APITokenFile != "" {
 		if v, err := (configs.Secret{What: "api token", File: c.APITokenFile}).Read(); err != nil {
 			errs = append(errs, err)
+		} else if err := longEnough("api token", c.APITokenFile, v); err != nil {
+			errs = append(errs, err)
 		} else {
 			t.API = v
 		}
 	}
 	for _, at := range c.APITokens {
 		v, err := at.Secret().Read()
+		if err == nil {
+			err = longEnough(at.Secret().What, at.File, v)
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -232,6 +237,20 @@ func ReadTokens(c configs.Controller) (Tokens, error) {
 		return Tokens{}, err
 	}
 	return t, nil
+}
+
+// MinTokenLen is the shortest API token the daemon accepts: a token is
+// the whole of an operator's authority, and one shorter than 32 bytes may
+// be guessed or was typed by hand.
+const MinTokenLen = 32
+
+// longEnough refuses a token shorter than MinTokenLen, naming the file,
+// never the content.
+func longEnough(what, file string, v string) error {
+	if len(v) < MinTokenLen {
+		return fmt.Errorf("%s: file %s holds %d bytes; at least %d are needed (e.g. head -c 32 /dev/urandom | base64)", what, file, len(v), MinTokenLen)
+	}
+	return nil
 }
 
 // ReadAgentSecrets reads controller.agent_secret_file and, during a

@@ -390,35 +390,41 @@ func TestReadTokens(t *testing.T) {
 	dir := t.TempDir()
 	c := configs.Controller{
 		AgentSecretFile: writeSecret(t, dir, "agent", clusterSecret, 0o600),
-		APITokenFile:    writeSecret(t, dir, "api", "api-value", 0o600),
+		APITokenFile:    writeSecret(t, dir, "api", "api-value-0123456789abcdef-0123456789", 0o600),
 		APITokens: []configs.APIToken{
-			{Name: "alice", File: writeSecret(t, dir, "alice", "alice-value", 0o600), Role: configs.RoleOperator},
-			{Name: "ro", File: writeSecret(t, dir, "ro", "ro-value", 0o600), Role: configs.RoleReadOnly},
+			{Name: "alice", File: writeSecret(t, dir, "alice", "alice-value-0123456789abcdef-0123456789", 0o600), Role: configs.RoleOperator},
+			{Name: "ro", File: writeSecret(t, dir, "ro", "ro-value-0123456789abcdef-0123456789", 0o600), Role: configs.RoleReadOnly},
 		},
 	}
 	tok, err := ReadTokens(c)
 	require.NoError(t, err)
-	assert.Equal(t, Tokens{Agents: testRing, API: "api-value", Named: []Token{
-		{Name: "alice", Role: configs.RoleOperator, Secret: "alice-value"},
-		{Name: "ro", Role: configs.RoleReadOnly, Secret: "ro-value"},
+	assert.Equal(t, Tokens{Agents: testRing, API: "api-value-0123456789abcdef-0123456789", Named: []Token{
+		{Name: "alice", Role: configs.RoleOperator, Secret: "alice-value-0123456789abcdef-0123456789"},
+		{Name: "ro", Role: configs.RoleReadOnly, Secret: "ro-value-0123456789abcdef-0123456789"},
 	}}, tok)
 
 	bad := c
 	bad.APITokens = append([]configs.APIToken{}, c.APITokens...)
-	bad.APITokens[1].File = writeSecret(t, dir, "world", "world-value", 0o644)
+	bad.APITokens[1].File = writeSecret(t, dir, "world", "world-value-0123456789abcdef-0123456789", 0o644)
 	bad.APITokens = append(bad.APITokens, configs.APIToken{Name: "gone", File: filepath.Join(dir, "missing"), Role: configs.RoleReadOnly})
 	_, err = ReadTokens(bad)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `api token "ro": file `+filepath.Join(dir, "world")+" is readable by group or others")
 	assert.Contains(t, err.Error(), `api token "gone"`)
-	assert.NotContains(t, err.Error(), "world-value")
+	assert.NotContains(t, err.Error(), "world-value-0123456789abcdef-0123456789")
 
 	same := c
-	same.APITokens = []configs.APIToken{{Name: "dup", File: writeSecret(t, dir, "dup", "api-value", 0o600), Role: configs.RoleReadOnly}}
+	same.APITokens = []configs.APIToken{{Name: "dup", File: writeSecret(t, dir, "dup", "api-value-0123456789abcdef-0123456789", 0o600), Role: configs.RoleReadOnly}}
 	_, err = ReadTokens(same)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `tokens "api" and "dup" have the same value`)
-	assert.NotContains(t, err.Error(), "api-value")
+	assert.NotContains(t, err.Error(), "api-value-0123456789abcdef-0123456789")
+
+	short := c
+	short.APITokenFile = writeSecret(t, dir, "short", "short-token", 0o600)
+	_, err = ReadTokens(short)
+	require.ErrorContains(t, err, "api token: file "+short.APITokenFile+" holds 11 bytes; at least 32 are needed")
+	assert.NotContains(t, err.Error(), "short-token")
 
 	_, err = ReadTokens(configs.Controller{AgentSecretFile: c.AgentSecretFile})
 	require.ErrorContains(t, err, "neither controller.api_token_file nor controller.api_tokens is set")

@@ -43,7 +43,7 @@ func freePort(t *testing.T) int {
 // Its cluster secret is testClusterSecret.
 func daemonConfig(t *testing.T, dir string, port int) string {
 	t.Helper()
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "api.token"), []byte("api.token-secret\n"), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "api.token"), []byte("api.token-secret-0123456789abcdef\n"), 0o600))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "agent.secret"), []byte(testClusterSecret+"\n"), 0o600))
 	dead := freePort(t)
 	cfg := fmt.Sprintf(`cluster: {name: t}
@@ -155,7 +155,7 @@ func TestDaemonStatusHistoryAndRestart(t *testing.T) {
 	dir := t.TempDir()
 	port := freePort(t)
 	file := daemonConfig(t, dir, port)
-	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
+	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret-0123456789abcdef"}
 	d := startDaemon(t, file, c)
 
 	stop1 := beater(t, c.Base, "h1", "h3")
@@ -226,7 +226,7 @@ func TestDaemonStatusHistoryAndRestart(t *testing.T) {
 	assert.Equal(t, detector.Healthy, v)
 	require.NoError(t, os.WriteFile(file, good, 0o644))
 
-	for _, secret := range []string{"api.token-secret", testClusterSecret, identity.AgentCredential(testClusterSecret, "h1")} {
+	for _, secret := range []string{"api.token-secret-0123456789abcdef", testClusterSecret, identity.AgentCredential(testClusterSecret, "h1")} {
 		assert.NotContains(t, d.log.String(), secret, "tokens never reach the log")
 	}
 
@@ -280,7 +280,7 @@ func TestReadinessFailsWhileTheJournalCannotBeWritten(t *testing.T) {
 	t.Cleanup(func() { _ = unix.Unmount(state, unix.MNT_DETACH) })
 	port := freePort(t)
 	file := daemonConfig(t, dir, port)
-	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
+	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret-0123456789abcdef"}
 	startDaemon(t, file, c)
 	require.Eventually(t, func() bool { r, err := c.Ready(context.Background()); return err == nil && r.Ready },
 		10*time.Second, 20*time.Millisecond)

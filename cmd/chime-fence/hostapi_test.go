@@ -57,7 +57,7 @@ func newRealAPI(t *testing.T) *realAPI {
 	require.NoError(t, err)
 	dir := t.TempDir()
 	file := daemonConfig(t, dir, l.Addr().(*net.TCPAddr).Port)
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "ro.token"), []byte("grafana-secret\n"), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "ro.token"), []byte("grafana-secret-0123456789abcdef-ro\n"), 0o600))
 	cfg, err := configs.Load(file)
 	require.NoError(t, err)
 
@@ -110,8 +110,8 @@ func newRealAPI(t *testing.T) *realAPI {
 		}})
 	require.NoError(t, err)
 	t.Cleanup(r.mgr.Close)
-	s, err := api.New(d, api.Tokens{Agents: testRing(t), API: "api.token-secret",
-		Named: []api.Token{{Name: "grafana", Role: configs.RoleReadOnly, Secret: "grafana-secret"}}},
+	s, err := api.New(d, api.Tokens{Agents: testRing(t), API: "api.token-secret-0123456789abcdef",
+		Named: []api.Token{{Name: "grafana", Role: configs.RoleReadOnly, Secret: "grafana-secret-0123456789abcdef-ro"}}},
 		prometheus.NewRegistry(), zerolog.Nop(), api.WithFences(st), api.WithOperations(taskBackend{Manager: r.mgr,
 			evac:  &recovery.Evacuation{D: recovery.EvacuationDeps{Tasks: evacuator.StoreJournal{S: st}, Now: time.Now, Log: zerolog.Nop()}},
 			tasks: evacuator.StoreJournal{S: st}}))

@@ -65,7 +65,7 @@ func TestDaemonTakesUDPHeartbeatsOnItsAPIPort(t *testing.T) {
 	dir := t.TempDir()
 	port := freePort(t)
 	file := daemonConfig(t, dir, port)
-	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
+	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret-0123456789abcdef"}
 	d := startDaemon(t, file, c)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	assert.Eventually(t, func() bool { return strings.Contains(d.log.String(), `"heartbeat_udp":"`+addr+`"`) }, 5*time.Second, 10*time.Millisecond,
@@ -95,7 +95,7 @@ func TestDaemonUDPHeartbeatsOffOrElsewhere(t *testing.T) {
 	port := freePort(t)
 	file := daemonConfig(t, dir, port)
 	withUDPListen(t, file, "off")
-	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
+	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret-0123456789abcdef"}
 	d := startDaemon(t, file, c)
 	// The API answers before "daemon started" is logged.
 	assert.Eventually(t, func() bool { return strings.Contains(d.log.String(), `"heartbeat_udp":"off"`) }, 5*time.Second, 10*time.Millisecond)
@@ -109,7 +109,7 @@ func TestDaemonUDPHeartbeatsOffOrElsewhere(t *testing.T) {
 	port = freePort(t)
 	file = daemonConfig(t, dir, port)
 	withUDPListen(t, file, udp)
-	c = &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
+	c = &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret-0123456789abcdef"}
 	d = startDaemon(t, file, c)
 	// The API answers before "daemon started" is logged.
 	assert.Eventually(t, func() bool { return strings.Contains(d.log.String(), `"heartbeat_udp":"`+udp+`"`) }, 5*time.Second, 10*time.Millisecond)

@@ -96,8 +96,9 @@ type Server struct {
 	notEvacuable func(host string) string
 }
 
-// New builds the handler. The agent token and at least one API token must
-// be set, all different: an API without authentication is never served.
+// New builds the handler. The cluster secret (agent credentials) and at
+// least one API token must be set, all different: an API without
+// authentication is never served.
 func New(b Backend, tok Tokens, reg *prometheus.Registry, log zerolog.Logger, opts ...Option) (*Server, error) {
 	creds, err := tok.credentials()
 	if err != nil {

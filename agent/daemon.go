@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/identity"
 )
 
 // DaemonClient is the agent's client of the daemon's agent-facing API
@@ -122,6 +123,9 @@ func requireAdminState(body []byte) error {
 // do sends req with the token and returns a 200 response's body.
 func (c *DaemonClient) do(req *http.Request) ([]byte, error) {
 	req.Header.Set("Authorization", "Bearer "+c.token)
+	// The credential is this host's only: the daemon checks it against
+	// the host named here, and refuses anything about another host.
+	req.Header.Set(identity.HeaderHost, c.host)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		var ue *url.Error

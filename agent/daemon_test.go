@@ -12,12 +12,22 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	agentclient "github.com/chimestack/chime-fence/drivers/agent"
 	"github.com/chimestack/chime-fence/heartbeat"
 	"github.com/chimestack/chime-fence/hypervisor"
+	"github.com/chimestack/chime-fence/identity"
 	"github.com/chimestack/chime-fence/node"
 )
 
-const testToken = "s3cret-agent-token-0123"
+// testSecret is the tests' cluster secret; testToken is host n1's agent
+// credential, testDaemonCred what the daemon presents to n1's agent.
+const testSecret = "agent-test-cluster-secret-0123456789abcdef"
+
+var (
+	testToken      = identity.AgentCredential(testSecret, "n1")
+	testDaemonCred = identity.DaemonCredential(testSecret, "n1")
+	testCreds      = []agentclient.Credential{{Daemon: testDaemonCred, Agent: testToken}}
+)
 
 func httpServer(t testing.TB, h http.HandlerFunc) string {
 	s := httptest.NewServer(h)

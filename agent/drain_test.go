@@ -129,11 +129,11 @@ func TestCheckStateDir(t *testing.T) {
 func drainRig(t *testing.T, hv *fakeHV, d *fakeDaemon, dir string) (*rig, *agentclient.Client) {
 	t.Helper()
 	r := newRig(t, hv, d, func(c *Config) { c.StateDir = dir })
-	h, err := NewHandler(r.agent, testToken, zerolog.Nop())
+	h, err := NewHandler(r.agent, testDaemonCred, testToken, zerolog.Nop())
 	require.NoError(t, err)
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	c, err := agentclient.New(agentclient.Config{Host: "n1", URL: srv.URL, Token: testToken})
+	c, err := agentclient.New(agentclient.Config{Host: "n1", URL: srv.URL, Credentials: testCreds})
 	require.NoError(t, err)
 	return r, c
 }
@@ -240,14 +240,14 @@ func TestAgentRecordsAdminForTheCLI(t *testing.T) {
 func TestDrainOverTheAPIRefusedWithoutStateDir(t *testing.T) {
 	hv := &fakeHV{doms: []hypervisor.Domain{runningVM(u1)}}
 	_, url, _ := apiRig(t, hv)
-	c, err := agentclient.New(agentclient.Config{Host: "n1", URL: url, Token: testToken})
+	c, err := agentclient.New(agentclient.Config{Host: "n1", URL: url, Credentials: testCreds})
 	require.NoError(t, err)
 	_, err = c.Drain(context.Background())
 	require.ErrorIs(t, err, power.ErrRefused)
 	assert.Contains(t, err.Error(), "no state directory")
 	assert.Equal(t, hypervisor.StateRunning, hv.domains()[0].State)
 
-	bad, err := agentclient.New(agentclient.Config{Host: "n1", URL: url, Token: "nope"})
+	bad, err := agentclient.New(agentclient.Config{Host: "n1", URL: url, Credentials: []agentclient.Credential{{Daemon: "nope", Agent: testToken}}})
 	require.NoError(t, err)
 	_, err = bad.Drain(context.Background())
 	require.ErrorIs(t, err, power.ErrAuth)

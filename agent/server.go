@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/identity"
 	"github.com/rs/zerolog"
 )
 
@@ -38,7 +39,10 @@ type DrainResponse = heartbeat.DrainResponse
 type server struct {
 	src   StatusSource
 	token [sha256.Size]byte
-	log   zerolog.Logger
+	// agentCred keys the MAC of every answer (identity.ReplyMAC), so the
+	// daemon can tell this host's agent from any responder at its URL.
+	agentCred string
+	log       zerolog.Logger
 }
 
 // NewHandler builds the agent's HTTP API:
@@ -51,11 +55,23 @@ type server struct {
 //	                DrainResponse with error otherwise (marker not written:
 //	                nothing was stopped; or some domain failed)
 //	GET /healthz    no token; 200 "ok" while the process serves
-func NewHandler(src StatusSource, token string, log zerolog.Logger) (http.Handler, error) {
+//
+// token is the host's daemon→agent credential (identity.DaemonCredential):
+// only the daemon holds it, so another host's agent cannot call this one.
+// Every answer of the two authenticated endpoints carries
+// identity.HeaderReplyMAC over the method, path, the request's nonce and
+// the exact body, keyed from agentCred (this host's agent credential).
+func NewHandler(src StatusSource, token, agentCred string, log zerolog.Logger) (http.Handler, error) {
 	if token == "" {
-		return nil, errors.New("agent API: empty token")
+		return nil, errors.New("agent API: empty daemon credential")
 	}
-	s := &server{src: src, token: sha256.Sum256([]byte(token)), log: log.With().Str("component", "api").Logger()}
+	if agentCred == "" {
+		return nil, errors.New("agent API: empty agent credential")
+	}
+	if token == agentCred {
+		return nil, errors.New("agent API: the daemon credential equals the agent credential; issue it with chime-fence agent-credential --daemon-side")
+	}
+	s := &server{src: src, token: sha256.Sum256([]byte(token)), agentCred: agentCred, log: log.With().Str("component", "api").Logger()}
 	mux := http.NewServeMux()
 	mux.Handle("GET "+PathStatus, s.authed(s.status))
 	if d, ok := src.(DrainSource); ok {
@@ -80,18 +96,44 @@ func (s *server) authed(h http.HandlerFunc) http.Handler {
 			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
 			return
 		}
-		h(w, r)
+		h(&signer{ResponseWriter: w, r: r, cred: s.agentCred}, r)
 	})
+}
+
+// signer holds an answer's body back so its MAC can go in a header.
+type signer struct {
+	http.ResponseWriter
+	r    *http.Request
+	cred string
+}
+
+// writeSigned writes v as JSON with its reply MAC.
+func writeSigned(w http.ResponseWriter, code int, v any) {
+	sg, ok := w.(*signer)
+	if !ok {
+		writeJSON(w, code, v)
+		return
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+		return
+	}
+	b = append(b, '\n')
+	sg.Header().Set(identity.HeaderReplyMAC, identity.ReplyMAC(sg.cred, sg.r.Method, sg.r.URL.Path, sg.r.Header.Get(identity.HeaderNonce), b))
+	sg.Header().Set("Content-Type", "application/json")
+	sg.WriteHeader(code)
+	_, _ = sg.Write(b)
 }
 
 func (s *server) status(w http.ResponseWriter, r *http.Request) {
 	st, err := s.src.Status(r.Context())
 	if err != nil {
 		s.log.Warn().Err(err).Str("remote", r.RemoteAddr).Msg("status unavailable")
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+		writeSigned(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
 		return
 	}
-	writeJSON(w, http.StatusOK, st)
+	writeSigned(w, http.StatusOK, st)
 }
 
 func (s *server) drain(w http.ResponseWriter, r *http.Request, d DrainSource) {
@@ -99,10 +141,10 @@ func (s *server) drain(w http.ResponseWriter, r *http.Request, d DrainSource) {
 	res, err := d.Drain(r.Context())
 	if err != nil {
 		s.log.Error().Err(err).Str("remote", r.RemoteAddr).Msg("drain incomplete")
-		writeJSON(w, http.StatusInternalServerError, DrainResponse{DrainResult: res, Error: err.Error()})
+		writeSigned(w, http.StatusInternalServerError, DrainResponse{DrainResult: res, Error: err.Error()})
 		return
 	}
-	writeJSON(w, http.StatusOK, DrainResponse{DrainResult: res})
+	writeSigned(w, http.StatusOK, DrainResponse{DrainResult: res})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -16,6 +16,7 @@ import (
 
 	agentclient "github.com/chimestack/chime-fence/drivers/agent"
 	"github.com/chimestack/chime-fence/hypervisor"
+	"github.com/chimestack/chime-fence/identity"
 	"github.com/chimestack/chime-fence/node"
 	"github.com/chimestack/chime-fence/power"
 )
@@ -26,7 +27,7 @@ func apiRig(t *testing.T, hv *fakeHV) (*Agent, string, *syncBuf) {
 	logs := &syncBuf{}
 	a, err := New(Config{Host: "n1", BootID: "boot-1"}, hv, &fakeDaemonNoop{}, zerolog.New(logs))
 	require.NoError(t, err)
-	h, err := NewHandler(a, testToken, zerolog.New(logs))
+	h, err := NewHandler(a, testDaemonCred, testToken, zerolog.New(logs))
 	require.NoError(t, err)
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
@@ -39,7 +40,7 @@ type fakeDaemonNoop struct{ Daemon }
 func TestStatusWithTheDaemonsClient(t *testing.T) {
 	hv := &fakeHV{doms: []hypervisor.Domain{runningVM(u1), crashedVM(u2)}}
 	a, url, _ := apiRig(t, hv)
-	c, err := agentclient.New(agentclient.Config{Host: "n1", URL: url, Token: testToken})
+	c, err := agentclient.New(agentclient.Config{Host: "n1", URL: url, Credentials: testCreds})
 	require.NoError(t, err)
 
 	st, err := c.Status(context.Background())
@@ -67,8 +68,8 @@ func TestStatusWithTheDaemonsClient(t *testing.T) {
 func TestStatusRefusesWrongOrMissingToken(t *testing.T) {
 	hv := &fakeHV{doms: []hypervisor.Domain{runningVM(u1)}}
 	_, url, logs := apiRig(t, hv)
-	for _, tok := range []string{"wrong-token", testToken + "x", testToken[:len(testToken)-1]} {
-		c, err := agentclient.New(agentclient.Config{Host: "n1", URL: url, Token: tok})
+	for _, tok := range []string{"wrong-token", testDaemonCred + "x", testDaemonCred[:len(testDaemonCred)-1], testToken, identity.DaemonCredential(testSecret, "n2")} {
+		c, err := agentclient.New(agentclient.Config{Host: "n1", URL: url, Credentials: []agentclient.Credential{{Daemon: tok, Agent: testToken}}})
 		require.NoError(t, err)
 		_, err = c.Status(context.Background())
 		assert.ErrorIs(t, err, power.ErrAuth, tok)
@@ -92,7 +93,7 @@ func TestStatusRefusesWrongOrMissingToken(t *testing.T) {
 	// The scheme is case-insensitive (RFC 7235).
 	for _, scheme := range []string{"bearer", "BEARER"} {
 		req, _ := http.NewRequest(http.MethodGet, url+PathStatus, nil)
-		req.Header.Set("Authorization", scheme+" "+testToken)
+		req.Header.Set("Authorization", scheme+" "+testDaemonCred)
 		resp, err := http.DefaultClient.Do(req)
 		require.NoError(t, err)
 		resp.Body.Close()
@@ -105,7 +106,7 @@ func TestStatusRefusesWrongOrMissingToken(t *testing.T) {
 func TestStatusWhenLibvirtFails(t *testing.T) {
 	hv := &fakeHV{listErr: &hypervisor.Error{Kind: hypervisor.KindUnreachable, Host: "n1", Step: "libvirt: list domains", Err: errors.New("connection refused")}}
 	_, url, _ := apiRig(t, hv)
-	c, err := agentclient.New(agentclient.Config{Host: "n1", URL: url, Token: testToken})
+	c, err := agentclient.New(agentclient.Config{Host: "n1", URL: url, Credentials: testCreds})
 	require.NoError(t, err)
 	_, err = c.Status(context.Background())
 	assert.ErrorIs(t, err, power.ErrProtocol)
@@ -134,14 +135,18 @@ func TestHealthzAndRoutes(t *testing.T) {
 }
 
 func TestNewHandlerNeedsToken(t *testing.T) {
-	_, err := NewHandler(nil, "", zerolog.Nop())
-	assert.EqualError(t, err, "agent API: empty token")
+	_, err := NewHandler(nil, "", testToken, zerolog.Nop())
+	assert.EqualError(t, err, "agent API: empty daemon credential")
+	_, err = NewHandler(nil, testDaemonCred, "", zerolog.Nop())
+	assert.EqualError(t, err, "agent API: empty agent credential")
+	_, err = NewHandler(nil, testToken, testToken, zerolog.Nop())
+	assert.ErrorContains(t, err, "the daemon credential equals the agent credential")
 }
 
 func TestServeShutsDownCleanly(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	h, err := NewHandler(nil, testToken, zerolog.Nop())
+	h, err := NewHandler(nil, testDaemonCred, testToken, zerolog.Nop())
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -162,4 +167,44 @@ func TestServeShutsDownCleanly(t *testing.T) {
 	}
 	_, err = http.Get("http://" + ln.Addr().String() + "/healthz")
 	assert.Error(t, err, "the listener is closed")
+}
+
+// TestAnotherHostCannotCallThisDrain is item 1's attack from a compromised
+// host: it holds its own agent and daemon→agent credentials and calls
+// n1's drain with each. n1's agent refuses both and destroys nothing; the
+// daemon's credential for n1 is accepted and its answer carries n1's reply
+// MAC.
+func TestAnotherHostCannotCallThisDrain(t *testing.T) {
+	hv := &fakeHV{doms: []hypervisor.Domain{runningVM(u1)}}
+	r := newRig(t, hv, &fakeDaemon{asg: enabledWith(1, u1)}, func(c *Config) { c.StateDir = t.TempDir() })
+	h, err := NewHandler(r.agent, testDaemonCred, testToken, zerolog.Nop())
+	require.NoError(t, err)
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	url := srv.URL
+	for name, cred := range map[string]string{
+		"n2's agent credential":     identity.AgentCredential(testSecret, "n2"),
+		"n2's daemon credential":    identity.DaemonCredential(testSecret, "n2"),
+		"n1's own agent credential": testToken,
+	} {
+		req, err := http.NewRequest(http.MethodPost, url+PathDrain, nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+cred)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, name)
+	}
+	assert.Equal(t, hypervisor.StateRunning, hv.domains()[0].State, "nothing destroyed")
+	req, err := http.NewRequest(http.MethodPost, url+PathDrain, nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+testDaemonCred)
+	req.Header.Set(identity.HeaderNonce, "n-1")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	assert.NoError(t, identity.VerifyReply(testToken, http.MethodPost, PathDrain, "n-1", body, resp.Header.Get(identity.HeaderReplyMAC)))
+	assert.Error(t, identity.VerifyReply(identity.AgentCredential(testSecret, "n2"), http.MethodPost, PathDrain, "n-1", body, resp.Header.Get(identity.HeaderReplyMAC)), "bound to n1")
 }

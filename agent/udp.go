@@ -30,11 +30,11 @@ type UDPConfig struct {
 }
 
 // UDPClient is a Daemon that sends heartbeats as UDP datagrams
-// (heartbeat.Sealer, keyed from the agent token) over one connected
+// (heartbeat.Sealer, keyed from this host's agent credential) over one connected
 // socket, and everything else through the DaemonClient it wraps: the
 // assignment, heartbeats too large for a datagram, and in auto mode the
 // heartbeats UDP does not answer in time (see Transport). A reply is taken
-// only when it opens with the token's key and answers the beat sent;
+// only when it opens with the credential's key and answers the beat sent;
 // anything else on the socket is dropped without a word. Heartbeats are
 // sent one at a time (a second caller waits). Close it when done.
 type UDPClient struct {
@@ -258,7 +258,7 @@ func (c *UDPClient) exchange(ctx context.Context, dgram []byte, hb heartbeat.Hea
 		}
 		kind, payload, err := c.sealer.Open(c.buf[:n])
 		if err != nil || kind != heartbeat.KindReply {
-			continue // another token's, garbage, or not a reply
+			continue // another key's, garbage, or not a reply
 		}
 		r, err := heartbeat.DecodeReply(payload)
 		if err != nil || !r.Answers(hb) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/chimestack/chime-fence/configs"
 	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/identity"
 )
 
 // Token is one named API token with its role, already read from its file.
@@ -20,12 +21,14 @@ type Token struct {
 }
 
 // Tokens are every bearer token the API accepts, already read from their
-// files. Agent is accepted only on agent endpoints; API (named "api",
-// operator) and Named only on operator endpoints.
+// files. Agents holds the cluster secrets each host's agent credential
+// derives from (package identity): an agent credential is accepted only on
+// agent endpoints, and only for its own host. API (named "api", operator)
+// and Named are accepted only on operator endpoints.
 type Tokens struct {
-	Agent string
-	API   string
-	Named []Token
+	Agents identity.Ring
+	API    string
+	Named  []Token
 }
 
 // role is what a request's token may do.
@@ -51,10 +54,16 @@ type credential struct {
 
 func (t Tokens) credentials() ([]credential, error) {
 	var errs []error
-	if t.Agent == "" {
-		errs = append(errs, errors.New("the agent token is required"))
+	if t.Agents.Zero() {
+		errs = append(errs, errors.New("the cluster secret (agent credentials) is required"))
 	}
-	creds := []credential{{secret: []byte(t.Agent), p: principal{name: "agent", role: roleAgent}}}
+	// The cluster secrets are never bearer tokens; they are listed only
+	// so that an API token equal to one is refused below.
+	var creds []credential
+	for _, sec := range t.Agents.Secrets() {
+		creds = append(creds, credential{secret: []byte(sec), p: principal{name: "cluster secret", role: roleNone}})
+	}
+	nSecrets := len(creds)
 	if t.API != "" {
 		creds = append(creds, credential{secret: []byte(t.API), p: principal{name: configs.APITokenName, role: roleOperator}})
 	}
@@ -81,7 +90,7 @@ func (t Tokens) credentials() ([]credential, error) {
 		}
 		creds = append(creds, credential{secret: []byte(n.Secret), p: principal{name: n.Name, role: r}})
 	}
-	if len(creds) == 1 {
+	if len(creds) == nSecrets {
 		errs = append(errs, errors.New("the API token (or at least one named API token) is required"))
 	}
 	// One secret, one role: two tokens with the same value would make the
@@ -102,7 +111,9 @@ func (t Tokens) credentials() ([]credential, error) {
 // identify compares the request's bearer token with every credential in
 // constant time, without stopping at a match, so the time taken does not
 // say which token (or how much of one) matched. Both sides are SHA-256
-// digests, so not even the length of a token shows.
+// digests, so not even the length of a token shows. A request naming a
+// host (identity.HeaderHost) is also checked against that host's agent
+// credentials; an agent principal's name is its host.
 func (s *Server) identify(r *http.Request) principal {
 	got, ok := heartbeat.BearerToken(r.Header.Get("Authorization"))
 	if !ok {
@@ -112,9 +123,12 @@ func (s *Server) identify(r *http.Request) principal {
 	var who principal
 	for _, c := range s.creds {
 		want := sha256.Sum256(c.secret)
-		if subtle.ConstantTimeCompare(sum[:], want[:]) == 1 {
+		if c.p.role != roleNone && subtle.ConstantTimeCompare(sum[:], want[:]) == 1 {
 			who = c.p
 		}
+	}
+	if host := r.Header.Get(identity.HeaderHost); host != "" && s.agents.CheckAgent(host, got) {
+		who = principal{name: host, role: roleAgent}
 	}
 	return who
 }
@@ -126,8 +140,10 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, p principal, cod
 	writeErr(w, code, "%s", msg)
 }
 
-// agent admits only the agent token.
-func (s *Server) agent(h http.HandlerFunc) http.HandlerFunc {
+// agent admits only a host's agent credential presented with the host's
+// name (identity.HeaderHost); h gets the host, and must refuse anything
+// about another host (forbidden).
+func (s *Server) agent(h func(w http.ResponseWriter, r *http.Request, host string)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		p := s.identify(r)
 		if p.role != roleAgent {
@@ -135,14 +151,23 @@ func (s *Server) agent(h http.HandlerFunc) http.HandlerFunc {
 				s.hbHTTP.unauthorized.Inc()
 			}
 			if p.role == roleNone {
-				s.refuse(w, r, p, http.StatusUnauthorized, "missing or wrong agent token (Authorization: Bearer)")
+				s.refuse(w, r, p, http.StatusUnauthorized, "missing or wrong agent credential (Authorization: Bearer, with the host named in "+identity.HeaderHost+")")
 			} else {
-				s.refuse(w, r, p, http.StatusForbidden, fmt.Sprintf("token %q is an API token; agent endpoints accept only the agent token", p.name))
+				s.refuse(w, r, p, http.StatusForbidden, fmt.Sprintf("token %q is an API token; agent endpoints accept only a host's agent credential", p.name))
 			}
 			return
 		}
-		h(w, r)
+		h(w, r, p.name)
 	}
+}
+
+// forbidden refuses a request by host caller's agent about another host.
+func (s *Server) forbidden(w http.ResponseWriter, r *http.Request, caller, about, what string) {
+	if r.URL.Path == heartbeat.PathHeartbeat {
+		s.hbHTTP.unauthorized.Inc()
+	}
+	s.refuse(w, r, principal{name: caller, role: roleAgent}, http.StatusForbidden,
+		fmt.Sprintf("%s for host %q refused: the credential is host %q's; a host speaks only for itself", what, about, caller))
 }
 
 // reader admits read-only and operator tokens.
@@ -153,7 +178,7 @@ func (s *Server) reader(h authedHandler) http.HandlerFunc {
 		case roleNone:
 			s.refuse(w, r, p, http.StatusUnauthorized, "missing or wrong API token (Authorization: Bearer)")
 		case roleAgent:
-			s.refuse(w, r, p, http.StatusForbidden, "the agent token is accepted only on agent endpoints; use an API token")
+			s.refuse(w, r, p, http.StatusForbidden, "an agent credential is accepted only on agent endpoints; use an API token")
 		default:
 			h(w, r, p)
 		}
@@ -172,20 +197,20 @@ func (s *Server) operator(h authedHandler) http.HandlerFunc {
 }
 
 // ReadTokens reads every API token the configuration names (api_token_file
-// as "api" with the operator role, and api_tokens) and the agent token.
+// as "api" with the operator role, and api_tokens) and the cluster secrets.
 // Errors name the file, never the content.
 func ReadTokens(c configs.Controller) (Tokens, error) {
 	var t Tokens
 	var errs []error
-	if c.AgentTokenFile == "" {
-		errs = append(errs, errors.New("controller.agent_token_file is not set: agents could not authenticate"))
-	} else if v, err := (configs.Secret{What: "agent token", File: c.AgentTokenFile}).Read(); err != nil {
+	if ring, err := ReadAgentSecrets(c); err != nil {
 		errs = append(errs, err)
 	} else {
-		t.Agent = v
+		t.Agents = ring
 	}
 	if c.APITokenFile != "" {
 		if v, err := (configs.Secret{What: "api token", File: c.APITokenFile}).Read(); err != nil {
+			errs = append(errs, err)
+		} else if err := longEnough("api token", c.APITokenFile, v); err != nil {
 			errs = append(errs, err)
 		} else {
 			t.API = v
@@ -193,6 +218,9 @@ func ReadTokens(c configs.Controller) (Tokens, error) {
 	}
 	for _, at := range c.APITokens {
 		v, err := at.Secret().Read()
+		if err == nil {
+			err = longEnough(at.Secret().What, at.File, v)
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -209,6 +237,43 @@ func ReadTokens(c configs.Controller) (Tokens, error) {
 		return Tokens{}, err
 	}
 	return t, nil
+}
+
+// MinTokenLen is the shortest API token the daemon accepts: a token is
+// the whole of an operator's authority, and one shorter than 32 bytes may
+// be guessed or was typed by hand.
+const MinTokenLen = 32
+
+// longEnough refuses a token shorter than MinTokenLen, naming the file,
+// never the content.
+func longEnough(what, file string, v string) error {
+	if len(v) < MinTokenLen {
+		return fmt.Errorf("%s: file %s holds %d bytes; at least %d are needed (e.g. head -c 32 /dev/urandom | base64)", what, file, len(v), MinTokenLen)
+	}
+	return nil
+}
+
+// ReadAgentSecrets reads controller.agent_secret_file and, during a
+// rotation, agent_previous_secret_file.
+func ReadAgentSecrets(c configs.Controller) (identity.Ring, error) {
+	if c.AgentSecretFile == "" {
+		return identity.Ring{}, errors.New("controller.agent_secret_file is not set: agents could not authenticate")
+	}
+	cur, err := (configs.Secret{What: "cluster secret", File: c.AgentSecretFile}).Read()
+	if err != nil {
+		return identity.Ring{}, err
+	}
+	var prev string
+	if c.AgentPreviousSecretFile != "" {
+		if prev, err = (configs.Secret{What: "previous cluster secret", File: c.AgentPreviousSecretFile}).Read(); err != nil {
+			return identity.Ring{}, err
+		}
+	}
+	ring, err := identity.NewRing(cur, prev)
+	if err != nil {
+		return identity.Ring{}, fmt.Errorf("controller.agent_secret_file %s: %w", c.AgentSecretFile, err)
+	}
+	return ring, nil
 }
 
 // TLSConfig is the API listener's TLS configuration, or nil when

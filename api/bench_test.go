@@ -49,7 +49,7 @@ func BenchmarkHeartbeatHandler(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s, err := New(d, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
+	s, err := New(d, Tokens{Agents: testRing, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func BenchmarkHeartbeatHandler(b *testing.B) {
 		seqs[i]++
 		body := bytes.Replace(bodies[i], []byte(`"seq":1,`), fmt.Appendf(nil, `"seq":%d,`, seqs[i]), 1)
 		req := httptest.NewRequest(http.MethodPost, heartbeat.PathHeartbeat, bytes.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+agentTok)
+		setAuth(req, agentTok)
 		w := httptest.NewRecorder()
 		s.ServeHTTP(w, req)
 		if w.Code != 200 {
@@ -97,7 +97,7 @@ func (trivialBackend) Heartbeat(heartbeat.Heartbeat) (heartbeat.Ack, error) {
 
 // benchBeat is a sealed heartbeat with four domains, as an agent sends it.
 func benchBeat(b *testing.B) (*heartbeat.Sealer, []byte) {
-	sealer, err := heartbeat.NewSealer(agentTok)
+	sealer, err := heartbeat.NewSealer(credOf("h1"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func BenchmarkHeartbeatDatagramWildcard(b *testing.B) { benchRoundTrip(b, "0.0.0
 // benchRoundTrip runs the round trip against a daemon socket on listen; the
 // agent sends to 127.0.0.1 on its port.
 func benchRoundTrip(b *testing.B, listen string) {
-	s, err := New(trivialBackend{}, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
+	s, err := New(trivialBackend{}, Tokens{Agents: testRing, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -165,7 +165,7 @@ func benchRoundTrip(b *testing.B, listen string) {
 // BenchmarkHeartbeatDatagramHandler is the daemon's work on one datagram
 // without the sockets: open, decode, backend, seal the reply.
 func BenchmarkHeartbeatDatagramHandler(b *testing.B) {
-	s, err := New(trivialBackend{}, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
+	s, err := New(trivialBackend{}, Tokens{Agents: testRing, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -47,7 +47,7 @@ var fuzzOps = []string{"migrate", "drain", "rebuild", "enable", "disable", "fenc
 
 func FuzzOperationRequest(f *testing.F) {
 	e := newEnv(f, filepath.Join(f.TempDir(), "s.db"))
-	s, err := New(daemonOf(f, e), Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop(), WithOperations(checkOnly{}))
+	s, err := New(daemonOf(f, e), Tokens{Agents: testRing, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop(), WithOperations(checkOnly{}))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func FuzzHeartbeat(f *testing.F) {
 	f.Add([]byte(`{}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		r := httptest.NewRequest(http.MethodPost, heartbeat.PathHeartbeat, bytes.NewReader(body))
-		r.Header.Set("Authorization", "Bearer "+agentTok)
+		setAuth(r, agentTok)
 		w := httptest.NewRecorder()
 		e.srv.Config.Handler.ServeHTTP(w, r)
 		switch w.Code {
@@ -100,7 +100,7 @@ func FuzzHeartbeat(f *testing.F) {
 			if err := json.Unmarshal(w.Body.Bytes(), &ack); err != nil || ack.AssignmentRevision == 0 {
 				t.Fatalf("200 with a bad ack %q: %v", w.Body.String(), err)
 			}
-		case http.StatusBadRequest, http.StatusNotFound, http.StatusRequestEntityTooLarge:
+		case http.StatusBadRequest, http.StatusForbidden, http.StatusNotFound, http.StatusRequestEntityTooLarge:
 			var eb ErrorBody
 			if err := json.Unmarshal(w.Body.Bytes(), &eb); err != nil || eb.Error == "" {
 				t.Fatalf("%d without an error text: %q", w.Code, w.Body.String())
@@ -131,11 +131,11 @@ func daemonOf(tb testing.TB, e *env) *daemon.Daemon {
 // Reply naming that heartbeat, carrying an Ack or a reason.
 func FuzzHeartbeatDatagram(f *testing.F) {
 	_, d := testDaemon(f, filepath.Join(f.TempDir(), "s.db"))
-	s, err := New(d, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
+	s, err := New(d, Tokens{Agents: testRing, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
 	if err != nil {
 		f.Fatal(err)
 	}
-	sealer, err := heartbeat.NewSealer(agentTok)
+	sealer, err := heartbeat.NewSealer(credOf("h1"))
 	if err != nil {
 		f.Fatal(err)
 	}

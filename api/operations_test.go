@@ -36,7 +36,7 @@ import (
 
 const aliceTok, roTok = "alice-secret-3", "grafana-secret-4"
 
-var allTokens = Tokens{Agent: agentTok, API: apiTok, Named: []Token{
+var allTokens = Tokens{Agents: testRing, API: apiTok, Named: []Token{
 	{Name: "alice", Role: configs.RoleOperator, Secret: aliceTok},
 	{Name: "grafana", Role: configs.RoleReadOnly, Secret: roTok},
 }}
@@ -132,13 +132,13 @@ func TestEveryEndpointRefusesTheWrongToken(t *testing.T) {
 				for _, tok := range []string{apiTok, aliceTok, roTok} {
 					code, body = e.do(x.method, x.path, tok, []byte(x.body))
 					assert.Equal(t, 403, code, "API token on an agent endpoint: %s", body)
-					assert.Contains(t, body, "agent endpoints accept only the agent token")
+					assert.Contains(t, body, "agent endpoints accept only a host's agent credential")
 				}
 				return
 			}
 			code, body = e.do(x.method, x.path, agentTok, []byte(x.body))
 			assert.Equal(t, 403, code, "agent token: %s", body)
-			assert.Contains(t, body, "the agent token is accepted only on agent endpoints")
+			assert.Contains(t, body, "an agent credential is accepted only on agent endpoints")
 			code, body = e.do(x.method, x.path, roTok, []byte(x.body))
 			if x.mutates {
 				assert.Equal(t, 403, code, "read-only token: %s", body)
@@ -359,12 +359,12 @@ func TestNewRefusesAmbiguousTokens(t *testing.T) {
 		tok  Tokens
 		want string
 	}{
-		{Tokens{Agent: "a", API: "a"}, `tokens "agent" and "api" have the same value`},
-		{Tokens{Agent: "a", Named: []Token{{Name: "x", Role: configs.RoleOperator, Secret: "s"}, {Name: "y", Role: configs.RoleReadOnly, Secret: "s"}}}, `tokens "x" and "y" have the same value`},
-		{Tokens{Agent: "a", API: "b", Named: []Token{{Name: "api", Role: configs.RoleOperator, Secret: "c"}}}, `token name "api" is used twice`},
-		{Tokens{Agent: "a", Named: []Token{{Name: "x", Role: "admin", Secret: "c"}}}, `role "admin" is not read-only or operator`},
-		{Tokens{Agent: "a", Named: []Token{{Role: configs.RoleOperator, Secret: "c"}}}, "token 1 has no name"},
-		{Tokens{Agent: "a", Named: []Token{{Name: "x", Role: configs.RoleOperator}}}, `token "x" is empty`},
+		{Tokens{Agents: testRing, API: clusterSecret}, `tokens "cluster secret" and "api" have the same value`},
+		{Tokens{Agents: testRing, Named: []Token{{Name: "x", Role: configs.RoleOperator, Secret: "s"}, {Name: "y", Role: configs.RoleReadOnly, Secret: "s"}}}, `tokens "x" and "y" have the same value`},
+		{Tokens{Agents: testRing, API: "b", Named: []Token{{Name: "api", Role: configs.RoleOperator, Secret: "c"}}}, `token name "api" is used twice`},
+		{Tokens{Agents: testRing, Named: []Token{{Name: "x", Role: "admin", Secret: "c"}}}, `role "admin" is not read-only or operator`},
+		{Tokens{Agents: testRing, Named: []Token{{Role: configs.RoleOperator, Secret: "c"}}}, "token 1 has no name"},
+		{Tokens{Agents: testRing, Named: []Token{{Name: "x", Role: configs.RoleOperator}}}, `token "x" is empty`},
 	} {
 		_, err := New(nil, c.tok, nil, zerolog.Nop())
 		require.Error(t, err, c.want)
@@ -374,7 +374,7 @@ func TestNewRefusesAmbiguousTokens(t *testing.T) {
 		}
 	}
 	// Only named tokens, no api_token_file: fine.
-	_, err := New(nil, Tokens{Agent: "a", Named: []Token{{Name: "x", Role: configs.RoleReadOnly, Secret: "c"}}}, nil, zerolog.Nop())
+	_, err := New(nil, Tokens{Agents: testRing, Named: []Token{{Name: "x", Role: configs.RoleReadOnly, Secret: "c"}}}, nil, zerolog.Nop())
 	require.NoError(t, err)
 }
 
@@ -389,41 +389,47 @@ func writeSecret(t *testing.T, dir, name, v string, mode os.FileMode) string {
 func TestReadTokens(t *testing.T) {
 	dir := t.TempDir()
 	c := configs.Controller{
-		AgentTokenFile: writeSecret(t, dir, "agent", "agent-value", 0o600),
-		APITokenFile:   writeSecret(t, dir, "api", "api-value", 0o600),
+		AgentSecretFile: writeSecret(t, dir, "agent", clusterSecret, 0o600),
+		APITokenFile:    writeSecret(t, dir, "api", "api-value-0123456789abcdef-0123456789", 0o600),
 		APITokens: []configs.APIToken{
-			{Name: "alice", File: writeSecret(t, dir, "alice", "alice-value", 0o600), Role: configs.RoleOperator},
-			{Name: "ro", File: writeSecret(t, dir, "ro", "ro-value", 0o600), Role: configs.RoleReadOnly},
+			{Name: "alice", File: writeSecret(t, dir, "alice", "alice-value-0123456789abcdef-0123456789", 0o600), Role: configs.RoleOperator},
+			{Name: "ro", File: writeSecret(t, dir, "ro", "ro-value-0123456789abcdef-0123456789", 0o600), Role: configs.RoleReadOnly},
 		},
 	}
 	tok, err := ReadTokens(c)
 	require.NoError(t, err)
-	assert.Equal(t, Tokens{Agent: "agent-value", API: "api-value", Named: []Token{
-		{Name: "alice", Role: configs.RoleOperator, Secret: "alice-value"},
-		{Name: "ro", Role: configs.RoleReadOnly, Secret: "ro-value"},
+	assert.Equal(t, Tokens{Agents: testRing, API: "api-value-0123456789abcdef-0123456789", Named: []Token{
+		{Name: "alice", Role: configs.RoleOperator, Secret: "alice-value-0123456789abcdef-0123456789"},
+		{Name: "ro", Role: configs.RoleReadOnly, Secret: "ro-value-0123456789abcdef-0123456789"},
 	}}, tok)
 
 	bad := c
 	bad.APITokens = append([]configs.APIToken{}, c.APITokens...)
-	bad.APITokens[1].File = writeSecret(t, dir, "world", "world-value", 0o644)
+	bad.APITokens[1].File = writeSecret(t, dir, "world", "world-value-0123456789abcdef-0123456789", 0o644)
 	bad.APITokens = append(bad.APITokens, configs.APIToken{Name: "gone", File: filepath.Join(dir, "missing"), Role: configs.RoleReadOnly})
 	_, err = ReadTokens(bad)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `api token "ro": file `+filepath.Join(dir, "world")+" is readable by group or others")
 	assert.Contains(t, err.Error(), `api token "gone"`)
-	assert.NotContains(t, err.Error(), "world-value")
+	assert.NotContains(t, err.Error(), "world-value-0123456789abcdef-0123456789")
 
 	same := c
-	same.APITokens = []configs.APIToken{{Name: "dup", File: writeSecret(t, dir, "dup", "api-value", 0o600), Role: configs.RoleReadOnly}}
+	same.APITokens = []configs.APIToken{{Name: "dup", File: writeSecret(t, dir, "dup", "api-value-0123456789abcdef-0123456789", 0o600), Role: configs.RoleReadOnly}}
 	_, err = ReadTokens(same)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `tokens "api" and "dup" have the same value`)
-	assert.NotContains(t, err.Error(), "api-value")
+	assert.NotContains(t, err.Error(), "api-value-0123456789abcdef-0123456789")
 
-	_, err = ReadTokens(configs.Controller{AgentTokenFile: c.AgentTokenFile})
+	short := c
+	short.APITokenFile = writeSecret(t, dir, "short", "short-token", 0o600)
+	_, err = ReadTokens(short)
+	require.ErrorContains(t, err, "api token: file "+short.APITokenFile+" holds 11 bytes; at least 32 are needed")
+	assert.NotContains(t, err.Error(), "short-token")
+
+	_, err = ReadTokens(configs.Controller{AgentSecretFile: c.AgentSecretFile})
 	require.ErrorContains(t, err, "neither controller.api_token_file nor controller.api_tokens is set")
 	_, err = ReadTokens(configs.Controller{APITokenFile: c.APITokenFile})
-	require.ErrorContains(t, err, "controller.agent_token_file is not set")
+	require.ErrorContains(t, err, "controller.agent_secret_file is not set")
 }
 
 // selfSigned writes a certificate for 127.0.0.1 and its key.

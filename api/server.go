@@ -1,12 +1,15 @@
 // Package api is the daemon's HTTP interface: the agent endpoints
-// (heartbeat, assignment) under the agent token; the operator endpoints
+// (heartbeat, assignment) under each host's own agent credential (package
+// identity), for that host only; the operator endpoints
 // (status, hosts, operations, tasks, history, admin state, readiness) under
 // API tokens with roles (read-only suffices for /metrics); /v1/healthz without a token.
 //
 // Authentication: a request's bearer token is compared in constant time
-// with every configured token. No or an unknown token is 401. A known token
-// with the wrong role is 403: the agent token outside agent endpoints, an
-// API token on an agent endpoint, a read-only token on anything but GET.
+// with every configured token; an agent's credential is compared with the
+// credential derived for the host it names (identity.HeaderHost). No or an
+// unknown token is 401. A known token with the wrong role is 403: an agent
+// credential outside agent endpoints or about another host than its own,
+// an API token on an agent endpoint, a read-only token on anything but GET.
 // The operator's token name is the actor recorded for what it starts.
 //
 // Every refusal is a 4xx with a JSON body {"error": "..."} that says what
@@ -15,7 +18,8 @@
 // ErrNotFound 404, ErrConflict 409, ErrUnavailable 501.
 //
 // Heartbeats also arrive as UDP datagrams (ServeHeartbeats, udp.go): sealed
-// with a key derived from the agent token, answered only when authentic, to
+// with a key derived from the credential of the host they name, answered
+// only when authentic, to
 // the datagram's source, with the Ack or the reason HTTP would give in a 4xx.
 package api
 
@@ -26,6 +30,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -37,6 +42,7 @@ import (
 
 	"github.com/chimestack/chime-fence/daemon"
 	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/identity"
 	"github.com/chimestack/chime-fence/node"
 	"github.com/chimestack/chime-fence/store"
 )
@@ -70,8 +76,12 @@ type Server struct {
 	hbUDP   hbCounts
 	reg     *prometheus.Registry
 
-	// sealer opens heartbeat datagrams and seals replies (agent token).
-	sealer *heartbeat.Sealer
+	// agents are the cluster secrets host credentials derive from.
+	agents identity.Ring
+	// sealers caches each host's datagram sealers (one per secret of
+	// agents, current first), filled once a datagram authenticates, so
+	// forged host names never grow it.
+	sealers sync.Map // host → []*heartbeat.Sealer
 	// now is the clock of the datagram logs' rate limits.
 	now                               func() time.Time
 	udpDropped, udpRefused, udpFailed everySecond
@@ -86,8 +96,9 @@ type Server struct {
 	notEvacuable func(host string) string
 }
 
-// New builds the handler. The agent token and at least one API token must
-// be set, all different: an API without authentication is never served.
+// New builds the handler. The cluster secret (agent credentials) and at
+// least one API token must be set, all different: an API without
+// authentication is never served.
 func New(b Backend, tok Tokens, reg *prometheus.Registry, log zerolog.Logger, opts ...Option) (*Server, error) {
 	creds, err := tok.credentials()
 	if err != nil {
@@ -96,12 +107,8 @@ func New(b Backend, tok Tokens, reg *prometheus.Registry, log zerolog.Logger, op
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	sealer, err := heartbeat.NewSealer(tok.Agent)
-	if err != nil {
-		return nil, fmt.Errorf("api: %w", err)
-	}
 	s := &Server{b: b, creds: creds, log: log.With().Str("component", "api").Logger(), mux: http.NewServeMux(), reg: reg,
-		sealer: sealer, now: time.Now,
+		agents: tok.Agents, now: time.Now,
 		udpDropped: newEverySecond(), udpRefused: newEverySecond(), udpFailed: newEverySecond()}
 	for _, o := range opts {
 		o(s)
@@ -202,7 +209,7 @@ func unknownHost(host string) string {
 	return fmt.Sprintf("host %q is not in the daemon's configuration", host)
 }
 
-func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
+func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request, caller string) {
 	if r.ContentLength > heartbeat.MaxBodyBytes {
 		s.hbHTTP.tooLarge.Inc()
 		writeErr(w, http.StatusRequestEntityTooLarge, "heartbeat of %d bytes exceeds %d", r.ContentLength, heartbeat.MaxBodyBytes)
@@ -221,6 +228,12 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "%v", err)
 		return
 	}
+	if hb.Host != caller {
+		// Its local_drain, migration reports and domain list would be
+		// taken as the other host's.
+		s.forbidden(w, r, caller, hb.Host, "heartbeat")
+		return
+	}
 	ack, err := s.b.Heartbeat(hb)
 	if errors.Is(err, daemon.ErrUnknownHost) {
 		s.hbHTTP.unknownHost.Inc()
@@ -236,10 +249,14 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, ack)
 }
 
-func (s *Server) assignment(w http.ResponseWriter, r *http.Request) {
+func (s *Server) assignment(w http.ResponseWriter, r *http.Request, caller string) {
 	host := r.URL.Query().Get("host")
 	if host == "" {
 		writeErr(w, http.StatusBadRequest, "query parameter host is required")
+		return
+	}
+	if host != caller {
+		s.forbidden(w, r, caller, host, "assignment read")
 		return
 	}
 	a, err := s.b.Assignment(host)

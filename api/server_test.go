@@ -35,7 +35,7 @@ func (quiet) CheckReadiness(context.Context, string) detector.Readiness {
 }
 func (quiet) Alert(context.Context, detector.Alert) {}
 
-const agentTok, apiTok = "agent-secret-1", "api-secret-2"
+const apiTok = "api-secret-2"
 
 type env struct {
 	t   testing.TB
@@ -65,7 +65,7 @@ func testDaemon(t testing.TB, path string) (*store.Store, *daemon.Daemon) {
 func newEnv(t testing.TB, path string) *env {
 	t.Helper()
 	st, d := testDaemon(t, path)
-	s, err := New(d, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
+	s, err := New(d, Tokens{Agents: testRing, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
 	require.NoError(t, err)
 	srv := httptest.NewServer(s)
 	t.Cleanup(srv.Close)
@@ -77,7 +77,7 @@ func (e *env) do(method, path, token string, body []byte) (int, string) {
 	req, err := http.NewRequest(method, e.srv.URL+path, bytes.NewReader(body))
 	require.NoError(e.t, err)
 	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
+		setAuth(req, token)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(e.t, err)
@@ -107,8 +107,8 @@ func TestHeartbeatRefusals(t *testing.T) {
 		code  int
 		want  string
 	}{
-		{"no token", "", string(beat("h1", 1)), 401, "missing or wrong agent token"},
-		{"API token is not an agent token", apiTok, string(beat("h1", 1)), 403, "agent endpoints accept only the agent token"},
+		{"no token", "", string(beat("h1", 1)), 401, "missing or wrong agent credential"},
+		{"API token is not an agent token", apiTok, string(beat("h1", 1)), 403, "agent endpoints accept only a host's agent credential"},
 		{"not JSON", agentTok, "{host: h1", 400, "malformed JSON at byte"},
 		{"wrong type", agentTok, `{"host":"h1","boot_id":"b","seq":"one"}`, 400, `field "seq"`},
 		{"missing boot id", agentTok, `{"host":"h1","seq":1}`, 400, "boot_id is empty"},
@@ -116,7 +116,7 @@ func TestHeartbeatRefusals(t *testing.T) {
 		{"bad domain state", agentTok, `{"host":"h1","boot_id":"b","seq":1,"domains":[{"uuid":"` + u1 + `","state":"flying"}]}`, 400, "flying"},
 		{"empty body", agentTok, "", 400, "empty body"},
 		{"trailing garbage", agentTok, string(beat("h1", 1)) + "{}", 400, "trailing data"},
-		{"unknown host", agentTok, string(beat("h9", 1)), 404, `host "h9" is not in the daemon's configuration`},
+		{"unknown host", agentFor("h9"), string(beat("h9", 1)), 404, `host "h9" is not in the daemon's configuration`},
 		{"too large", agentTok, `{"host":"h1","boot_id":"` + strings.Repeat("x", heartbeat.MaxBodyBytes) + `"}`, 413, "exceeds"},
 	}
 	for _, c := range cases {
@@ -139,7 +139,7 @@ func TestHeartbeatRefusals(t *testing.T) {
 	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="too_large",transport="http"} 1`)
 	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="accepted",transport="http"} 0`)
 	assert.Contains(t, metrics, `chime_fence_heartbeats_total{result="malformed",transport="udp"} 0`, "HTTP refusals are not counted as UDP")
-	for _, tok := range []string{agentTok, apiTok} {
+	for _, tok := range []string{credOf("h1"), clusterSecret, apiTok} {
 		assert.NotContains(t, metrics, tok)
 	}
 }
@@ -232,10 +232,10 @@ func TestAssignmentFollowsHeartbeatsAndAdminState(t *testing.T) {
 }
 
 func TestNewRequiresTokens(t *testing.T) {
-	_, err := New(nil, Tokens{Agent: "a"}, nil, zerolog.Nop())
+	_, err := New(nil, Tokens{Agents: testRing}, nil, zerolog.Nop())
 	assert.ErrorContains(t, err, "the API token (or at least one named API token) is required")
 	_, err = New(nil, Tokens{API: "b"}, nil, zerolog.Nop())
-	assert.ErrorContains(t, err, "the agent token is required")
+	assert.ErrorContains(t, err, "the cluster secret (agent credentials) is required")
 }
 
 // A replayed or late heartbeat describes the past: the last word of a host
@@ -244,7 +244,7 @@ func TestReplayedHeartbeatMovesNoDomain(t *testing.T) {
 	e := newEnv(t, filepath.Join(t.TempDir(), "s.db"))
 	vm := heartbeat.Domain{UUID: u1, Name: "web", State: hypervisor.StateRunning}
 	assignment := func(host string) []heartbeat.AssignedDomain {
-		code, body := e.do("GET", heartbeat.PathAssignment+"?host="+host, agentTok, nil)
+		code, body := e.do("GET", heartbeat.PathAssignment+"?host="+host, agentFor(host), nil)
 		require.Equal(t, 200, code, body)
 		a, err := heartbeat.DecodeAssignment(strings.NewReader(body))
 		require.NoError(t, err)
@@ -252,7 +252,7 @@ func TestReplayedHeartbeatMovesNoDomain(t *testing.T) {
 	}
 	code, body := e.do("POST", heartbeat.PathHeartbeat, agentTok, beat("h1", 1, vm))
 	require.Equal(t, 200, code, body)
-	code, body = e.do("POST", heartbeat.PathHeartbeat, agentTok, beat("h2", 1, vm))
+	code, body = e.do("POST", heartbeat.PathHeartbeat, agentFor("h2"), beat("h2", 1, vm))
 	require.Equal(t, 200, code, body)
 	require.Len(t, assignment("h2"), 1, "running on h2 now")
 	code, body = e.do("POST", heartbeat.PathHeartbeat, agentTok, beat("h1", 1, vm))

@@ -57,8 +57,9 @@ func ListenHeartbeats(addr string) (*net.UDPConn, error) {
 // closes conn and returns nil once every reader stopped. It returns an
 // error when conn fails for another reason (closed by someone else).
 //
-// Each datagram is opened with the agent token's key; one that is not
-// authentic, not a heartbeat, malformed or too large is counted and
+// Each datagram is opened with the key of the host it names (payload field
+// 1), derived from that host's agent credential; one that is not
+// authentic (a datagram for host G sealed with H's key included), not a heartbeat, malformed or too large is counted and
 // dropped without a reply, so a forged source address is never sent
 // anything. An authentic heartbeat goes to the Backend like an HTTP one and
 // is answered, to the datagram's source, with the Ack, or with Refused
@@ -268,7 +269,7 @@ func (r *replySource) from(oob []byte) []byte {
 // heartbeatDatagram handles one datagram from p and returns the sealed
 // reply to send, or nil for none.
 func (s *Server) heartbeatDatagram(b []byte, p peer) []byte {
-	kind, payload, err := s.sealer.Open(b)
+	sealer, keyHost, kind, payload, err := s.open(b)
 	switch {
 	case errors.Is(err, heartbeat.ErrDatagramTooLarge):
 		s.hbUDP.tooLarge.Inc()
@@ -290,15 +291,21 @@ func (s *Server) heartbeatDatagram(b []byte, p peer) []byte {
 		return nil
 	}
 	hb, err := heartbeat.DecodeHeartbeatPayload(payload)
+	if err == nil && hb.Host != keyHost {
+		// The field the key was chosen by must be the one decoded.
+		s.hbUDP.unauthorized.Inc()
+		s.dropped(p, "unauthorized", fmt.Errorf("%w: sealed for host %q, names host %q", heartbeat.ErrDatagramAuth, trim(keyHost), trim(hb.Host)))
+		return nil
+	}
 	if err != nil {
 		s.hbUDP.malformed.Inc()
-		return s.refused(p, heartbeat.ReplyToPayload(payload), err.Error())
+		return s.refused(sealer, p, heartbeat.ReplyToPayload(payload), err.Error())
 	}
 	ack, err := s.b.Heartbeat(hb)
 	switch {
 	case errors.Is(err, daemon.ErrUnknownHost):
 		s.hbUDP.unknownHost.Inc()
-		return s.refused(p, heartbeat.ReplyTo(hb), unknownHost(hb.Host))
+		return s.refused(sealer, p, heartbeat.ReplyTo(hb), unknownHost(hb.Host))
 	case err != nil:
 		// What HTTP answers with a 500: no reply, so the agent tries HTTP.
 		s.failed(err, "heartbeat datagram from "+p.String()+" not taken")
@@ -307,13 +314,47 @@ func (s *Server) heartbeatDatagram(b []byte, p peer) []byte {
 	s.hbUDP.accepted.Inc()
 	r := heartbeat.ReplyTo(hb)
 	r.Ack = &ack
-	return s.seal(p, r)
+	return s.seal(sealer, p, r)
+}
+
+// open reads the host a datagram names and opens it with that host's keys
+// (current secret first). The sealer returned is the one that opened it:
+// the reply is sealed with the key the agent holds.
+func (s *Server) open(b []byte) (sealer *heartbeat.Sealer, host string, kind byte, payload []byte, err error) {
+	host, err = heartbeat.DatagramHost(b)
+	if err != nil {
+		return nil, "", 0, nil, err
+	}
+	cached, hit := s.sealers.Load(host)
+	var sealers []*heartbeat.Sealer
+	if hit {
+		sealers = cached.([]*heartbeat.Sealer)
+	} else {
+		for _, cred := range s.agents.AgentCredentials(host) {
+			sl, err := heartbeat.NewSealer(cred)
+			if err != nil {
+				return nil, "", 0, nil, err
+			}
+			sealers = append(sealers, sl)
+		}
+	}
+	for _, sl := range sealers {
+		kind, payload, err := sl.Open(b)
+		if errors.Is(err, heartbeat.ErrDatagramAuth) {
+			continue
+		}
+		if err == nil && !hit {
+			s.sealers.Store(host, sealers)
+		}
+		return sl, host, kind, payload, err
+	}
+	return nil, "", 0, nil, fmt.Errorf("%w (host %q)", heartbeat.ErrDatagramAuth, trim(host))
 }
 
 // refused logs why a heartbeat was refused and returns the reply saying so.
 // A reply that cannot name its heartbeat (no host or seq) is not sent: the
 // agent could not match it, and its HTTP retry gets the same reason.
-func (s *Server) refused(p peer, r heartbeat.Reply, why string) []byte {
+func (s *Server) refused(sealer *heartbeat.Sealer, p peer, r heartbeat.Reply, why string) []byte {
 	if len(why) > maxRefusedText {
 		why = why[:maxRefusedText] + "…"
 	}
@@ -326,11 +367,11 @@ func (s *Server) refused(p peer, r heartbeat.Reply, why string) []byte {
 	if !answer {
 		return nil
 	}
-	return s.seal(p, r)
+	return s.seal(sealer, p, r)
 }
 
-func (s *Server) seal(p peer, r heartbeat.Reply) []byte {
-	out, err := s.sealer.SealReply(r)
+func (s *Server) seal(sealer *heartbeat.Sealer, p peer, r heartbeat.Reply) []byte {
+	out, err := sealer.SealReply(r)
 	if err == nil && len(out) > heartbeat.MaxDatagram {
 		err = fmt.Errorf("reply of %d bytes exceeds %d", len(out), heartbeat.MaxDatagram)
 	}

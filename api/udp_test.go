@@ -94,11 +94,11 @@ func newUDPEnv(t *testing.T, readers int, opts ...Option) *udpEnv {
 	t.Helper()
 	_, d := testDaemon(t, filepath.Join(t.TempDir(), "s.db"))
 	e := &udpEnv{t: t, rec: &recorder{Backend: d}, log: &syncLog{}, done: make(chan error, 1)}
-	s, err := New(e.rec, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.New(e.log), opts...)
+	s, err := New(e.rec, Tokens{Agents: testRing, API: apiTok}, prometheus.NewRegistry(), zerolog.New(e.log), opts...)
 	require.NoError(t, err)
 	s.readers = readers
 	e.s = s
-	e.sealer, err = heartbeat.NewSealer(agentTok)
+	e.sealer, err = heartbeat.NewSealer(credOf("h1"))
 	require.NoError(t, err)
 	conn, err := ListenHeartbeats("127.0.0.1:0")
 	require.NoError(t, err)
@@ -134,7 +134,7 @@ func hbOf(host string, seq uint64) heartbeat.Heartbeat {
 
 func (e *udpEnv) seal(hb heartbeat.Heartbeat) []byte {
 	e.t.Helper()
-	b, err := e.sealer.SealHeartbeat(hb)
+	b, err := sealerOf(hb.Host).SealHeartbeat(hb)
 	require.NoError(e.t, err)
 	return b
 }
@@ -152,7 +152,7 @@ func (e *udpEnv) reply(c *net.UDPConn) heartbeat.Reply {
 	buf := make([]byte, heartbeat.MaxDatagram+1)
 	n, err := c.Read(buf)
 	require.NoError(e.t, err, "no reply")
-	kind, payload, err := e.sealer.Open(buf[:n])
+	kind, payload, err := openDatagram(buf[:n])
 	require.NoError(e.t, err)
 	require.Equal(e.t, heartbeat.KindReply, kind)
 	r, err := heartbeat.DecodeReply(payload)
@@ -264,7 +264,7 @@ func TestUDPHeartbeatRefusedNamesTheProblem(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := e.count(tc.result)
-			send(t, c, e.sealer.Seal(nil, heartbeat.KindHeartbeat, heartbeat.AppendHeartbeatPayload(nil, tc.hb)))
+			send(t, c, sealerOf(tc.hb.Host).Seal(nil, heartbeat.KindHeartbeat, heartbeat.AppendHeartbeatPayload(nil, tc.hb)))
 			r := e.reply(c)
 			assert.True(t, r.Answers(tc.hb), "the refusal names the heartbeat: %+v", r)
 			assert.Nil(t, r.Ack)
@@ -311,7 +311,7 @@ func TestUDPReplyGoesToTheSender(t *testing.T) {
 	n, from, err := u.ReadFrom(buf)
 	require.NoError(t, err)
 	assert.Equal(t, e.addr.String(), from.String())
-	_, payload, err := e.sealer.Open(buf[:n])
+	_, payload, err := openDatagram(buf[:n])
 	require.NoError(t, err)
 	r, err := heartbeat.DecodeReply(payload)
 	require.NoError(t, err)
@@ -343,7 +343,7 @@ func TestUDPConcurrentAgents(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				_, payload, err := e.sealer.Open(buf[:n])
+				_, payload, err := openDatagram(buf[:n])
 				if err != nil {
 					t.Error(err)
 					return
@@ -388,7 +388,7 @@ func TestUDPFloodIsLoggedOnceASecond(t *testing.T) {
 
 func TestServeHeartbeatsStopsWithItsContext(t *testing.T) {
 	_, d := testDaemon(t, filepath.Join(t.TempDir(), "s.db"))
-	s, err := New(d, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
+	s, err := New(d, Tokens{Agents: testRing, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
 	require.NoError(t, err)
 	conn, err := ListenHeartbeats("127.0.0.1:0")
 	require.NoError(t, err)
@@ -412,7 +412,7 @@ func TestServeHeartbeatsStopsWithItsContext(t *testing.T) {
 
 func TestServeHeartbeatsFailsWhenItsSocketCloses(t *testing.T) {
 	_, d := testDaemon(t, filepath.Join(t.TempDir(), "s.db"))
-	s, err := New(d, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
+	s, err := New(d, Tokens{Agents: testRing, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
 	require.NoError(t, err)
 	conn, err := ListenHeartbeats("127.0.0.1:0")
 	require.NoError(t, err)
@@ -457,7 +457,7 @@ func TestUDPHeartbeatMetrics(t *testing.T) {
 func serveOn(t *testing.T, network, addr string) (int, *heartbeat.Sealer) {
 	t.Helper()
 	_, d := testDaemon(t, filepath.Join(t.TempDir(), "s.db"))
-	s, err := New(d, Tokens{Agent: agentTok, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
+	s, err := New(d, Tokens{Agents: testRing, API: apiTok}, prometheus.NewRegistry(), zerolog.Nop())
 	require.NoError(t, err)
 	pc, err := net.ListenPacket(network, addr)
 	require.NoError(t, err)
@@ -473,7 +473,7 @@ func serveOn(t *testing.T, network, addr string) (int, *heartbeat.Sealer) {
 			t.Error("ServeHeartbeats did not return after its context ended")
 		}
 	})
-	sealer, err := heartbeat.NewSealer(agentTok)
+	sealer, err := heartbeat.NewSealer(credOf("h1"))
 	require.NoError(t, err)
 	return pc.LocalAddr().(*net.UDPAddr).Port, sealer
 }
@@ -487,7 +487,7 @@ func beatFrom(t *testing.T, sealer *heartbeat.Sealer, local string, target netip
 	t.Cleanup(func() { u.Close() })
 	uc := u.(*net.UDPConn)
 	hb := hbOf("h1", seq)
-	dg, err := sealer.SealHeartbeat(hb)
+	dg, err := sealerOf(hb.Host).SealHeartbeat(hb)
 	require.NoError(t, err)
 	_, err = uc.WriteToUDPAddrPort(dg, target)
 	require.NoError(t, err)
@@ -495,7 +495,7 @@ func beatFrom(t *testing.T, sealer *heartbeat.Sealer, local string, target netip
 	buf := make([]byte, heartbeat.MaxDatagram+1)
 	n, from, err := uc.ReadFromUDPAddrPort(buf)
 	require.NoError(t, err, "no reply to a beat sent to %s", target)
-	_, payload, err := sealer.Open(buf[:n])
+	_, payload, err := openDatagram(buf[:n])
 	require.NoError(t, err)
 	r, err := heartbeat.DecodeReply(payload)
 	require.NoError(t, err)
@@ -511,7 +511,7 @@ func beatConnected(t *testing.T, sealer *heartbeat.Sealer, target netip.AddrPort
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	hb := hbOf("h2", seq)
-	dg, err := sealer.SealHeartbeat(hb)
+	dg, err := sealerOf(hb.Host).SealHeartbeat(hb)
 	require.NoError(t, err)
 	_, err = c.Write(dg)
 	require.NoError(t, err)
@@ -519,7 +519,7 @@ func beatConnected(t *testing.T, sealer *heartbeat.Sealer, target netip.AddrPort
 	buf := make([]byte, heartbeat.MaxDatagram+1)
 	n, err := c.Read(buf)
 	require.NoError(t, err, "a socket connected to %s got no reply", target)
-	_, payload, err := sealer.Open(buf[:n])
+	_, payload, err := openDatagram(buf[:n])
 	require.NoError(t, err)
 	r, err := heartbeat.DecodeReply(payload)
 	require.NoError(t, err)

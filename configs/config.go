@@ -43,8 +43,17 @@ type Controller struct {
 	StateDir string `mapstructure:"state_dir" json:"state_dir" yaml:"state_dir"`
 	// APITokenFile holds the operator token for the CLI and API.
 	APITokenFile string `mapstructure:"api_token_file" json:"api_token_file" yaml:"api_token_file"`
-	// AgentTokenFile holds the token agents present when they heartbeat.
-	AgentTokenFile string `mapstructure:"agent_token_file" json:"agent_token_file" yaml:"agent_token_file"`
+	// AgentSecretFile holds the cluster secret (at least 32 bytes) every
+	// host's credentials derive from (package identity; `chime-fence
+	// agent-credential HOST` prints them). The daemon needs no per-host
+	// file.
+	AgentSecretFile string `mapstructure:"agent_secret_file" json:"agent_secret_file" yaml:"agent_secret_file"`
+	// AgentPreviousSecretFile, during a rotation, holds the secret being
+	// replaced: credentials derived from it are still accepted (the
+	// daemon presents the current one's first, the previous one's to an
+	// agent that refuses it). Remove it once every agent has its new
+	// credentials.
+	AgentPreviousSecretFile string `mapstructure:"agent_previous_secret_file" json:"agent_previous_secret_file,omitempty" yaml:"agent_previous_secret_file,omitempty"`
 	// APITokens are further API tokens, each with a name (the actor the
 	// history records for its operations) and a role. APITokenFile is one
 	// more, named "api", with the operator role.

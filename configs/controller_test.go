@@ -13,7 +13,8 @@ import (
 func TestAPITokensAndTLSLoad(t *testing.T) {
 	y := minimal + `controller:
   api_token_file: /etc/chime/api.token
-  agent_token_file: /etc/chime/agent.token
+  agent_secret_file: agent.secret
+  agent_previous_secret_file: /etc/chime/agent.secret.old
   api_tokens:
     - {name: alice, file: alice.token, role: operator}
     - {name: grafana, file: /etc/chime/ro.token, role: read-only}
@@ -29,6 +30,8 @@ func TestAPITokensAndTLSLoad(t *testing.T) {
 	assert.Equal(t, filepath.Join("/etc/chime", "tls/cert.pem"), c.Controller.TLSCertFile)
 	assert.Equal(t, "/etc/chime/key.pem", c.Controller.TLSKeyFile)
 	assert.Equal(t, `api token "alice"`, c.Controller.APITokens[0].Secret().What)
+	assert.Equal(t, "/etc/chime/agent.secret", c.Controller.AgentSecretFile, "relative, from the config's directory")
+	assert.Equal(t, "/etc/chime/agent.secret.old", c.Controller.AgentPreviousSecretFile)
 
 	// Neither is required.
 	c, err = Parse("/etc/chime/chime-fence.yaml", []byte(minimal), noEnv)
@@ -45,7 +48,10 @@ func TestAPITokensMistakesAreNamed(t *testing.T) {
 		{"controller:\n  api_tokens:\n    - {name: a, file: /a, role: operator}\n    - {name: a, file: /b, role: operator}\n", `controller.api_tokens[1].name (line duplicate token name "a"`},
 		{"controller:\n  api_tokens:\n    - {name: a, role: operator}\n", "controller.api_tokens[0].file (line required"},
 		{"controller:\n  api_tokens:\n    - {name: a, file: /a, role: operator}\n    - {name: b, file: /a, role: read-only}\n", `controller.api_tokens[1].file (line /a is also the file of token "a"`},
-		{"controller:\n  agent_token_file: /ag\n  api_tokens:\n    - {name: a, file: /ag, role: operator}\n", "controller.api_tokens[0].file (line /ag is the agent token's file"},
+		{"controller:\n  agent_secret_file: /ag\n  api_tokens:\n    - {name: a, file: /ag, role: operator}\n", "controller.api_tokens[0].file (line /ag is a cluster secret's file"},
+		{"controller:\n  agent_secret_file: /ag\n  agent_previous_secret_file: /old\n  api_tokens:\n    - {name: a, file: /old, role: operator}\n", "controller.api_tokens[0].file (line /old is a cluster secret's file"},
+		{"controller:\n  agent_secret_file: /ag\n  agent_previous_secret_file: /ag\n", "controller.agent_previous_secret_file (line /ag is also controller.agent_secret_file"},
+		{"controller:\n  agent_token_file: /ag\n", "controller.agent_token_file (line unknown key; the shared agent token is gone: put a cluster secret"},
 		{"controller:\n  api_tokens:\n    - {name: a, file: /a}\n", "controller.api_tokens[0].role (line required: read-only or operator"},
 		{"controller:\n  api_tokens:\n    - {name: a, file: /a, role: admin}\n", `controller.api_tokens[0].role (line "admin": must be read-only or operator`},
 		{"controller:\n  api_tokens:\n    - {name: a, token: s3cret, role: operator}\n", "controller.api_tokens[0].token (line unknown key; tokens are never written in the config"},
@@ -103,4 +109,21 @@ func TestHeartbeatUDPListen(t *testing.T) {
 			assert.Contains(t, err.Error(), tc.want)
 		})
 	}
+}
+
+// TestTrustAgentDrain: off by default (an agent's drain alone does not start
+// VMs elsewhere), on when a policy says so.
+func TestTrustAgentDrain(t *testing.T) {
+	c, err := Parse("/etc/chime/c.yaml", []byte(minimal), noEnv)
+	require.NoError(t, err)
+	h, _ := c.Host("n1")
+	assert.False(t, h.Effective.TrustAgentDrain, "the default")
+	y := strings.Replace(minimal, "    levels: [ipmi]\n", "    levels: [ipmi]\n    trust_agent_drain: true\n", 1)
+	require.NotEqual(t, minimal, y)
+	c, err = Parse("/etc/chime/c.yaml", []byte(y), noEnv)
+	require.NoError(t, err)
+	h, _ = c.Host("n1")
+	assert.True(t, h.Effective.TrustAgentDrain)
+	_, err = Parse("/etc/chime/c.yaml", []byte(strings.Replace(y, "trust_agent_drain: true", "trust_agent_drain: maybe", 1)), noEnv)
+	assert.ErrorContains(t, err, "trust_agent_drain")
 }

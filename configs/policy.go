@@ -78,11 +78,17 @@ type StormGuardSpec struct {
 // replaces the one below it. Levels are replaced as a whole list, never
 // merged by index, so an override cannot produce a level order nobody wrote.
 type PolicySpec struct {
-	Levels                     []FenceLevel   `mapstructure:"levels" json:"levels,omitempty" yaml:"levels,omitempty"`
-	LevelTimeout               *time.Duration `mapstructure:"level_timeout" json:"level_timeout,omitempty" yaml:"level_timeout,omitempty"`
-	LevelRetries               *int           `mapstructure:"level_retries" json:"level_retries,omitempty" yaml:"level_retries,omitempty"`
-	Action                     *FenceAction   `mapstructure:"action" json:"action,omitempty" yaml:"action,omitempty"`
-	Evacuate                   *bool          `mapstructure:"evacuate" json:"evacuate,omitempty" yaml:"evacuate,omitempty"`
+	Levels       []FenceLevel   `mapstructure:"levels" json:"levels,omitempty" yaml:"levels,omitempty"`
+	LevelTimeout *time.Duration `mapstructure:"level_timeout" json:"level_timeout,omitempty" yaml:"level_timeout,omitempty"`
+	LevelRetries *int           `mapstructure:"level_retries" json:"level_retries,omitempty" yaml:"level_retries,omitempty"`
+	Action       *FenceAction   `mapstructure:"action" json:"action,omitempty" yaml:"action,omitempty"`
+	Evacuate     *bool          `mapstructure:"evacuate" json:"evacuate,omitempty" yaml:"evacuate,omitempty"`
+	// TrustAgentDrain lets an evacuation start on its own when an agent's
+	// drain is the only proof (default false): the agent-drain level
+	// powers nothing off, so the proof is the word of a host that may be
+	// compromised or half-alive. Without it the host is fenced and
+	// drained, and an operator rebuilds.
+	TrustAgentDrain            *bool          `mapstructure:"trust_agent_drain" json:"trust_agent_drain,omitempty" yaml:"trust_agent_drain,omitempty"`
 	OnIsolation                *OnIsolation   `mapstructure:"on_isolation" json:"on_isolation,omitempty" yaml:"on_isolation,omitempty"`
 	IsolationGrace             *time.Duration `mapstructure:"isolation_grace" json:"isolation_grace,omitempty" yaml:"isolation_grace,omitempty"`
 	MaxConcurrentFences        *int           `mapstructure:"max_concurrent_fences" json:"max_concurrent_fences,omitempty" yaml:"max_concurrent_fences,omitempty"`
@@ -115,6 +121,7 @@ type Policy struct {
 	Levels                     []Level       `json:"levels" yaml:"levels"`
 	Action                     FenceAction   `json:"action" yaml:"action"`
 	Evacuate                   bool          `json:"evacuate" yaml:"evacuate"`
+	TrustAgentDrain            bool          `json:"trust_agent_drain" yaml:"trust_agent_drain"`
 	OnIsolation                OnIsolation   `json:"on_isolation" yaml:"on_isolation"`
 	IsolationGrace             time.Duration `json:"isolation_grace" yaml:"isolation_grace"`
 	MaxConcurrentFences        int           `json:"max_concurrent_fences" yaml:"max_concurrent_fences"`
@@ -137,6 +144,7 @@ func BuiltinPolicy() PolicySpec {
 		LevelRetries:               ptr(2),
 		Action:                     ptr(ActionOff),
 		Evacuate:                   ptr(true),
+		TrustAgentDrain:            ptr(false),
 		OnIsolation:                ptr(IsolationAlert),
 		IsolationGrace:             ptr(2 * time.Minute),
 		MaxConcurrentFences:        ptr(2),
@@ -161,6 +169,7 @@ func Overlay(base, over PolicySpec) PolicySpec {
 	set(&out.LevelRetries, over.LevelRetries)
 	set(&out.Action, over.Action)
 	set(&out.Evacuate, over.Evacuate)
+	set(&out.TrustAgentDrain, over.TrustAgentDrain)
 	set(&out.OnIsolation, over.OnIsolation)
 	set(&out.IsolationGrace, over.IsolationGrace)
 	set(&out.MaxConcurrentFences, over.MaxConcurrentFences)
@@ -193,6 +202,7 @@ func ResolvePolicy(name string, layers ...PolicySpec) Policy {
 		Name:                       name,
 		Action:                     *s.Action,
 		Evacuate:                   *s.Evacuate,
+		TrustAgentDrain:            *s.TrustAgentDrain,
 		OnIsolation:                *s.OnIsolation,
 		IsolationGrace:             *s.IsolationGrace,
 		MaxConcurrentFences:        *s.MaxConcurrentFences,

@@ -18,7 +18,8 @@ func fillDefaults(c *Config, dir string) {
 		}
 	}
 	abs(&c.Controller.APITokenFile)
-	abs(&c.Controller.AgentTokenFile)
+	abs(&c.Controller.AgentSecretFile)
+	abs(&c.Controller.AgentPreviousSecretFile)
 	for i := range c.Controller.APITokens {
 		abs(&c.Controller.APITokens[i].File)
 	}

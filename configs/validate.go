@@ -137,8 +137,8 @@ func (v validator) controller(c Controller) {
 			v.add(at+".file", "required: the file that holds the token")
 		case files[t.File] != "":
 			v.add(at+".file", "%s is also the file of token %q; each token needs its own", t.File, files[t.File])
-		case t.File == c.AgentTokenFile:
-			v.add(at+".file", "%s is the agent token's file; an API token must differ from the agent token", t.File)
+		case t.File == c.AgentSecretFile || t.File == c.AgentPreviousSecretFile:
+			v.add(at+".file", "%s is a cluster secret's file; an API token must differ from the cluster secret", t.File)
 		}
 		if t.File != "" && files[t.File] == "" {
 			files[t.File] = t.Name
@@ -150,6 +150,9 @@ func (v validator) controller(c Controller) {
 		default:
 			v.add(at+".role", "%q: must be read-only or operator", t.Role)
 		}
+	}
+	if c.AgentPreviousSecretFile != "" && c.AgentPreviousSecretFile == c.AgentSecretFile {
+		v.add("controller.agent_previous_secret_file", "%s is also controller.agent_secret_file; a rotation needs a new secret in agent_secret_file and the old one here", c.AgentPreviousSecretFile)
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		if c.TLSCertFile == "" {

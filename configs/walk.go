@@ -20,6 +20,8 @@ var inlineSecretHints = map[string]string{
 	"api_token": "tokens are never written in the config; use api_token_file",
 	"secret":    "secrets are never written in the config; use secret_file",
 	"token":     "tokens are never written in the config; use a *_file key",
+	// Renamed when each host got its own credential.
+	"agent_token_file": "the shared agent token is gone: put a cluster secret (>= 32 bytes) in agent_secret_file and give each agent its own credential (chime-fence agent-credential HOST)",
 }
 
 // walk checks a YAML node against the Go type it will decode into, before

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -25,10 +26,13 @@ import (
 	"github.com/chimestack/chime-fence/e2e/nsenter"
 	"github.com/chimestack/chime-fence/heartbeat"
 	"github.com/chimestack/chime-fence/hypervisor"
+	"github.com/chimestack/chime-fence/identity"
 	"github.com/chimestack/chime-fence/node"
 )
 
-const agtToken = "e2e-agent-token-7f3a9c"
+// agtToken is the agent's credential (what it presents to the fake
+// daemon), agtDaemonCred what the daemon presents to the agent.
+const agtToken, agtDaemonCred = "e2e-agent-token-7f3a9c", "e2e-daemon-credential-5d21e0"
 
 // agtStateDir is the agent's --state-dir inside a lab host: under
 // /var/lib/libvirt, which the lab keeps per host and across power cycles
@@ -162,6 +166,8 @@ func TestAgentOnLab(t *testing.T) {
 	secrets := t.TempDir()
 	tokFile := filepath.Join(secrets, "token")
 	require.NoError(t, os.WriteFile(tokFile, []byte(agtToken+"\n"), 0o600))
+	daemonCredFile := filepath.Join(secrets, "daemon-credential")
+	require.NoError(t, os.WriteFile(daemonCredFile, []byte(agtDaemonCred+"\n"), 0o600))
 
 	const hbInterval, reconcileInterval = 200 * time.Millisecond, time.Second
 	labDir := t.TempDir()
@@ -169,7 +175,7 @@ func TestAgentOnLab(t *testing.T) {
 	l := startLab(t, ctx, lab.Config{Name: "chagt", Dir: labDir, Hosts: 1, AgentCommand: func(h lab.Host) []string {
 		// The controller's address comes from the lab, as on a real host
 		// it comes from the unit file.
-		return []string{"sh", "-c", `exec "$0" --host "$1" --daemon "http://$CHIME_LAB_CONTROLLER_ADDR:7480" --token-file "$2" ` +
+		return []string{"env", "DCRED=" + daemonCredFile, "sh", "-c", `exec "$0" --host "$1" --daemon "http://$CHIME_LAB_CONTROLLER_ADDR:7480" --token-file "$2" --daemon-credential-file "$DCRED" ` +
 			`--interface eth0 --storage "$3" --heartbeat-interval "$4" --reconcile-interval "$5" --log-level debug ` +
 			`--state-dir ` + agtStateDir,
 			bin, h.Name, tokFile, shared, hbInterval.String(), reconcileInterval.String()}
@@ -226,7 +232,7 @@ func TestAgentOnLab(t *testing.T) {
 	})
 
 	// The status API, from the controller, as the daemon's client asks.
-	st := agtStatus(t, ctx, ctl.Netns, h.MgmtAddr, agtToken)
+	st := agtStatus(t, ctx, ctl.Netns, h.MgmtAddr, agtDaemonCred)
 	assert.Equal(t, h.Name, st.Host)
 	assert.Equal(t, boot1, st.BootID)
 	assert.Equal(t, "enabled", st.AdminState)
@@ -264,6 +270,7 @@ func TestAgentOnLab(t *testing.T) {
 	assert.Contains(t, string(logText), `"component":"reconcile","action":"start","uuid":"`+uuid+`","domain":"agt1","reason":"shut off (crashed)`,
 		"libvirt reported the kill -9 as shut off (crashed), and reconcile acted on it")
 	assert.NotContains(t, string(logText), agtToken, "the token never reaches the log")
+	assert.NotContains(t, string(logText), agtDaemonCred, "nor the daemon's credential")
 
 	// 4. Drained: kill -9 → stays down.
 	d.assign(node.Drained, 3, vm)
@@ -303,7 +310,7 @@ func TestAgentOnLab(t *testing.T) {
 	assert.True(t, first.AgentStart.After(prev.AgentStart), "a new agent process")
 	within("the new agent fetched its assignment", 10*time.Second, func() bool { return d.hasFetched(3, 2) })
 	stayedDown("unknown")
-	st = agtStatus(t, ctx, ctl.Netns, h.MgmtAddr, agtToken)
+	st = agtStatus(t, ctx, ctl.Netns, h.MgmtAddr, agtDaemonCred)
 	assert.Equal(t, "drained", st.AdminState)
 	assert.Equal(t, boot2, st.BootID)
 
@@ -344,12 +351,17 @@ func agtStatus(t *testing.T, ctx context.Context, netns, addr, token string) age
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s:7481/v1/status", addr), nil)
 	require.NoError(t, err)
 	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set(identity.HeaderNonce, "e2e-nonce")
 	resp, err := agtClient(netns).Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	// The answer is the agent's: signed with its own credential.
+	require.NoError(t, identity.VerifyReply(agtToken, http.MethodGet, "/v1/status", "e2e-nonce", body, resp.Header.Get(identity.HeaderReplyMAC)))
 	var st agentclient.Status
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
+	require.NoError(t, json.Unmarshal(body, &st))
 	return st
 }
 
@@ -408,11 +420,14 @@ func TestAgentEvictionAndDrainOnLab(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	bin := buildChimeAgent(t)
-	tokFile := filepath.Join(t.TempDir(), "token")
+	secrets := t.TempDir()
+	tokFile := filepath.Join(secrets, "token")
 	require.NoError(t, os.WriteFile(tokFile, []byte(agtToken+"\n"), 0o600))
+	daemonCredFile := filepath.Join(secrets, "daemon-credential")
+	require.NoError(t, os.WriteFile(daemonCredFile, []byte(agtDaemonCred+"\n"), 0o600))
 	const hbInterval, reconcileInterval = 200 * time.Millisecond, time.Second
 	l := startLab(t, ctx, lab.Config{Name: "chevd", Hosts: 1, AgentCommand: func(h lab.Host) []string {
-		return []string{"sh", "-c", `exec "$0" --host "$1" --daemon "http://$CHIME_LAB_CONTROLLER_ADDR:7480" --token-file "$2" ` +
+		return []string{"env", "DCRED=" + daemonCredFile, "sh", "-c", `exec "$0" --host "$1" --daemon "http://$CHIME_LAB_CONTROLLER_ADDR:7480" --token-file "$2" --daemon-credential-file "$DCRED" ` +
 			`--heartbeat-interval "$3" --reconcile-interval "$4" --state-dir "$5" --log-level debug`,
 			bin, h.Name, tokFile, hbInterval.String(), reconcileInterval.String(), agtStateDir}
 	}})
@@ -590,7 +605,7 @@ func TestAgentEvictionAndDrainOnLab(t *testing.T) {
 		assert.Equal(t, hypervisor.StateShutoff, dom.State, "seq %d: a locally drained host started stay1", hb.Seq)
 	}
 	assert.Empty(t, l.QEMUPIDs(h))
-	st := agtStatus(t, ctx, ctl.Netns, h.MgmtAddr, agtToken)
+	st := agtStatus(t, ctx, ctl.Netns, h.MgmtAddr, agtDaemonCred)
 	assert.True(t, st.LocalDrain)
 	assert.Equal(t, "drained", st.AdminState)
 

@@ -79,7 +79,7 @@ func TestChimeLabCLI(t *testing.T) {
 	require.NoError(t, err, out)
 	assert.Equal(t, "ip netns exec chlabc-ctl env CHIME_LAB=chlabc CHIME_FENCE_CONFIG="+cfgPath+
 		" CHIME_FENCE_API_TOKEN_FILE="+filepath.Join(dir, "tokens", "api.token")+
-		" CHIME_LAB_AGENT_TOKEN_FILE="+filepath.Join(dir, "tokens", "agent.token"), out)
+		" CHIME_LAB_AGENT_SECRET_FILE="+filepath.Join(dir, "tokens", "agent.secret"), out)
 
 	out, err = cli("exec", "--lab", "chlabc", "--", "sh", "-c", `echo "config=$CHIME_FENCE_CONFIG"; ip -4 -o addr show dev eth0`)
 	require.NoError(t, err, out)

@@ -49,9 +49,16 @@ func buildGo(t *testing.T, dir, pkg string) string {
 	return out
 }
 
-// agentArgv is how the lab starts chime-agent inside host h.
-func agentArgv(bin, tokenFile, ctlAddr string, h lab.Host) []string {
+// agentArgv is how the lab starts chime-agent inside host h, with h's own
+// credentials derived from the cluster secret in tokenDir.
+func agentArgv(bin, tokenDir, ctlAddr string, h lab.Host) []string {
+	tokenFile, daemonCred, err := labconfig.HostCredentials(tokenDir, h.Name)
+	if err != nil {
+		// The agent then refuses to start, naming the missing file.
+		tokenFile, daemonCred = filepath.Join(tokenDir, "missing"), filepath.Join(tokenDir, "missing")
+	}
 	return []string{bin, "--host", h.Name, "--daemon", "http://" + ctlAddr + ":7480", "--token-file", tokenFile,
+		"--daemon-credential-file", daemonCred,
 		"--listen", h.MgmtAddr + ":7481", "--libvirt", h.MgmtAddr + ":16509",
 		"--heartbeat-interval", detInterval.String(), "--reconcile-interval", "300ms",
 		"--state-dir", filepath.Join(h.Dir, "agent-state")} // per host: the lab's hosts share /var/lib
@@ -87,10 +94,9 @@ func startDetectionLabWith(t *testing.T, ctx context.Context, lc lab.Config, opt
 	agentBin := buildGo(t, bins, "cmd/chime-agent")
 	d := &detectionLab{t: t, bin: fence, agent: agentBin, env: env}
 	d.tokens = t.TempDir()
-	tokenFile, _ := labconfig.TokenFiles(d.tokens)
 	require.NoError(t, labconfig.WriteTokens(d.tokens))
 	lc.AgentCommand = func(h lab.Host) []string {
-		argv := agentArgv(agentBin, tokenFile, "$CHIME_LAB_CONTROLLER_ADDR", h)
+		argv := agentArgv(agentBin, d.tokens, "$CHIME_LAB_CONTROLLER_ADDR", h)
 		return []string{"sh", "-c", "exec " + strings.Join(argv, " ")}
 	}
 	if lc.PrepareBootCommand == nil { // before libvirtd, as examples/chime-agent-prepare-boot.service
@@ -227,8 +233,7 @@ func (d *detectionLab) restartAgent(ctx context.Context, h lab.Host) {
 	if d.l.AgentPID(h) != 0 {
 		require.NoError(d.t, d.l.KillAgent(ctx, h))
 	}
-	tokenFile, _ := labconfig.TokenFiles(d.tokens)
-	argv := agentArgv(d.agent, tokenFile, d.l.Controller().MgmtAddr, h)
+	argv := agentArgv(d.agent, d.tokens, d.l.Controller().MgmtAddr, h)
 	cmd, err := d.l.HostCommand(ctx, h, argv[0], argv[1:]...)
 	require.NoError(d.t, err)
 	cmd.Env = append(cmd.Env, "CHIME_LAB_AGENT=1")

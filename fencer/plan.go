@@ -62,8 +62,9 @@ const (
 
 // Drainer is a host's agent as the agent-drain level sees it.
 type Drainer interface {
-	// Drain asks the agent to stop every domain on its host.
-	Drain(ctx context.Context) error
+	// Drain asks the agent to stop every domain on its host; stopped is
+	// how many it stopped (the fence record says so, never "power off").
+	Drain(ctx context.Context) (stopped int, err error)
 	// Running is how many domains the agent reports as still holding
 	// their disks.
 	Running(ctx context.Context) (int, error)
@@ -201,6 +202,8 @@ type Attempt struct {
 	Verified bool `json:"verified"`
 	// Reads is how many read-backs it took.
 	Reads int `json:"reads"`
+	// Stopped (agent-drain) is how many domains the agent said it stopped.
+	Stopped int `json:"stopped,omitempty"`
 	// Err is why it did not verify; empty when it did. A level that could
 	// not be built or is invalid records one attempt with no reads.
 	Err string `json:"err,omitempty"`

@@ -171,7 +171,8 @@ func (r *runner) drainAttempt(ctx context.Context, l LevelPlan, try int) (Attemp
 	actx, cancel := context.WithTimeout(ctx, l.Timeout)
 	defer cancel()
 
-	cmdErr := l.Drainer.Drain(actx)
+	stopped, cmdErr := l.Drainer.Drain(actx)
+	a.Stopped = stopped
 	if k := hopeless(cmdErr); k != power.KindUnknown {
 		a.Elapsed = r.clk.Now().Sub(start)
 		a.Err = "agent drain: " + oneLine(cmdErr)

@@ -96,11 +96,12 @@ type fakeAgent struct {
 	running   []count
 	drains    int
 	reads     int
+	stopped   int // what each drain says it stopped
 }
 
-func (a *fakeAgent) Drain(context.Context) error {
+func (a *fakeAgent) Drain(context.Context) (int, error) {
 	a.drains++
-	return pick(a.drainErrs, a.drains-1)
+	return a.stopped, pick(a.drainErrs, a.drains-1)
 }
 func (a *fakeAgent) Running(context.Context) (int, error) {
 	c := pick(a.running, a.reads)

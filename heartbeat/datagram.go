@@ -24,7 +24,10 @@ import (
 // and the payload is protobuf wire format (wire.go).
 //
 // The MAC covers the first 8 bytes and the payload, keyed by a key derived
-// from the agent token, so only an agent (or the daemon) can write one. It
+// from the sending host's agent credential (package identity), so only that
+// host's agent (or the daemon) can write one: the daemon reads the host
+// (payload field 1, DatagramHost) before the MAC and checks the MAC with
+// that host's key, so a datagram for host G sealed with H's key is refused. It
 // gives authenticity, not secrecy: heartbeats carry nothing secret. Replays
 // are the detector's business as for HTTP: it accepts a heartbeat only when
 // (agent start, seq) is newer than the last one it accepted from the host.
@@ -54,21 +57,22 @@ const (
 var (
 	ErrDatagramMalformed = errors.New("not a chime-fence datagram")
 	ErrDatagramVersion   = errors.New("unsupported datagram version")
-	ErrDatagramAuth      = errors.New("datagram MAC does not match the agent token")
+	ErrDatagramAuth      = errors.New("datagram MAC does not match the host's credential")
 	ErrDatagramTooLarge  = fmt.Errorf("datagram exceeds %d bytes", MaxDatagram)
 )
 
-// Sealer seals and opens datagrams with a key derived from the agent token.
-// Safe for concurrent use.
+// Sealer seals and opens datagrams with a key derived from one host's agent
+// credential. Safe for concurrent use.
 type Sealer struct {
 	macs sync.Pool // hash.Hash keyed with the derived key
 }
 
-// NewSealer derives the datagram key from the agent token. The token itself
-// never keys a MAC: it stays a bearer credential for HTTP only.
+// NewSealer derives the datagram key from a host's agent credential. The
+// credential itself never keys a MAC: it stays a bearer credential for
+// HTTP only.
 func NewSealer(token string) (*Sealer, error) {
 	if token == "" {
-		return nil, errors.New("datagram sealer: agent token is empty")
+		return nil, errors.New("datagram sealer: agent credential is empty")
 	}
 	m := hmac.New(sha256.New, []byte(token))
 	m.Write([]byte("chime-fence heartbeat datagram v1"))
@@ -105,6 +109,25 @@ func (s *Sealer) Open(b []byte) (kind byte, payload []byte, err error) {
 		return 0, nil, ErrDatagramAuth
 	}
 	return b[5], b[DatagramHeaderLen:], nil
+}
+
+// DatagramHost is the host a heartbeat datagram names (payload field 1),
+// read before any MAC check so the daemon knows which host's key to check
+// it with. It checks only the framing; the MAC decides the rest.
+func DatagramHost(b []byte) (string, error) {
+	switch {
+	case len(b) > MaxDatagram:
+		return "", ErrDatagramTooLarge
+	case len(b) < DatagramHeaderLen || string(b[:4]) != datagramMagic:
+		return "", ErrDatagramMalformed
+	case b[4] != datagramVersion:
+		return "", fmt.Errorf("%w %d (this build speaks %d)", ErrDatagramVersion, b[4], datagramVersion)
+	}
+	host := ReplyToPayload(b[DatagramHeaderLen:]).Host
+	if host == "" {
+		return "", fmt.Errorf("%w: no host field", ErrDatagramMalformed)
+	}
+	return host, nil
 }
 
 func (s *Sealer) mac(header, payload []byte) (sum [sha256.Size]byte) {

@@ -1,6 +1,7 @@
 package heartbeat
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 	"time"
@@ -76,7 +77,7 @@ func TestOpenRefuses(t *testing.T) {
 
 func TestSealerNeedsToken(t *testing.T) {
 	_, err := NewSealer("")
-	assert.ErrorContains(t, err, "agent token is empty")
+	assert.ErrorContains(t, err, "agent credential is empty")
 }
 
 func TestSealHeartbeatTooLarge(t *testing.T) {
@@ -146,5 +147,25 @@ func BenchmarkOpenDecode(b *testing.B) {
 		if _, err := DecodeHeartbeatPayload(p); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestDatagramHost: the daemon picks the key by the host a datagram names,
+// before its MAC is checked; framing errors are named, never a host.
+func TestDatagramHost(t *testing.T) {
+	s, err := NewSealer("h1-credential")
+	require.NoError(t, err)
+	dg, err := s.SealHeartbeat(Heartbeat{Host: "h1", BootID: "b", Seq: 1})
+	require.NoError(t, err)
+	host, err := DatagramHost(dg)
+	require.NoError(t, err)
+	assert.Equal(t, "h1", host)
+	for name, b := range map[string][]byte{
+		"garbage":  []byte("not a datagram at all, not even close to one"),
+		"no host":  s.Seal(nil, KindHeartbeat, AppendHeartbeatPayload(nil, Heartbeat{BootID: "b", Seq: 1})),
+		"too long": append(bytes.Clone(dg), make([]byte, MaxDatagram)...),
+	} {
+		_, err := DatagramHost(b)
+		assert.Error(t, err, name)
 	}
 }

@@ -43,6 +43,10 @@ type FenceSetup struct {
 	Plan     fencer.Plan
 	Limits   fencer.Limits
 	Evacuate bool
+	// TrustAgentDrain (policy trust_agent_drain) lets an evacuation start
+	// on its own when an agent's drain is the fence's only proof; see
+	// autoEvacuate.
+	TrustAgentDrain bool
 	// Isolation is the host's on_isolation policy: whether, and after
 	// what grace, an isolated-or-hung verdict is fenced too.
 	Isolation detector.IsolationPolicy
@@ -270,8 +274,8 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 		// Already fenced for this silence (a repeated verdict or a daemon
 		// restart): finish the evacuation if the policy wants one, never
 		// fence twice.
-		if setup, err := c.deps.Setup(host); err != nil || !setup.Evacuate {
-			log.Warn().Msgf("%s is already fenced; its policy does not evacuate (or cannot be read): nothing more to do", host)
+		if setup, err := c.deps.Setup(host); err != nil || !autoEvacuate(setup, prev) {
+			log.Warn().Msgf("%s is already fenced; its policy does not evacuate on this proof (or cannot be read): nothing more to do", host)
 			return time.Time{}, ""
 		}
 		_, _ = c.evacuate(ctx, prev, nil, log)
@@ -321,9 +325,14 @@ func (c *Coordinator) incident(ctx context.Context, ev detector.DownEvent) (retr
 	case err != nil:
 		return time.Time{}, ""
 	}
-	if setup.Evacuate {
+	switch {
+	case autoEvacuate(setup, rec):
 		_, _ = c.evacuate(ctx, rec, nil, log)
-	} else {
+	case setup.Evacuate:
+		msg := fmt.Sprintf("%s's only proof is its agent's drain (nothing was powered off) and the policy has trust_agent_drain: false: its VMs are not started elsewhere automatically; an operator rebuilds them (chime-fence host rebuild) once sure the host is down", host)
+		c.record(store.Record{At: c.deps.Now(), Host: host, Kind: "evacuation", To: "withheld", CorrelationID: rec.CorrelationID, Reason: msg})
+		log.Warn().Msg(msg)
+	default:
 		log.Warn().Msgf("policy says evacuate: false; %s's VMs wait for an operator", host)
 	}
 	return time.Time{}, ""
@@ -410,14 +419,14 @@ func (c *Coordinator) fence(ctx context.Context, host, rack, corrID, why, from s
 		return rec, fmt.Errorf("fence verified by %s but not journaled: %w", res.Level, err)
 	}
 	took := rec.Finished.Sub(rec.Started).Round(time.Millisecond)
-	summary := fmt.Sprintf("%s fenced: %s verified power off in %s", host, res.Level, took)
+	summary := fmt.Sprintf("%s fenced: %s in %s", host, proofOf(res.Level, res.Attempts), took)
 	if before := failedLevels(res.Attempts); before != "" {
 		summary += " (after " + before + ")"
 	}
 	if setup.Plan.Action == fencer.ActionReboot {
 		summary += "; powered back on (stays drained)"
 		if res.PowerOnErr != "" {
-			summary = fmt.Sprintf("%s fenced: %s verified power off in %s; power on failed: %s", host, res.Level, took, res.PowerOnErr)
+			summary = fmt.Sprintf("%s fenced: %s in %s; power on failed: %s", host, proofOf(res.Level, res.Attempts), took, res.PowerOnErr)
 		}
 	}
 	c.record(store.Record{At: rec.Finished, Host: host, Kind: "fence", From: "fencing", To: "verified", CorrelationID: corrID,
@@ -494,7 +503,48 @@ func fenceProof(r store.FenceRecord) string {
 	if r.State == store.FenceConfirmed {
 		return fmt.Sprintf("confirmed down by an operator at %s: %s", r.Finished.Format(time.RFC3339), r.Reason)
 	}
-	return fmt.Sprintf("%s verified power off at %s", r.Level, r.Finished.Format(time.RFC3339Nano))
+	return fmt.Sprintf("%s at %s", recordProof(r), r.Finished.Format(time.RFC3339Nano))
+}
+
+// recordProof is proofOf a journaled verified fence.
+func recordProof(r store.FenceRecord) string {
+	var attempts []fencer.Attempt
+	_ = json.Unmarshal(r.Attempts, &attempts) // a count missing from an old record reads as 0
+	return proofOf(r.Level, attempts)
+}
+
+// proofOf says what a verified level proved. A BMC level read power Off;
+// the agent-drain level powered nothing off: its agent said it stopped its
+// domains and listed none running (an authenticated answer, bound to the
+// host), and the record must never say more.
+func proofOf(level string, attempts []fencer.Attempt) string {
+	if level != LevelAgentDrain {
+		return level + " verified power off"
+	}
+	stopped := 0
+	for _, a := range attempts {
+		if a.Level == LevelAgentDrain {
+			stopped += a.Stopped
+		}
+	}
+	return fmt.Sprintf("agent drained, %d domains stopped (agent-drain: the host was not powered off)", stopped)
+}
+
+// LevelAgentDrain is the agent-drain level's name in plans and records.
+const LevelAgentDrain = "agent-drain"
+
+// autoEvacuate says whether a proven fence starts an evacuation without an
+// operator: the policy evacuates, and the proof is more than an agent's
+// drain unless the policy trusts that (trust_agent_drain). A confirmed
+// fence is an operator's word and evacuates as the policy says.
+func autoEvacuate(setup FenceSetup, rec store.FenceRecord) bool {
+	if !setup.Evacuate {
+		return false
+	}
+	if rec.State == store.FenceVerified && rec.Level == LevelAgentDrain {
+		return setup.TrustAgentDrain
+	}
+	return true
 }
 
 // evacuate runs (or resumes) the evacuation of a proven fence.
@@ -648,7 +698,7 @@ func (c *Coordinator) resume(ctx context.Context) {
 			continue
 		}
 		setup, err := c.deps.Setup(h)
-		if err != nil || !setup.Evacuate {
+		if err != nil || !autoEvacuate(setup, rec) {
 			continue
 		}
 		c.mu.Lock()

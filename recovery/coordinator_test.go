@@ -93,10 +93,13 @@ type rig struct {
 	alerts []string
 	verify bool
 	manual bool // policy evacuate: false
-	now    time.Time
-	reg    *prometheus.Registry
-	locks  map[string]string // host → owner
-	owners []string          // every owner that took a lock
+	// byAgent: a verified fence is proven by the agent-drain level
+	// (3 domains stopped); trust is the policy's trust_agent_drain.
+	byAgent, trust bool
+	now            time.Time
+	reg            *prometheus.Registry
+	locks          map[string]string // host → owner
+	owners         []string          // every owner that took a lock
 	// iso and levels, when set, are the hosts' on_isolation policy and
 	// fence levels; plans are the plans Fence was given.
 	iso    detector.IsolationPolicy
@@ -135,12 +138,12 @@ func newRig(t *testing.T, verify bool) *rig {
 		Now: func() time.Time { r.mu.Lock(); defer r.mu.Unlock(); return r.now },
 		Setup: func(host string) (FenceSetup, error) {
 			r.mu.Lock()
-			manual, iso, levels := r.manual, r.iso, r.levels
+			manual, iso, levels, trust := r.manual, r.iso, r.levels, r.trust
 			r.mu.Unlock()
 			if levels == nil {
 				levels = []fencer.LevelPlan{{Name: "ipmi", Timeout: time.Second}}
 			}
-			return FenceSetup{Plan: fencer.Plan{Action: fencer.ActionOff, Levels: levels}, Evacuate: !manual, Isolation: iso,
+			return FenceSetup{Plan: fencer.Plan{Action: fencer.ActionOff, Levels: levels}, Evacuate: !manual, TrustAgentDrain: trust, Isolation: iso,
 				Limits: fencer.Limits{MaxConcurrent: 2, MaxConcurrentPerRack: 1, MinInterval: 0}}, nil
 		},
 		Fence: func(_ context.Context, p fencer.Plan) fencer.Result {
@@ -149,6 +152,10 @@ func newRig(t *testing.T, verify bool) *rig {
 			r.fences = append(r.fences, p.Host)
 			r.plans = append(r.plans, p)
 			r.now = r.now.Add(40 * time.Millisecond)
+			if r.verify && r.byAgent {
+				return fencer.Result{Host: p.Host, Verified: true, Level: LevelAgentDrain,
+					Attempts: []fencer.Attempt{{Level: LevelAgentDrain, Try: 1, Elapsed: 30 * time.Millisecond, Verified: true, Reads: 1, Stopped: 3}}}
+			}
 			if r.verify {
 				return fencer.Result{Host: p.Host, Verified: true, Level: "ipmi",
 					Attempts: []fencer.Attempt{{Level: "ipmi", Try: 1, Elapsed: 30 * time.Millisecond, Verified: true, Reads: 1}}}
@@ -493,4 +500,46 @@ func TestAnEvacuationStoppedWithTheDaemonIsNotAFailure(t *testing.T) {
 	r.mu.Lock()
 	assert.Contains(t, r.alerts, "a:"+alert.EvacuationPartial)
 	r.mu.Unlock()
+}
+
+// TestAgentDrainProofIsNotPowerOff is item 5: a fence proven only by the
+// agent-drain level is recorded as "agent drained, N domains stopped",
+// never "power off"; the host is drained, and its VMs start elsewhere on
+// their own only under trust_agent_drain: true (else an operator rebuilds).
+func TestAgentDrainProofIsNotPowerOff(t *testing.T) {
+	for _, trust := range []bool{false, true} {
+		t.Run(fmt.Sprintf("trust_agent_drain=%v", trust), func(t *testing.T) {
+			r := newRig(t, true)
+			r.byAgent, r.trust = true, trust
+			r.levels = []fencer.LevelPlan{{Name: LevelAgentDrain, Timeout: time.Second}}
+			r.incident(t, "a")
+			f, err := r.st.Fences()
+			require.NoError(t, err)
+			assert.Equal(t, store.FenceVerified, f["a"].State)
+			assert.Equal(t, LevelAgentDrain, f["a"].Level)
+			h, _ := r.cl.Host("a")
+			assert.Equal(t, node.Drained, h.Admin, "fenced and drained either way")
+			recs, err := r.st.History(store.Query{Host: "a"})
+			require.NoError(t, err)
+			var all []string
+			for _, rec := range recs {
+				all = append(all, rec.Kind+" "+rec.To+": "+rec.Reason)
+				if rec.To == "verified" || rec.To == "withheld" {
+					assert.NotContains(t, rec.Reason, "power off", "nothing was powered off")
+				}
+			}
+			assert.Contains(t, strings.Join(all, "\n"), "fence verified: a fenced: agent drained, 3 domains stopped (agent-drain: the host was not powered off)")
+			if !trust {
+				assert.Empty(t, r.ev.reqs, "no automatic evacuation on an agent's word")
+				assert.Contains(t, strings.Join(all, "\n"), "evacuation withheld: a's only proof is its agent's drain")
+				// A repeated verdict does not start it either.
+				r.incident(t, "a")
+				assert.Empty(t, r.ev.reqs)
+				return
+			}
+			require.Len(t, r.ev.reqs, 1)
+			assert.Contains(t, r.ev.reqs[0].Fence, "agent drained, 3 domains stopped")
+			assert.NotContains(t, r.ev.reqs[0].Fence, "power off")
+		})
+	}
 }

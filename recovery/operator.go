@@ -45,7 +45,7 @@ func (c *Coordinator) FenceNow(ctx context.Context, host, taskID, actor, reason 
 	if err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("%s fenced: %s verified power off; the host is drained (rebuild moves its VMs)", host, rec.Level), nil
+	return fmt.Sprintf("%s fenced: %s; the host is drained (rebuild moves its VMs)", host, recordProof(rec)), nil
 }
 
 // ConfirmDown records an operator's word that host is off when no fence

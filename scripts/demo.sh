@@ -52,7 +52,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'INTERRUPTED=1; exit 130' INT TERM
 
-AGENT="$BIN/chime-agent --host {host} --daemon http://{ctl}:7480 --token-file {token} --listen {addr}:7481 --libvirt {addr}:16509 --heartbeat-interval 200ms --reconcile-interval 1s --state-dir $DIR/agent-{host}"
+AGENT="$BIN/chime-agent --host {host} --daemon http://{ctl}:7480 --token-file {token} --daemon-credential-file {daemon-token} --listen {addr}:7481 --libvirt {addr}:16509 --heartbeat-interval 200ms --reconcile-interval 1s --state-dir $DIR/agent-{host}"
 SHARED_VMS="web1 web2 web3"
 
 step "1. lab up: 3 hosts (host3 has a Redfish BMC), a chime-agent in each; host1 runs web1-3 on shared storage and scratch on its local disk"

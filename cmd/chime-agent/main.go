@@ -85,12 +85,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 type flags struct {
-	host, daemon, tokenFile, bootIDFile, listen string
-	libvirt, libvirtURI, logLevel, stateDir     string
-	hbTransport, hbUDP                          string
-	interfaces, storage                         []string
-	heartbeat, reconcile                        time.Duration
-	version                                     bool
+	host, daemon, tokenFile, daemonCredFile, bootIDFile, listen string
+	libvirt, libvirtURI, logLevel, stateDir                     string
+	hbTransport, hbUDP                                          string
+	interfaces, storage                                         []string
+	heartbeat, reconcile                                        time.Duration
+	version                                                     bool
 }
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
@@ -135,7 +135,8 @@ off for every domain of the host while it runs.`,
 	fs := cmd.Flags()
 	fs.StringVar(&f.host, "host", hostname, "this host's name as the daemon's configuration knows it")
 	fs.StringVar(&f.daemon, "daemon", "", "the daemon's address, e.g. http://10.0.0.2:7480 (required)")
-	fs.StringVar(&f.tokenFile, "token-file", "", "file holding the agent token (required; not readable by others)")
+	fs.StringVar(&f.tokenFile, "token-file", "", "file holding this host's agent credential, from `chime-fence agent-credential HOST` (required; not readable by others)")
+	fs.StringVar(&f.daemonCredFile, "daemon-credential-file", "", "file holding the credential the daemon presents to this host's agent, from `chime-fence agent-credential --daemon-side HOST` (required; not readable by others)")
 	fs.StringVar(&f.bootIDFile, "boot-id-file", "/proc/sys/kernel/random/boot_id", "where the kernel's boot id is read")
 	fs.StringVar(&f.listen, "listen", ":7481", "address of the agent's HTTP API")
 	fs.StringVar(&f.libvirt, "libvirt", "unix:/run/libvirt/libvirt-sock", "libvirtd's address: unix:/path or host:port")
@@ -162,6 +163,9 @@ func serve(ctx context.Context, f flags, stderr io.Writer) error {
 	if f.tokenFile == "" {
 		problems = append(problems, errors.New("--token-file is required"))
 	}
+	if f.daemonCredFile == "" {
+		problems = append(problems, errors.New("--daemon-credential-file is required"))
+	}
 	level, err := zerolog.ParseLevel(f.logLevel)
 	if err != nil || f.logLevel == "" {
 		problems = append(problems, fmt.Errorf("--log-level %q: want debug, info, warn or error", f.logLevel))
@@ -185,7 +189,11 @@ func serve(ctx context.Context, f flags, stderr io.Writer) error {
 	if len(problems) > 0 {
 		return usageErr(errors.Join(problems...))
 	}
-	token, err := configs.Secret{What: "agent token", File: f.tokenFile}.Read()
+	token, err := configs.Secret{What: "agent credential", File: f.tokenFile}.Read()
+	if err != nil {
+		return usageErr(err)
+	}
+	daemonCred, err := configs.Secret{What: "daemon credential", File: f.daemonCredFile}.Read()
 	if err != nil {
 		return usageErr(err)
 	}
@@ -240,7 +248,7 @@ func serve(ctx context.Context, f flags, stderr io.Writer) error {
 	if err != nil {
 		return usageErr(err)
 	}
-	h, err := agent.NewHandler(a, token, log)
+	h, err := agent.NewHandler(a, daemonCred, token, log)
 	if err != nil {
 		return usageErr(err)
 	}

@@ -20,11 +20,19 @@ import (
 	"github.com/chimestack/chime-fence/agent"
 	agentclient "github.com/chimestack/chime-fence/drivers/agent"
 	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/identity"
 	"github.com/chimestack/chime-fence/node"
 	"github.com/chimestack/chime-fence/power"
 )
 
-const token = "agent-token-do-not-log-42"
+// testSecret is the tests' cluster secret: token is n1's agent credential,
+// daemonToken what the daemon presents to n1's agent.
+const testSecret = "chime-agent-test-cluster-secret-0123456789"
+
+var (
+	token       = identity.AgentCredential(testSecret, "n1")
+	daemonToken = identity.DaemonCredential(testSecret, "n1")
+)
 
 // lockedBuf collects stderr written by the agent's goroutines.
 type lockedBuf struct {
@@ -53,8 +61,18 @@ func runCLI(t *testing.T, args ...string) (int, string, string) {
 
 func tokenFile(t *testing.T, mode os.FileMode) string {
 	t.Helper()
+	return secretFile(t, token, mode)
+}
+
+func daemonCredFile(t *testing.T) string {
+	t.Helper()
+	return secretFile(t, daemonToken, 0o600)
+}
+
+func secretFile(t *testing.T, v string, mode os.FileMode) string {
+	t.Helper()
 	p := filepath.Join(t.TempDir(), "token")
-	require.NoError(t, os.WriteFile(p, []byte(token+"\n"), mode))
+	require.NoError(t, os.WriteFile(p, []byte(v+"\n"), mode))
 	require.NoError(t, os.Chmod(p, mode))
 	return p
 }
@@ -74,29 +92,31 @@ func TestVersion(t *testing.T) {
 
 func TestUsageErrors(t *testing.T) {
 	good := tokenFile(t, 0o600)
+	goodDaemon := daemonCredFile(t)
 	boot := bootIDFile(t, "b1\n")
 	for _, tc := range []struct {
 		name string
 		args []string
 		msgs []string
 	}{
-		{"nothing", nil, []string{"--daemon is required", "--token-file is required"}},
+		{"nothing", nil, []string{"--daemon is required", "--token-file is required", "--daemon-credential-file is required"}},
 		{"bad duration", []string{"--heartbeat-interval", "soon"}, []string{`invalid argument "soon" for "--heartbeat-interval"`}},
 		{"unknown flag", []string{"--daemon-url", "x"}, []string{"unknown flag: --daemon-url"}},
-		{"token missing", []string{"--daemon", "http://127.0.0.1:1", "--token-file", "/nonexistent/token"}, []string{"agent token: stat /nonexistent/token: no such file"}},
-		{"token world-readable", []string{"--daemon", "http://127.0.0.1:1", "--token-file", tokenFile(t, 0o644)}, []string{"is readable by group or others", "chmod go-r"}},
-		{"boot id missing", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--boot-id-file", "/nonexistent/boot_id"}, []string{"boot id: open /nonexistent/boot_id"}},
-		{"boot id empty", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--boot-id-file", bootIDFile(t, "\n")}, []string{"is empty"}},
-		{"bad daemon URL", []string{"--daemon", "10.0.0.2:7480", "--token-file", good, "--boot-id-file", boot}, []string{`--daemon: daemon address "10.0.0.2:7480" is not an http(s) URL`}},
-		{"bad libvirt address", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--boot-id-file", boot, "--libvirt", "unix:"}, []string{"--libvirt", "empty socket path"}},
-		{"bad storage", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--boot-id-file", boot, "--storage", "relative/dir"}, []string{`storage path "relative/dir" is not absolute`}},
-		{"bad log level", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--log-level", "loud"}, []string{`--log-level "loud"`}},
-		{"relative state dir", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--state-dir", "var/lib"}, []string{`--state-dir "var/lib": want an absolute path`}},
-		{"bad transport", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--heartbeat-transport", "tcp"}, []string{`--heartbeat-transport "tcp": want auto, udp or http`}},
-		{"udp address without port", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--heartbeat-udp", "10.0.0.2"}, []string{`--heartbeat-udp: UDP address "10.0.0.2" is not HOST:PORT like 10.0.0.2:7480`}},
-		{"udp address bad port", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--heartbeat-udp", "10.0.0.2:99999"}, []string{`--heartbeat-udp: UDP address "10.0.0.2:99999": port "99999" is not a number in 1..65535`}},
-		{"udp address without host", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--heartbeat-udp", ":7480"}, []string{`--heartbeat-udp: UDP address ":7480" names no host`}},
-		{"udp address with http", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--heartbeat-transport", "http", "--heartbeat-udp", "10.0.0.2:7480"}, []string{"--heartbeat-udp is of no use with --heartbeat-transport http"}},
+		{"token missing", []string{"--daemon", "http://127.0.0.1:1", "--token-file", "/nonexistent/token", "--daemon-credential-file", goodDaemon}, []string{"agent credential: stat /nonexistent/token: no such file"}},
+		{"token world-readable", []string{"--daemon", "http://127.0.0.1:1", "--token-file", tokenFile(t, 0o644), "--daemon-credential-file", goodDaemon}, []string{"is readable by group or others", "chmod go-r"}},
+		{"daemon credential world-readable", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--daemon-credential-file", secretFile(t, daemonToken, 0o640)}, []string{"daemon credential: file", "is readable by group or others"}},
+		{"boot id missing", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--daemon-credential-file", goodDaemon, "--boot-id-file", "/nonexistent/boot_id"}, []string{"boot id: open /nonexistent/boot_id"}},
+		{"boot id empty", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--daemon-credential-file", goodDaemon, "--boot-id-file", bootIDFile(t, "\n")}, []string{"is empty"}},
+		{"bad daemon URL", []string{"--daemon", "10.0.0.2:7480", "--token-file", good, "--daemon-credential-file", goodDaemon, "--boot-id-file", boot}, []string{`--daemon: daemon address "10.0.0.2:7480" is not an http(s) URL`}},
+		{"bad libvirt address", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--daemon-credential-file", goodDaemon, "--boot-id-file", boot, "--libvirt", "unix:"}, []string{"--libvirt", "empty socket path"}},
+		{"bad storage", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--daemon-credential-file", goodDaemon, "--boot-id-file", boot, "--storage", "relative/dir"}, []string{`storage path "relative/dir" is not absolute`}},
+		{"bad log level", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--daemon-credential-file", goodDaemon, "--log-level", "loud"}, []string{`--log-level "loud"`}},
+		{"relative state dir", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--daemon-credential-file", goodDaemon, "--state-dir", "var/lib"}, []string{`--state-dir "var/lib": want an absolute path`}},
+		{"bad transport", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--daemon-credential-file", goodDaemon, "--heartbeat-transport", "tcp"}, []string{`--heartbeat-transport "tcp": want auto, udp or http`}},
+		{"udp address without port", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--daemon-credential-file", goodDaemon, "--heartbeat-udp", "10.0.0.2"}, []string{`--heartbeat-udp: UDP address "10.0.0.2" is not HOST:PORT like 10.0.0.2:7480`}},
+		{"udp address bad port", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--daemon-credential-file", goodDaemon, "--heartbeat-udp", "10.0.0.2:99999"}, []string{`--heartbeat-udp: UDP address "10.0.0.2:99999": port "99999" is not a number in 1..65535`}},
+		{"udp address without host", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--daemon-credential-file", goodDaemon, "--heartbeat-udp", ":7480"}, []string{`--heartbeat-udp: UDP address ":7480" names no host`}},
+		{"udp address with http", []string{"--daemon", "http://127.0.0.1:1", "--token-file", good, "--daemon-credential-file", goodDaemon, "--heartbeat-transport", "http", "--heartbeat-udp", "10.0.0.2:7480"}, []string{"--heartbeat-udp is of no use with --heartbeat-transport http"}},
 		{"every flag problem at once", []string{"--heartbeat-transport", "", "--heartbeat-udp", "x"}, []string{"--daemon is required", `--heartbeat-transport "": want`, `--heartbeat-udp: UDP address "x" is not HOST:PORT`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -115,7 +135,7 @@ func TestListenTakenIsAFailure(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
-	code, _, errOut := runCLI(t, "--daemon", "http://127.0.0.1:1", "--token-file", tokenFile(t, 0o600),
+	code, _, errOut := runCLI(t, "--daemon", "http://127.0.0.1:1", "--token-file", tokenFile(t, 0o600), "--daemon-credential-file", daemonCredFile(t),
 		"--boot-id-file", bootIDFile(t, "b1"), "--listen", ln.Addr().String())
 	assert.Equal(t, exitFailure, code)
 	assert.Contains(t, errOut, "--listen")
@@ -163,7 +183,7 @@ func TestRunsAndStopsCleanly(t *testing.T) {
 	stateDir := t.TempDir()
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"--host", "n1", "--daemon", daemon.URL, "--token-file", tokenFile(t, 0o600),
+		done <- run(ctx, []string{"--host", "n1", "--daemon", daemon.URL, "--token-file", tokenFile(t, 0o600), "--daemon-credential-file", daemonCredFile(t),
 			"--boot-id-file", bootIDFile(t, "boot-abc\n"), "--listen", listen,
 			"--libvirt", "unix:" + filepath.Join(t.TempDir(), "no-libvirt-sock"),
 			"--heartbeat-interval", "50ms", "--storage", t.TempDir(), "--state-dir", stateDir}, &lockedBuf{}, &stderr)
@@ -180,7 +200,7 @@ func TestRunsAndStopsCleanly(t *testing.T) {
 	require.Len(t, hb.Health.Storage, 1)
 	assert.True(t, hb.Health.Storage[0].OK)
 
-	c, err := agentclient.New(agentclient.Config{Host: "n1", URL: "http://" + listen, Token: token})
+	c, err := agentclient.New(agentclient.Config{Host: "n1", URL: "http://" + listen, Credentials: []agentclient.Credential{{Daemon: daemonToken, Agent: token}}})
 	require.NoError(t, err)
 	_, err = c.Status(context.Background())
 	assert.ErrorIs(t, err, power.ErrProtocol, "libvirtd down: 503, not an empty list")
@@ -305,7 +325,7 @@ func TestHeartbeatsOverUDP(t *testing.T) {
 			var stderr lockedBuf
 			done := make(chan int, 1)
 			go func() {
-				done <- run(ctx, []string{"--host", "n1", "--daemon", daemon.URL, "--token-file", tokenFile(t, 0o600),
+				done <- run(ctx, []string{"--host", "n1", "--daemon", daemon.URL, "--token-file", tokenFile(t, 0o600), "--daemon-credential-file", daemonCredFile(t),
 					"--boot-id-file", bootIDFile(t, "boot-abc\n"), "--listen", "127.0.0.1:0",
 					"--libvirt", "unix:" + filepath.Join(t.TempDir(), "no-libvirt-sock"),
 					"--heartbeat-interval", "50ms", "--state-dir", t.TempDir(), "--heartbeat-transport", tc.transport}, &lockedBuf{}, &stderr)

@@ -23,6 +23,7 @@ import (
 	"github.com/chimestack/chime-fence/api"
 	"github.com/chimestack/chime-fence/detector"
 	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/identity"
 	"github.com/chimestack/chime-fence/node"
 	"github.com/chimestack/chime-fence/store"
 )
@@ -38,18 +39,19 @@ func freePort(t *testing.T) int {
 // daemonConfig writes a config for two hosts on loopback whose agents and
 // libvirtds do not listen: a probe is refused, so a silent host is "agent
 // down, host alive".
+//
+// Its cluster secret is testClusterSecret.
 func daemonConfig(t *testing.T, dir string, port int) string {
 	t.Helper()
-	for _, f := range []string{"api.token", "agent.token"} {
-		require.NoError(t, os.WriteFile(filepath.Join(dir, f), []byte(f+"-secret\n"), 0o600))
-	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "api.token"), []byte("api.token-secret-0123456789abcdef\n"), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "agent.secret"), []byte(testClusterSecret+"\n"), 0o600))
 	dead := freePort(t)
 	cfg := fmt.Sprintf(`cluster: {name: t}
 controller:
   listen: 127.0.0.1:%d
   state_dir: %s/state
   api_token_file: %s/api.token
-  agent_token_file: %s/agent.token
+  agent_secret_file: %s/agent.secret
 mode: observe
 detection:
   heartbeat_interval: 100ms
@@ -128,7 +130,8 @@ func beater(t *testing.T, base string, hosts ...string) (stop func()) {
 				b, _ := json.Marshal(heartbeat.Heartbeat{Host: h, BootID: "boot-" + h, Seq: seq, AgentStart: start,
 					Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirt", OK: true}}})
 				req, _ := http.NewRequestWithContext(ctx, "POST", base+heartbeat.PathHeartbeat, bytes.NewReader(b))
-				req.Header.Set("Authorization", "Bearer agent.token-secret")
+				req.Header.Set("Authorization", "Bearer "+identity.AgentCredential(testClusterSecret, h))
+				req.Header.Set(identity.HeaderHost, h)
 				if resp, err := http.DefaultClient.Do(req); err == nil {
 					resp.Body.Close()
 				}
@@ -152,7 +155,7 @@ func TestDaemonStatusHistoryAndRestart(t *testing.T) {
 	dir := t.TempDir()
 	port := freePort(t)
 	file := daemonConfig(t, dir, port)
-	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
+	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret-0123456789abcdef"}
 	d := startDaemon(t, file, c)
 
 	stop1 := beater(t, c.Base, "h1", "h3")
@@ -223,7 +226,7 @@ func TestDaemonStatusHistoryAndRestart(t *testing.T) {
 	assert.Equal(t, detector.Healthy, v)
 	require.NoError(t, os.WriteFile(file, good, 0o644))
 
-	for _, secret := range []string{"api.token-secret", "agent.token-secret"} {
+	for _, secret := range []string{"api.token-secret-0123456789abcdef", testClusterSecret, identity.AgentCredential(testClusterSecret, "h1")} {
 		assert.NotContains(t, d.log.String(), secret, "tokens never reach the log")
 	}
 
@@ -247,11 +250,11 @@ func TestDaemonRefusesWithoutTokens(t *testing.T) {
 	assert.Contains(t, errOut, "neither controller.api_token_file nor controller.api_tokens is set")
 
 	require.NoError(t, os.WriteFile(file, b, 0o644))
-	require.NoError(t, os.Chmod(filepath.Join(dir, "agent.token"), 0o644))
+	require.NoError(t, os.Chmod(filepath.Join(dir, "agent.secret"), 0o644))
 	code, _, errOut = runCLI("daemon", "-c", file)
 	assert.Equal(t, exitUsage, code)
-	assert.Contains(t, errOut, "agent token")
-	assert.NotContains(t, errOut, "agent.token-secret")
+	assert.Contains(t, errOut, "cluster secret")
+	assert.NotContains(t, errOut, testClusterSecret)
 }
 
 func TestStatusWithoutDaemon(t *testing.T) {
@@ -277,7 +280,7 @@ func TestReadinessFailsWhileTheJournalCannotBeWritten(t *testing.T) {
 	t.Cleanup(func() { _ = unix.Unmount(state, unix.MNT_DETACH) })
 	port := freePort(t)
 	file := daemonConfig(t, dir, port)
-	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
+	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret-0123456789abcdef"}
 	startDaemon(t, file, c)
 	require.Eventually(t, func() bool { r, err := c.Ready(context.Background()); return err == nil && r.Ready },
 		10*time.Second, 20*time.Millisecond)
@@ -321,3 +324,6 @@ func TestReadinessFailsWhileTheJournalCannotBeWritten(t *testing.T) {
 		return err == nil && r.Ready
 	}, 30*time.Second, 10*time.Millisecond, "ready again once a write succeeds")
 }
+
+// testClusterSecret is daemonConfig's cluster secret.
+const testClusterSecret = "cmd-test-cluster-secret-0123456789abcdef"

@@ -79,7 +79,7 @@ func newFakeDaemonTLS(t *testing.T, certFile, keyFile string) *fakeDaemon {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	dir := t.TempDir()
-	f := &fakeDaemon{t: t, token: "api.token-secret", script: map[operations.Op][]operations.Task{},
+	f := &fakeDaemon{t: t, token: "api.token-secret-0123456789abcdef", script: map[operations.Op][]operations.Task{},
 		refuse: map[operations.Op]refusal{}, tasks: map[string]*scripted{}}
 	f.file = daemonConfig(t, dir, l.Addr().(*net.TCPAddr).Port)
 	mux := http.NewServeMux()

@@ -22,6 +22,7 @@ import (
 	"github.com/chimestack/chime-fence/daemon"
 	"github.com/chimestack/chime-fence/detector"
 	"github.com/chimestack/chime-fence/evacuator"
+	"github.com/chimestack/chime-fence/identity"
 	"github.com/chimestack/chime-fence/node"
 	"github.com/chimestack/chime-fence/operations"
 	"github.com/chimestack/chime-fence/power"
@@ -56,7 +57,7 @@ func newRealAPI(t *testing.T) *realAPI {
 	require.NoError(t, err)
 	dir := t.TempDir()
 	file := daemonConfig(t, dir, l.Addr().(*net.TCPAddr).Port)
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "ro.token"), []byte("grafana-secret\n"), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "ro.token"), []byte("grafana-secret-0123456789abcdef-ro\n"), 0o600))
 	cfg, err := configs.Load(file)
 	require.NoError(t, err)
 
@@ -109,8 +110,8 @@ func newRealAPI(t *testing.T) *realAPI {
 		}})
 	require.NoError(t, err)
 	t.Cleanup(r.mgr.Close)
-	s, err := api.New(d, api.Tokens{Agent: "agent.token-secret", API: "api.token-secret",
-		Named: []api.Token{{Name: "grafana", Role: configs.RoleReadOnly, Secret: "grafana-secret"}}},
+	s, err := api.New(d, api.Tokens{Agents: testRing(t), API: "api.token-secret-0123456789abcdef",
+		Named: []api.Token{{Name: "grafana", Role: configs.RoleReadOnly, Secret: "grafana-secret-0123456789abcdef-ro"}}},
 		prometheus.NewRegistry(), zerolog.Nop(), api.WithFences(st), api.WithOperations(taskBackend{Manager: r.mgr,
 			evac:  &recovery.Evacuation{D: recovery.EvacuationDeps{Tasks: evacuator.StoreJournal{S: st}, Now: time.Now, Log: zerolog.Nop()}},
 			tasks: evacuator.StoreJournal{S: st}}))
@@ -246,4 +247,10 @@ func TestCLITaskShowAndCancelAnEvacuation(t *testing.T) {
 	code, _, errOut = runCLI("task", "cancel", "op-nope", "-c", r.file)
 	assert.NotEqual(t, 0, code)
 	assert.Contains(t, errOut, "not found")
+}
+
+func testRing(t *testing.T) identity.Ring {
+	r, err := identity.NewRing(testClusterSecret, "")
+	require.NoError(t, err)
+	return r
 }

@@ -60,7 +60,7 @@ func TestDaemonReloadToEnforceLogsAndReexamines(t *testing.T) {
 	dir := t.TempDir()
 	port := freePort(t)
 	file := daemonConfig(t, dir, port)
-	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
+	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret-0123456789abcdef"}
 	d := startDaemon(t, file, c)
 	stop := beater(t, c.Base, "h1", "h2", "h3")
 	defer stop()

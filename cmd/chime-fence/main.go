@@ -77,7 +77,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newVersionCmd(), newConfigCmd(), newTestNodeCmd(), newDaemonCmd(), newStatusCmd(), newHistoryCmd(), newHostCmd(), newTaskCmd())
+	root.AddCommand(newVersionCmd(), newConfigCmd(), newTestNodeCmd(), newDaemonCmd(), newStatusCmd(), newHistoryCmd(), newHostCmd(), newTaskCmd(), newAgentCredentialCmd())
 	return root
 }
 

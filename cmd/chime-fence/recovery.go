@@ -126,7 +126,7 @@ func fenceSetup(cfg *configs.Config, host string, log zerolog.Logger) (recovery.
 		}
 		p.Levels = append(p.Levels, lp)
 	}
-	return recovery.FenceSetup{Plan: p, Evacuate: pol.Evacuate, Isolation: isolationPolicy(pol), Limits: fencer.Limits{
+	return recovery.FenceSetup{Plan: p, Evacuate: pol.Evacuate, TrustAgentDrain: pol.TrustAgentDrain, Isolation: isolationPolicy(pol), Limits: fencer.Limits{
 		MaxConcurrent: pol.MaxConcurrentFences, MaxConcurrentPerRack: pol.MaxConcurrentFencesPerRack, MinInterval: pol.MinFenceInterval}}, nil
 }
 
@@ -229,9 +229,15 @@ func rewriteFor(cfg func() *configs.Config) func(xml, target string) (string, er
 // agentDrainer is the agent-drain fence level's view of an agent.
 type agentDrainer struct{ c *agent.Client }
 
-func (a agentDrainer) Drain(ctx context.Context) error {
-	_, err := a.c.Drain(ctx)
-	return err
+func (a agentDrainer) Drain(ctx context.Context) (int, error) {
+	res, err := a.c.Drain(ctx)
+	stopped := 0
+	for _, d := range res.Domains {
+		if d.Action == "destroyed" {
+			stopped++
+		}
+	}
+	return stopped, err
 }
 
 func (a agentDrainer) Running(ctx context.Context) (int, error) {

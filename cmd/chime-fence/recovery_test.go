@@ -3,12 +3,16 @@ package main
 import (
 	"context"
 	"errors"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/chimestack/chime-fence/configs"
 	"github.com/chimestack/chime-fence/daemon"
 	"github.com/chimestack/chime-fence/detector"
 	"github.com/chimestack/chime-fence/evacuator"
@@ -83,5 +87,28 @@ func TestPlanCandidates(t *testing.T) {
 	} {
 		assert.False(t, by[name].Eligible, name)
 		assert.Equal(t, why, by[name].Why, name)
+	}
+}
+
+// TestFenceSetupCarriesTrustAgentDrain: the policy key reaches the
+// coordinator, false unless set.
+func TestFenceSetupCarriesTrustAgentDrain(t *testing.T) {
+	dir := t.TempDir()
+	file := daemonConfig(t, dir, freePort(t))
+	for _, trust := range []bool{false, true} {
+		if trust {
+			b, err := os.ReadFile(file)
+			require.NoError(t, err)
+			y := strings.Replace(string(b), "    levels: [agent-drain]\n", "    levels: [agent-drain]\n    trust_agent_drain: true\n", 1)
+			require.NotEqual(t, string(b), y)
+			require.NoError(t, os.WriteFile(file, []byte(y), 0o644))
+		}
+		cfg, err := configs.Load(file)
+		require.NoError(t, err)
+		s, err := fenceSetup(cfg, "h1", zerolog.Nop())
+		require.NoError(t, err)
+		assert.Equal(t, trust, s.TrustAgentDrain)
+		require.Len(t, s.Plan.Levels, 1)
+		assert.NoError(t, s.Plan.Levels[0].SetupErr, "the agent client is built from the cluster secret")
 	}
 }

@@ -187,7 +187,7 @@ func TestHistoryTimelineFromDaemon(t *testing.T) {
 	dir := t.TempDir()
 	port := freePort(t)
 	file := daemonConfig(t, dir, port)
-	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
+	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret-0123456789abcdef"}
 	startDaemon(t, file, c)
 
 	others := beater(t, c.Base, "h1", "h3") // one silent host of three: no storm

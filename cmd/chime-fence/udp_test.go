@@ -15,6 +15,7 @@ import (
 
 	"github.com/chimestack/chime-fence/api"
 	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/identity"
 	"github.com/chimestack/chime-fence/node"
 )
 
@@ -38,7 +39,7 @@ func freeUDPPort(t *testing.T) int {
 // udpBeat sends one heartbeat datagram to addr and returns the reply.
 func udpBeat(t *testing.T, addr string, hb heartbeat.Heartbeat) heartbeat.Reply {
 	t.Helper()
-	sealer, err := heartbeat.NewSealer("agent.token-secret")
+	sealer, err := heartbeat.NewSealer(identity.AgentCredential(testClusterSecret, hb.Host))
 	require.NoError(t, err)
 	c, err := net.Dial("udp", addr)
 	require.NoError(t, err)
@@ -64,7 +65,7 @@ func TestDaemonTakesUDPHeartbeatsOnItsAPIPort(t *testing.T) {
 	dir := t.TempDir()
 	port := freePort(t)
 	file := daemonConfig(t, dir, port)
-	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
+	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret-0123456789abcdef"}
 	d := startDaemon(t, file, c)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	assert.Eventually(t, func() bool { return strings.Contains(d.log.String(), `"heartbeat_udp":"`+addr+`"`) }, 5*time.Second, 10*time.Millisecond,
@@ -94,7 +95,7 @@ func TestDaemonUDPHeartbeatsOffOrElsewhere(t *testing.T) {
 	port := freePort(t)
 	file := daemonConfig(t, dir, port)
 	withUDPListen(t, file, "off")
-	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
+	c := &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret-0123456789abcdef"}
 	d := startDaemon(t, file, c)
 	// The API answers before "daemon started" is logged.
 	assert.Eventually(t, func() bool { return strings.Contains(d.log.String(), `"heartbeat_udp":"off"`) }, 5*time.Second, 10*time.Millisecond)
@@ -108,7 +109,7 @@ func TestDaemonUDPHeartbeatsOffOrElsewhere(t *testing.T) {
 	port = freePort(t)
 	file = daemonConfig(t, dir, port)
 	withUDPListen(t, file, udp)
-	c = &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret"}
+	c = &api.Client{Base: fmt.Sprintf("http://127.0.0.1:%d", port), Token: "api.token-secret-0123456789abcdef"}
 	d = startDaemon(t, file, c)
 	// The API answers before "daemon started" is logged.
 	assert.Eventually(t, func() bool { return strings.Contains(d.log.String(), `"heartbeat_udp":"`+udp+`"`) }, 5*time.Second, 10*time.Millisecond)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/chimestack/chime-fence/api"
 	"github.com/chimestack/chime-fence/configs"
 	"github.com/chimestack/chime-fence/drivers/agent"
 	"github.com/chimestack/chime-fence/drivers/ipmi"
@@ -49,15 +50,11 @@ func powerController(h *configs.Host, b configs.BMC, log zerolog.Logger) (fencer
 }
 
 func agentClient(cfg *configs.Config, h *configs.Host) (*agent.Client, error) {
-	var token string
-	if cfg.Controller.AgentTokenFile != "" {
-		t, err := configs.Secret{What: "agent token", File: cfg.Controller.AgentTokenFile}.Read()
-		if err != nil {
-			return nil, fmt.Errorf("host %s: %w", h.Name, err)
-		}
-		token = t
+	ring, err := api.ReadAgentSecrets(cfg.Controller)
+	if err != nil {
+		return nil, fmt.Errorf("host %s: %w", h.Name, err)
 	}
-	return agent.New(agent.Config{Host: h.Name, URL: h.Agent.URL, Token: token})
+	return agent.New(agent.Config{Host: h.Name, URL: h.Agent.URL, Credentials: agent.Credentials(ring, h.Name)})
 }
 
 func libvirtClient(h *configs.Host, log zerolog.Logger) (*libvirt.Client, error) {

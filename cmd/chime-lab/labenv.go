@@ -42,12 +42,14 @@ func findLab(dir, name string) (string, *lab.Lab, error) {
 // chime-fence configuration, and the token files that exist.
 func labEnv(dir string, l *lab.Lab) []string {
 	env := []string{"CHIME_LAB=" + l.Name(), "CHIME_FENCE_CONFIG=" + configFile(dir)}
-	agent, api := labconfig.TokenFiles(dir)
+	secret, api := labconfig.TokenFiles(dir)
 	if fileExists(api) {
 		env = append(env, "CHIME_FENCE_API_TOKEN_FILE="+api)
 	}
-	if fileExists(agent) {
-		env = append(env, "CHIME_LAB_AGENT_TOKEN_FILE="+agent)
+	if fileExists(secret) {
+		// The cluster secret: `chime-fence agent-credential` derives any
+		// host's credentials from it through the config.
+		env = append(env, "CHIME_LAB_AGENT_SECRET_FILE="+secret)
 	}
 	return env
 }

@@ -91,8 +91,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	redfish := fs.Int("redfish", 0, "give the last N hosts a Redfish BMC instead of IPMI")
 	both := fs.Int("both", 0, "give the first N hosts an IPMI and a Redfish BMC driving the same power (config: rack-both, levels ipmi then redfish)")
 	agent := fs.String("agent", "", "command started in every host at power-on (split at spaces, no quoting); "+
-		"{host}, {addr}, {ctl} and {token} are replaced by the host's name, its address, the controller's address "+
-		"and the agent token file (written before the lab starts)")
+		"{host}, {addr}, {ctl}, {token} and {daemon-token} are replaced by the host's name, its address, the controller's address, "+
+		"the host's agent credential file and its daemon→agent credential file (derived from the lab's cluster secret, written before the lab starts)")
 	heartbeat := fs.Duration("heartbeat", 0, "config: detection heartbeat interval (also the probe timeout); 0 keeps the defaults")
 	out := fs.String("out", "", "config: where to write the chime-fence configuration (default D/chime-fence.yaml, which exec and env use); webhook: the file deliveries are appended to")
 	mode := fs.String("mode", "observe", "config: observe or enforce")
@@ -166,9 +166,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 				fmt.Fprintf(stderr, "chime-lab: tokens: %v\n", err)
 				return 1
 			}
-			token, _ := labconfig.TokenFiles(d)
 			cfg.AgentCommand = func(h lab.Host) []string {
-				r := strings.NewReplacer("{host}", h.Name, "{addr}", h.MgmtAddr, "{ctl}", lab.ControllerMgmtAddr, "{token}", token)
+				// Each host gets its own credentials, derived from the
+				// lab's cluster secret (written just above).
+				token, daemonCred, err := labconfig.HostCredentials(d, h.Name)
+				if err != nil {
+					fmt.Fprintf(stderr, "chime-lab: credentials of %s: %v\n", h.Name, err)
+				}
+				r := strings.NewReplacer("{host}", h.Name, "{addr}", h.MgmtAddr, "{ctl}", lab.ControllerMgmtAddr, "{token}", token, "{daemon-token}", daemonCred)
 				out := make([]string, len(argv))
 				for i, a := range argv {
 					out[i] = r.Replace(a)

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,15 +16,40 @@ import (
 
 	"github.com/chimestack/chime-fence/heartbeat"
 	"github.com/chimestack/chime-fence/hypervisor"
+	"github.com/chimestack/chime-fence/identity"
 	"github.com/chimestack/chime-fence/power"
 )
 
 // Config says how to reach one host's agent.
 type Config struct {
-	Host    string // our name for the host
-	URL     string // base URL, e.g. http://10.0.0.11:7481
-	Token   string // bearer token, already read from its file
-	Timeout time.Duration
+	Host string // our name for the host
+	URL  string // base URL, e.g. http://10.0.0.11:7481
+	// Credentials are the host's credential pairs, current cluster secret
+	// first (identity.Ring): the next is tried only when the agent refuses
+	// one (401: nothing was done), which is how a rotation keeps working
+	// while an agent still holds the previous secret's.
+	Credentials []Credential
+	Timeout     time.Duration
+}
+
+// Credential is one pair of a host's credentials under one cluster secret.
+type Credential struct {
+	// Daemon is presented as the bearer token (identity.DaemonCredential):
+	// agents hold only their own host's.
+	Daemon string
+	// Agent is the host's agent credential: the key of the MAC every
+	// answer must carry (identity.ReplyMAC), so a responder at the URL that
+	// is not this host's agent never counts.
+	Agent string
+}
+
+// Credentials are host's credential pairs under ring, current first.
+func Credentials(ring identity.Ring, host string) []Credential {
+	var out []Credential
+	for _, sec := range ring.Secrets() {
+		out = append(out, Credential{Daemon: identity.DaemonCredential(sec, host), Agent: identity.AgentCredential(sec, host)})
+	}
+	return out
 }
 
 // Client talks to one agent. Safe for concurrent use.
@@ -80,6 +107,14 @@ func New(cfg Config) (*Client, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("agent: host %s: %q is not an http(s) URL", cfg.Host, cfg.URL)
 	}
+	if len(cfg.Credentials) == 0 {
+		return nil, fmt.Errorf("agent: host %s: no credential (controller.agent_secret_file)", cfg.Host)
+	}
+	for _, c := range cfg.Credentials {
+		if c.Daemon == "" || c.Agent == "" {
+			return nil, fmt.Errorf("agent: host %s: empty credential", cfg.Host)
+		}
+	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 5 * time.Second
 	}
@@ -104,27 +139,11 @@ func (c *Client) Drain(ctx context.Context) (DrainResult, error) {
 		ctx, cancel = context.WithTimeout(ctx, DefaultDrainTimeout)
 		defer cancel()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base.JoinPath("/v1/drain").String(), nil)
+	resp, body, err := c.call(ctx, c.drain, http.MethodPost, "/v1/drain", step)
 	if err != nil {
-		return res, c.fail(power.KindConfig, step, err)
+		return res, err
 	}
-	if c.cfg.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
-	}
-	resp, err := c.drain.Do(req)
-	if err != nil {
-		kind := power.KindUnreachable
-		var ne net.Error
-		if ctx.Err() != nil || (errors.As(err, &ne) && ne.Timeout()) {
-			kind = power.KindTimeout
-		}
-		return res, c.fail(kind, step, redact(err))
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	switch resp.StatusCode {
-	case http.StatusUnauthorized, http.StatusForbidden:
-		return res, c.fail(power.KindAuth, step, fmt.Errorf("HTTP %d: token rejected", resp.StatusCode))
 	case http.StatusNotFound, http.StatusMethodNotAllowed:
 		return res, c.fail(power.KindConfig, step, fmt.Errorf("HTTP %d: this agent has no drain endpoint (too old?)", resp.StatusCode))
 	case http.StatusOK, http.StatusInternalServerError:
@@ -148,7 +167,7 @@ func (c *Client) Drain(ctx context.Context) (DrainResult, error) {
 		if msg == "" {
 			msg = "no detail"
 		}
-		return res, c.fail(power.KindRefused, step, fmt.Errorf("HTTP %d: %s", resp.StatusCode, strings.ReplaceAll(msg, c.cfg.Token, "[token]")))
+		return res, c.fail(power.KindRefused, step, fmt.Errorf("HTTP %d: %s", resp.StatusCode, c.redactCreds(msg)))
 	}
 	return res, nil
 }
@@ -157,27 +176,11 @@ func (c *Client) Drain(ctx context.Context) (DrainResult, error) {
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	const step = "agent: status"
 	var st Status
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.JoinPath("/v1/status").String(), nil)
+	resp, body, err := c.call(ctx, c.http, http.MethodGet, "/v1/status", step)
 	if err != nil {
-		return st, c.fail(power.KindConfig, step, err)
+		return st, err
 	}
-	if c.cfg.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		kind := power.KindUnreachable
-		var ne net.Error
-		if ctx.Err() != nil || (errors.As(err, &ne) && ne.Timeout()) {
-			kind = power.KindTimeout
-		}
-		return st, c.fail(kind, step, redact(err))
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	switch {
-	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		return st, c.fail(power.KindAuth, step, fmt.Errorf("HTTP %d: token rejected", resp.StatusCode))
 	case resp.StatusCode != http.StatusOK:
 		return st, c.fail(power.KindProtocol, step, fmt.Errorf("HTTP %d", resp.StatusCode))
 	}
@@ -202,6 +205,61 @@ func (c *Client) Check(ctx context.Context) (power.State, error) {
 		return power.Unknown, err
 	}
 	return power.On, nil
+}
+
+// call sends one request to the agent with each credential pair in turn
+// until one is not refused (401), and returns the answer only when its
+// reply MAC is the host's over this request's fresh nonce: a responder
+// that is not this host's agent (or replays one of its answers) is
+// KindAuth, never a result.
+func (c *Client) call(ctx context.Context, hc *http.Client, method, path, step string) (*http.Response, []byte, error) {
+	var nonce [16]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return nil, nil, c.fail(power.KindConfig, step, err)
+	}
+	n := hex.EncodeToString(nonce[:])
+	for i, cred := range c.cfg.Credentials {
+		req, err := http.NewRequestWithContext(ctx, method, c.base.JoinPath(path).String(), nil)
+		if err != nil {
+			return nil, nil, c.fail(power.KindConfig, step, err)
+		}
+		req.Header.Set("Authorization", "Bearer "+cred.Daemon)
+		req.Header.Set(identity.HeaderNonce, n)
+		resp, err := hc.Do(req)
+		if err != nil {
+			kind := power.KindUnreachable
+			var ne net.Error
+			if ctx.Err() != nil || (errors.As(err, &ne) && ne.Timeout()) {
+				kind = power.KindTimeout
+			}
+			return nil, nil, c.fail(kind, step, redact(err))
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+		_ = resp.Body.Close()
+		if resp.StatusCode == http.StatusUnauthorized && i+1 < len(c.cfg.Credentials) {
+			continue // the agent may still hold the previous secret's
+		}
+		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+			return nil, nil, c.fail(power.KindAuth, step, fmt.Errorf("HTTP %d: credential rejected", resp.StatusCode))
+		}
+		if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed {
+			return resp, body, nil // no endpoint: nothing to authenticate
+		}
+		if err := identity.VerifyReply(cred.Agent, method, path, n, body, resp.Header.Get(identity.HeaderReplyMAC)); err != nil {
+			return nil, nil, c.fail(power.KindAuth, step, fmt.Errorf("HTTP %d from %s: %w: not host %s's agent", resp.StatusCode, c.cfg.URL, err, c.cfg.Host))
+		}
+		return resp, body, nil
+	}
+	return nil, nil, c.fail(power.KindAuth, step, errors.New("no credential"))
+}
+
+// redactCreds keeps every credential out of a message an agent sent back.
+func (c *Client) redactCreds(msg string) string {
+	for _, cr := range c.cfg.Credentials {
+		msg = strings.ReplaceAll(msg, cr.Daemon, "[credential]")
+		msg = strings.ReplaceAll(msg, cr.Agent, "[credential]")
+	}
+	return msg
 }
 
 func (c *Client) fail(kind power.Kind, step string, err error) error {

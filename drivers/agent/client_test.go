@@ -12,13 +12,46 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chimestack/chime-fence/hypervisor"
+	"github.com/chimestack/chime-fence/identity"
 	"github.com/chimestack/chime-fence/power"
 )
 
-const token = "agent-token-xyz"
+// secret is the tests' cluster secret.
+const secret = "drivers-agent-test-cluster-secret-0123456789"
 
+// token is what the daemon presents to n1's agent.
+var token = identity.DaemonCredential(secret, "n1")
+
+func ringOf(t testing.TB, cur, prev string) identity.Ring {
+	r, err := identity.NewRing(cur, prev)
+	require.NoError(t, err)
+	return r
+}
+
+// creds are host's credentials under secret.
+func creds(host string) []Credential {
+	r, _ := identity.NewRing(secret, "")
+	return Credentials(r, host)
+}
+
+// signedAs answers as host's agent under secret: h's answer gets the reply
+// MAC of that host's agent credential.
+func signedAs(sec, host string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		rec := httptest.NewRecorder()
+		h(rec, r)
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.Header().Set(identity.HeaderReplyMAC, identity.ReplyMAC(identity.AgentCredential(sec, host), r.Method, r.URL.Path, r.Header.Get(identity.HeaderNonce), rec.Body.Bytes()))
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+	}
+}
+
+// server is n1's agent answering with h (signed).
 func server(t *testing.T, h http.HandlerFunc) string {
-	s := httptest.NewServer(h)
+	s := httptest.NewServer(signedAs(secret, "n1", h))
 	t.Cleanup(s.Close)
 	return s.URL
 }
@@ -32,7 +65,7 @@ func TestStatus(t *testing.T) {
 		assert.Equal(t, "/v1/status", r.URL.Path)
 		_, _ = w.Write([]byte(`{"host":"n1","boot_id":"b1","admin_state":"enabled","domains":[{"uuid":"u1","name":"vm1","state":"running"},{"uuid":"u2","name":"vm2","state":"shutoff"}]}`))
 	})
-	c, err := New(Config{Host: "n1", URL: url, Token: token})
+	c, err := New(Config{Host: "n1", URL: url, Credentials: creds("n1")})
 	require.NoError(t, err)
 	st, err := c.Status(context.Background())
 	require.NoError(t, err)
@@ -44,7 +77,7 @@ func TestStatus(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, power.On, ps)
 
-	bad, _ := New(Config{Host: "n1", URL: url, Token: "wrong-token"})
+	bad, _ := New(Config{Host: "n1", URL: url, Credentials: []Credential{{Daemon: "wrong-token", Agent: "wrong-agent"}}})
 	_, err = bad.Status(context.Background())
 	assert.ErrorIs(t, err, power.ErrAuth)
 	assert.NotContains(t, err.Error(), "wrong-token")
@@ -65,7 +98,7 @@ func TestStatusErrors(t *testing.T) {
 		{"wrong host", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"host":"n7"}`)) }, power.ErrConfig, `says it runs on host "n7"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := New(Config{Host: "n1", URL: server(t, tc.h)})
+			c, err := New(Config{Host: "n1", URL: server(t, tc.h), Credentials: creds("n1")})
 			require.NoError(t, err)
 			_, err = c.Status(context.Background())
 			assert.ErrorIs(t, err, tc.want)
@@ -80,12 +113,12 @@ func TestUnreachableAndTimeout(t *testing.T) {
 	require.NoError(t, err)
 	addr := ln.Addr().String()
 	ln.Close()
-	c, _ := New(Config{Host: "n1", URL: "http://" + addr})
+	c, _ := New(Config{Host: "n1", URL: "http://" + addr, Credentials: creds("n1")})
 	_, err = c.Status(context.Background())
 	assert.ErrorIs(t, err, power.ErrUnreachable)
 
 	slow := server(t, func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
-	c, _ = New(Config{Host: "n1", URL: slow})
+	c, _ = New(Config{Host: "n1", URL: slow, Credentials: creds("n1")})
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -112,7 +145,7 @@ func TestDrain(t *testing.T) {
 		_, _ = w.Write([]byte(`{"host":"n1","marker":"/s/drained.json","drained_at":"2030-01-02T03:04:05Z","running":0,
 			"domains":[{"uuid":"u1","name":"vm1","before":"running","action":"destroyed"},{"uuid":"u2","name":"vm2","before":"shutoff","action":"not running"}]}`))
 	})
-	c, err := New(Config{Host: "n1", URL: url, Token: token, Timeout: time.Nanosecond})
+	c, err := New(Config{Host: "n1", URL: url, Credentials: creds("n1"), Timeout: time.Nanosecond})
 	require.NoError(t, err)
 	res, err := c.Drain(context.Background())
 	require.NoError(t, err, "the status timeout does not apply to a drain")
@@ -124,7 +157,7 @@ func TestDrain(t *testing.T) {
 		{UUID: "u2", Name: "vm2", Before: hypervisor.StateShutoff, Action: "not running"},
 	}, res.Domains)
 
-	bad, _ := New(Config{Host: "n1", URL: url, Token: "wrong-token"})
+	bad, _ := New(Config{Host: "n1", URL: url, Credentials: []Credential{{Daemon: "wrong-token", Agent: "wrong-agent"}}})
 	_, err = bad.Drain(context.Background())
 	assert.ErrorIs(t, err, power.ErrAuth)
 	assert.NotContains(t, err.Error(), "wrong-token")
@@ -150,7 +183,7 @@ func TestDrainErrors(t *testing.T) {
 		{"other host", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"host":"n2"}`)) }, power.ErrConfig, `says it runs on host "n2"`, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := New(Config{Host: "n1", URL: server(t, tc.h), Token: token})
+			c, err := New(Config{Host: "n1", URL: server(t, tc.h), Credentials: creds("n1")})
 			require.NoError(t, err)
 			res, err := c.Drain(context.Background())
 			require.ErrorIs(t, err, tc.want)
@@ -171,7 +204,7 @@ func TestDrainHonoursTheCallersDeadline(t *testing.T) {
 		}
 	})
 	defer close(release)
-	c, err := New(Config{Host: "n1", URL: url, Token: token})
+	c, err := New(Config{Host: "n1", URL: url, Credentials: creds("n1")})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
@@ -197,9 +230,9 @@ func TestAnswersThatAreNotTheAgentsNeverProveADrain(t *testing.T) {
 		{"200 but running", `{"host":"h1","running":2,"domains":[]}`, power.ErrRefused},
 	} {
 		t.Run("drain "+tc.name, func(t *testing.T) {
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(tc.body)) }))
+			srv := httptest.NewServer(signedAs(secret, "h1", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(tc.body)) }))
 			defer srv.Close()
-			c, err := New(Config{Host: "h1", URL: srv.URL, Token: "t"})
+			c, err := New(Config{Host: "h1", URL: srv.URL, Credentials: creds("h1")})
 			require.NoError(t, err)
 			_, err = c.Drain(context.Background())
 			require.ErrorIs(t, err, tc.kind)
@@ -207,12 +240,102 @@ func TestAnswersThatAreNotTheAgentsNeverProveADrain(t *testing.T) {
 	}
 	for _, body := range []string{`{}`, `null`, `{"host":"h1"}`, `{"host":"h1","domains":null}`, `{"domains":[]}`} {
 		t.Run("status "+body, func(t *testing.T) {
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(body)) }))
+			srv := httptest.NewServer(signedAs(secret, "h1", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(body)) }))
 			defer srv.Close()
-			c, err := New(Config{Host: "h1", URL: srv.URL, Token: "t"})
+			c, err := New(Config{Host: "h1", URL: srv.URL, Credentials: creds("h1")})
 			require.NoError(t, err)
 			_, err = c.Status(context.Background())
 			require.Error(t, err, "a status with no host or no domain list is no proof that nothing runs")
 		})
 	}
+}
+
+// TestFakeResponderNeverProvesADrain is item 5's attack: a responder at an
+// agent's URL answering "running: 0" in the host's name, but without the
+// host's reply MAC (none, another host's, a replay of an answer to another
+// request, or one made with a secret the daemon does not hold), fails the
+// drain and the status as an authentication error, never as a result.
+func TestFakeResponderNeverProvesADrain(t *testing.T) {
+	drained := func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/status" {
+			_, _ = w.Write([]byte(`{"host":"h1","boot_id":"b","domains":[]}`))
+			return
+		}
+		_, _ = w.Write([]byte(`{"host":"h1","marker":"/m","running":0,"domains":[]}`))
+	}
+	var recorded http.Header
+	replay := func(w http.ResponseWriter, r *http.Request) {
+		if recorded == nil {
+			rec := httptest.NewRecorder()
+			signedAs(secret, "h1", drained)(rec, r)
+			recorded = rec.Header()
+		}
+		w.Header().Set(identity.HeaderReplyMAC, recorded.Get(identity.HeaderReplyMAC))
+		drained(w, r)
+	}
+	for _, tc := range []struct {
+		name string
+		h    http.HandlerFunc
+	}{
+		{"no MAC", drained},
+		{"another host's MAC", signedAs(secret, "h2", drained)},
+		{"a MAC under another cluster secret", signedAs("another-cluster-secret-0123456789abcdef", "h1", drained)},
+		{"a MAC replayed from an earlier answer", replay},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(tc.h)
+			defer srv.Close()
+			c, err := New(Config{Host: "h1", URL: srv.URL, Credentials: creds("h1")})
+			require.NoError(t, err)
+			if tc.name == "a MAC replayed from an earlier answer" {
+				_, _ = c.Drain(context.Background()) // the one recorded
+			}
+			res, err := c.Drain(context.Background())
+			require.ErrorIs(t, err, power.ErrAuth)
+			assert.Contains(t, err.Error(), "not host h1's agent")
+			assert.Zero(t, res)
+			_, err = c.Status(context.Background())
+			require.ErrorIs(t, err, power.ErrAuth)
+			_, err = c.Check(context.Background())
+			require.ErrorIs(t, err, power.ErrAuth)
+		})
+	}
+	// The same answer with the right MAC is a drain: the refusals above
+	// are the MAC's doing.
+	srv := httptest.NewServer(signedAs(secret, "h1", drained))
+	defer srv.Close()
+	c, err := New(Config{Host: "h1", URL: srv.URL, Credentials: creds("h1")})
+	require.NoError(t, err)
+	_, err = c.Drain(context.Background())
+	require.NoError(t, err)
+}
+
+// TestRotationTriesThePreviousCredential: during a rotation an agent still
+// holding the previous secret's daemon credential refuses the current one
+// (401, nothing done); the client then presents the previous one and checks
+// the answer with the previous secret's agent credential. Once the previous
+// secret is gone, that agent is refused.
+func TestRotationTriesThePreviousCredential(t *testing.T) {
+	const newSecret = "drivers-agent-test-NEW-cluster-secret-9876543210"
+	var presented []string
+	old := func(w http.ResponseWriter, r *http.Request) {
+		presented = append(presented, r.Header.Get("Authorization"))
+		if r.Header.Get("Authorization") != "Bearer "+identity.DaemonCredential(secret, "h1") {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		_, _ = w.Write([]byte(`{"host":"h1","boot_id":"b","domains":[]}`))
+	}
+	srv := httptest.NewServer(signedAs(secret, "h1", old))
+	defer srv.Close()
+	c, err := New(Config{Host: "h1", URL: srv.URL, Credentials: Credentials(ringOf(t, newSecret, secret), "h1")})
+	require.NoError(t, err)
+	_, err = c.Status(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, []string{"Bearer " + identity.DaemonCredential(newSecret, "h1"), "Bearer " + identity.DaemonCredential(secret, "h1")}, presented, "current first, then previous")
+
+	after, err := New(Config{Host: "h1", URL: srv.URL, Credentials: Credentials(ringOf(t, newSecret, ""), "h1")})
+	require.NoError(t, err)
+	_, err = after.Status(context.Background())
+	require.ErrorIs(t, err, power.ErrAuth, "the previous secret removed: the old agent is refused")
 }

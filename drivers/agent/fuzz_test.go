@@ -8,21 +8,25 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/chimestack/chime-fence/identity"
 )
 
-const fuzzToken = "fuzz-token-4c1d-never-echoed"
+var fuzzToken = identity.DaemonCredential(secret, "h1")
 
 // fuzzAgent serves whatever the current fuzz input says, as an agent (or
 // something answering at its URL) could.
 func fuzzAgent(f *testing.F) (*Client, *atomic.Pointer[fuzzReply]) {
 	var reply atomic.Pointer[fuzzReply]
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	// Signed as h1's agent: the fuzzed body reaches the parser (an
+	// unsigned one never does; TestFakeResponderNeverProvesADrain).
+	srv := httptest.NewServer(signedAs(secret, "h1", func(w http.ResponseWriter, _ *http.Request) {
 		r := reply.Load()
 		w.WriteHeader(r.code)
 		_, _ = w.Write(r.body)
 	}))
 	f.Cleanup(srv.Close)
-	c, err := New(Config{Host: "h1", URL: srv.URL, Token: fuzzToken, Timeout: 2 * time.Second})
+	c, err := New(Config{Host: "h1", URL: srv.URL, Credentials: creds("h1"), Timeout: 2 * time.Second})
 	if err != nil {
 		f.Fatal(err)
 	}

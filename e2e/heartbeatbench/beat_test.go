@@ -13,7 +13,7 @@ import (
 func TestTemplateWritesWhatJSONMarshalDoes(t *testing.T) {
 	// Host names escaped by encoding/json, and sent_at values whose
 	// fraction json trims (whole seconds, trailing zeros), in two zones.
-	g, err := NewGenerator(GenOptions{BaseURL: "http://127.0.0.1:1", Token: "t", Hosts: []string{"h00001", `odd"<&>\host`},
+	g, err := NewGenerator(GenOptions{BaseURL: "http://127.0.0.1:1", Secret: "t", Hosts: []string{"h00001", `odd"<&>\host`},
 		Interval: time.Second, Domains: 3})
 	require.NoError(t, err)
 	east := time.FixedZone("east", 5*3600+1800)
@@ -34,7 +34,7 @@ func TestTemplateWritesWhatJSONMarshalDoes(t *testing.T) {
 }
 
 func BenchmarkEncode(b *testing.B) {
-	g, err := NewGenerator(GenOptions{BaseURL: "http://127.0.0.1:1", Token: "t", Hosts: hostsN(1), Interval: time.Second, Domains: 4})
+	g, err := NewGenerator(GenOptions{BaseURL: "http://127.0.0.1:1", Secret: "t", Hosts: hostsN(1), Interval: time.Second, Domains: 4})
 	require.NoError(b, err)
 	a := g.agents[0]
 	at := time.Now()

@@ -199,7 +199,7 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	}
 
 	// The daemon's UDP heartbeat address defaults to its API's.
-	gen, err := NewGenerator(GenOptions{BaseURL: "http://" + listen, Token: files.AgentToken, Hosts: files.Hosts,
+	gen, err := NewGenerator(GenOptions{BaseURL: "http://" + listen, Secret: files.AgentSecret, Hosts: files.Hosts,
 		Interval: o.Interval, Domains: o.Domains, Transport: o.Transport, Dial: dial, Seed: o.Seed})
 	if err != nil {
 		return nil, err

@@ -34,10 +34,11 @@ type Files struct {
 	Dir      string
 	Config   string // path of the YAML file
 	StateDir string
-	// AgentToken and APIToken are the tokens written to their files
-	// (mode 0600), for the generator and the history client.
-	AgentToken, APIToken string
-	Hosts                []string // host names, in config order
+	// AgentSecret (the cluster secret every simulated host's credential
+	// derives from) and APIToken are written to their files (mode 0600),
+	// for the generator and the history client.
+	AgentSecret, APIToken string
+	Hosts                 []string // host names, in config order
 }
 
 // HostName and HostAddr name host i (0-based) of a bench config.
@@ -50,7 +51,7 @@ func HostAddr(i int) string {
 	return fmt.Sprintf("10.200.%d.%d", n>>8, n&0xff)
 }
 
-// WriteConfig writes chime-fence.yaml and both token files into dir.
+// WriteConfig writes chime-fence.yaml, the cluster secret and the API token into dir.
 // Hosts need no BMC: every rack uses an agent-drain-only policy, and fence
 // readiness checks run hourly so they do not dominate the measurement.
 func WriteConfig(dir string, s Spec) (Files, error) {
@@ -66,7 +67,7 @@ func WriteConfig(dir string, s Spec) (Files, error) {
 	}
 	f := Files{Dir: dir, Config: filepath.Join(dir, "chime-fence.yaml"), StateDir: filepath.Join(dir, "state")}
 	var err error
-	if f.AgentToken, err = writeToken(filepath.Join(dir, "agent-token")); err != nil {
+	if f.AgentSecret, err = writeToken(filepath.Join(dir, "agent-secret")); err != nil {
 		return Files{}, err
 	}
 	if f.APIToken, err = writeToken(filepath.Join(dir, "api-token")); err != nil {
@@ -81,7 +82,7 @@ controller:
   listen: %s
   state_dir: %s
   api_token_file: api-token
-  agent_token_file: agent-token
+  agent_secret_file: agent-secret
 mode: observe
 detection:
   heartbeat_interval: %v
@@ -114,7 +115,7 @@ racks:
 func rackName(r int) string { return fmt.Sprintf("r%03d", r) }
 
 func writeToken(path string) (string, error) {
-	var raw [24]byte
+	var raw [32]byte
 	if _, err := rand.Read(raw[:]); err != nil {
 		return "", fmt.Errorf("token: %w", err)
 	}

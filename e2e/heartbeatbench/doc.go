@@ -8,7 +8,9 @@
 //     10.200.0.0/16, an agent-drain-only policy (no BMC), hourly fence
 //     readiness checks, detection heartbeat_interval 1 s × 3 missed,
 //     probe_timeout 200 ms, mode observe, state in a temp directory and
-//     both token files 0600; checks it with configs.Load;
+//     the cluster secret and API token files 0600 (each simulated agent
+//     presents its own host's credential derived from the secret);
+//     checks it with configs.Load;
 //  2. makes 10.200.0.0/16 (Subnet) unreachable from the root namespace
 //     for the bench's lifetime (package e2e/blackhole: an `unreachable`
 //     route, removed at the end unless a lab or another bench still

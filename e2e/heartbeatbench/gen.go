@@ -18,6 +18,7 @@ import (
 
 	"github.com/chimestack/chime-fence/heartbeat"
 	"github.com/chimestack/chime-fence/hypervisor"
+	"github.com/chimestack/chime-fence/identity"
 )
 
 // Transports the generator speaks.
@@ -43,10 +44,11 @@ func checkTransport(t string) error {
 type GenOptions struct {
 	// BaseURL is the daemon, e.g. http://127.0.0.1:7480.
 	BaseURL string
-	// Token is the agent token: the HTTP bearer token, and the key of the
-	// UDP datagrams' MAC.
-	Token string
-	Hosts []string
+	// Secret is the cluster secret: each simulated agent presents its own
+	// host's credential derived from it (identity.AgentCredential), as
+	// the HTTP bearer token and as the key of its datagrams' MAC.
+	Secret string
+	Hosts  []string
 	// Interval between one agent's heartbeats.
 	Interval time.Duration
 	// Domains listed (running) in every heartbeat of every agent.
@@ -77,7 +79,6 @@ type GenOptions struct {
 type Generator struct {
 	o       GenOptions
 	req     []byte // HTTP request line and fixed headers, up to Content-Length
-	sealer  *heartbeat.Sealer
 	udpAddr string
 	agents  []*agent
 	byHost  map[string]*agent
@@ -103,10 +104,13 @@ type agent struct {
 	// Owned by the agent's goroutine.
 	conn net.Conn
 	br   *bufio.Reader // HTTP responses
-	tmpl template
-	json []byte // the current heartbeat's JSON (HTTP)
-	wire []byte // the current heartbeat's datagram payload (UDP)
-	out  []byte // the datagram or request on the wire
+	// sealer and req carry this host's own credential.
+	sealer *heartbeat.Sealer
+	req    []byte // the HTTP request up to Content-Length's value
+	tmpl   template
+	json   []byte // the current heartbeat's JSON (HTTP)
+	wire   []byte // the current heartbeat's datagram payload (UDP)
+	out    []byte // the datagram or request on the wire
 
 	mu      sync.Mutex
 	lastAck time.Time // send time of the last acknowledged heartbeat
@@ -126,8 +130,8 @@ func NewGenerator(o GenOptions) (*Generator, error) {
 	if err != nil || u.Scheme != "http" || u.Host == "" {
 		return nil, fmt.Errorf("generator: base URL %q is not http://host:port", o.BaseURL)
 	}
-	if o.Token == "" || len(o.Hosts) == 0 || o.Interval <= 0 {
-		return nil, errors.New("generator: token, hosts and a positive interval are required")
+	if o.Secret == "" || len(o.Hosts) == 0 || o.Interval <= 0 {
+		return nil, errors.New("generator: secret, hosts and a positive interval are required")
 	}
 	if o.Transport == "" {
 		o.Transport = TransportUDP
@@ -149,11 +153,6 @@ func NewGenerator(o GenOptions) (*Generator, error) {
 	if g.udpAddr == "" {
 		g.udpAddr = u.Host
 	}
-	if g.sealer, err = heartbeat.NewSealer(o.Token); err != nil {
-		return nil, fmt.Errorf("generator: %w", err)
-	}
-	g.req = fmt.Appendf(nil, "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nUser-Agent: chime-heartbeat-bench\r\nContent-Length: ",
-		heartbeat.PathHeartbeat, u.Host, o.Token)
 	rng := rand.New(rand.NewPCG(o.Seed, 0x6865617274))
 	now := time.Now()
 	var longest *agent
@@ -164,6 +163,12 @@ func NewGenerator(o GenOptions) (*Generator, error) {
 		a := &agent{g: g, host: h, bootID: fmt.Sprintf("%08x-bench-boot", i), started: now,
 			offset: time.Duration(rng.Int64N(int64(o.Interval))),
 			stop:   make(chan struct{}), done: make(chan struct{})}
+		cred := identity.AgentCredential(o.Secret, h)
+		if a.sealer, err = heartbeat.NewSealer(cred); err != nil {
+			return nil, fmt.Errorf("generator: %w", err)
+		}
+		a.req = fmt.Appendf(nil, "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n%s: %s\r\nContent-Type: application/json\r\nUser-Agent: chime-heartbeat-bench\r\nContent-Length: ",
+			heartbeat.PathHeartbeat, u.Host, cred, identity.HeaderHost, h)
 		for d := range o.Domains {
 			a.domains = append(a.domains, heartbeat.Domain{
 				UUID:  fmt.Sprintf("%08x-0000-4000-8000-%012x", i, d),

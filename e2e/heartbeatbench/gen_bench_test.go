@@ -13,7 +13,7 @@ func BenchmarkAgentBeat(b *testing.B) {
 	for _, tr := range []string{TransportUDP, TransportHTTP} {
 		b.Run(tr, func(b *testing.B) {
 			f := startFake(b, "tok")
-			g, err := NewGenerator(GenOptions{BaseURL: f.url, Token: "tok", Hosts: hostsN(1), Interval: time.Second,
+			g, err := NewGenerator(GenOptions{BaseURL: f.url, Secret: "tok", Hosts: hostsN(1), Interval: time.Second,
 				Domains: 4, Transport: tr, ReplyTimeout: 5 * time.Second})
 			if err != nil {
 				b.Fatal(err)

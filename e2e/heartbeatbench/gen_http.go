@@ -26,7 +26,7 @@ func (a *agent) sendHTTP(ctx context.Context, seq uint64, at time.Time) (time.Du
 		a.br = bufio.NewReaderSize(a.conn, 1024)
 	}
 	_ = a.conn.SetDeadline(at.Add(g.o.Timeout))
-	msg := append(a.out[:0], g.req...)
+	msg := append(a.out[:0], a.req...)
 	msg = strconv.AppendInt(msg, int64(len(body)), 10)
 	msg = append(msg, "\r\n\r\n"...)
 	msg = append(msg, body...)

@@ -17,16 +17,17 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chimestack/chime-fence/heartbeat"
+	"github.com/chimestack/chime-fence/identity"
 )
 
 // fakeDaemon is the daemon's heartbeat endpoints, strict like the real
 // ones: HTTP, and UDP on the same port number.
 type fakeDaemon struct {
-	token  string
-	sealer *heartbeat.Sealer
-	known  map[string]bool // nil: every host is known
-	url    string          // http://127.0.0.1:PORT
-	udp    *net.UDPConn
+	secret  string          // the cluster secret: each host's key derives from it
+	sealers sync.Map        // host → *heartbeat.Sealer
+	known   map[string]bool // nil: every host is known
+	url     string          // http://127.0.0.1:PORT
+	udp     *net.UDPConn
 
 	// answer, when set, makes the UDP answer to an accepted heartbeat:
 	// the datagrams to send back (ok is the right one).
@@ -45,13 +46,18 @@ func (f *fakeDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "wrong endpoint "+r.Method+" "+r.URL.Path, http.StatusNotFound)
 		return
 	}
-	if r.Header.Get("Authorization") != "Bearer "+f.token {
-		http.Error(w, `{"error":"missing or wrong agent token"}`, http.StatusUnauthorized)
+	host := r.Header.Get(identity.HeaderHost)
+	if host == "" || r.Header.Get("Authorization") != "Bearer "+identity.AgentCredential(f.secret, host) {
+		http.Error(w, `{"error":"missing or wrong agent credential"}`, http.StatusUnauthorized)
 		return
 	}
 	hb, err := heartbeat.Decode(r.Body)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if hb.Host != host {
+		http.Error(w, `{"error":"a host speaks only for itself"}`, http.StatusForbidden)
 		return
 	}
 	f.mu.Lock()
@@ -71,23 +77,29 @@ func (f *fakeDaemon) serveUDP() {
 		if err != nil {
 			return // closed
 		}
-		kind, p, err := f.sealer.Open(buf[:n])
+		host, err := heartbeat.DatagramHost(buf[:n])
+		if err != nil {
+			f.udpStray.Add(1)
+			continue
+		}
+		sl := f.sealerOf(host)
+		kind, p, err := sl.Open(buf[:n])
 		if err != nil || kind != heartbeat.KindHeartbeat {
 			f.udpStray.Add(1)
 			continue
 		}
 		hb, err := heartbeat.DecodeHeartbeatPayload(p)
 		if err != nil {
-			f.reply(src, heartbeat.Reply{Host: "?", Seq: 1, Refused: "invalid heartbeat: " + err.Error()})
+			f.reply(sl, src, heartbeat.Reply{Host: "?", Seq: 1, Refused: "invalid heartbeat: " + err.Error()})
 			continue
 		}
 		r := heartbeat.ReplyTo(hb)
 		if f.known != nil && !f.known[hb.Host] {
 			r.Refused = fmt.Sprintf("host %q is not in the daemon's configuration", hb.Host)
-			f.reply(src, r)
+			f.reply(sl, src, r)
 			continue
 		}
-		want, _ := f.sealer.SealHeartbeat(hb)
+		want, _ := sl.SealHeartbeat(hb)
 		f.mu.Lock()
 		f.got[hb.Host] = append(f.got[hb.Host], hb)
 		if f.srcs[hb.Host] == nil {
@@ -99,7 +111,7 @@ func (f *fakeDaemon) serveUDP() {
 		}
 		f.mu.Unlock()
 		r.Ack = &heartbeat.Ack{AssignmentRevision: 1, HeartbeatInterval: heartbeat.Duration(time.Second)}
-		ok, err := f.sealer.SealReply(r)
+		ok, err := sl.SealReply(r)
 		if err != nil {
 			panic(err)
 		}
@@ -113,8 +125,21 @@ func (f *fakeDaemon) serveUDP() {
 	}
 }
 
-func (f *fakeDaemon) reply(to *net.UDPAddr, r heartbeat.Reply) {
-	d, err := f.sealer.SealReply(r)
+// sealerOf seals and opens host's datagrams (its agent's key).
+func (f *fakeDaemon) sealerOf(host string) *heartbeat.Sealer {
+	if s, ok := f.sealers.Load(host); ok {
+		return s.(*heartbeat.Sealer)
+	}
+	s, err := heartbeat.NewSealer(identity.AgentCredential(f.secret, host))
+	if err != nil {
+		panic(err)
+	}
+	f.sealers.Store(host, s)
+	return s
+}
+
+func (f *fakeDaemon) reply(sl *heartbeat.Sealer, to *net.UDPAddr, r heartbeat.Reply) {
+	d, err := sl.SealReply(r)
 	if err != nil {
 		panic(err)
 	}
@@ -136,10 +161,9 @@ func (f *fakeDaemon) last(host string) heartbeat.Heartbeat {
 
 // startFake serves HTTP and UDP on one port number of 127.0.0.1, as the
 // daemon does by default; opts set answer or known before it serves.
-func startFake(t testing.TB, token string, opts ...func(*fakeDaemon)) *fakeDaemon {
-	sealer, err := heartbeat.NewSealer(token)
-	require.NoError(t, err)
-	f := &fakeDaemon{token: token, sealer: sealer, got: map[string][]heartbeat.Heartbeat{}, srcs: map[string]map[string]bool{}}
+func startFake(t testing.TB, secret string, opts ...func(*fakeDaemon)) *fakeDaemon {
+	var err error
+	f := &fakeDaemon{secret: secret, got: map[string][]heartbeat.Heartbeat{}, srcs: map[string]map[string]bool{}}
 	for _, o := range opts {
 		o(f)
 	}
@@ -192,7 +216,7 @@ func TestGeneratorHeartbeats(t *testing.T) {
 			hosts := hostsN(20)
 			// A generous reply timeout: a loaded test machine must not
 			// turn a slow reply into an error here.
-			g, err := NewGenerator(GenOptions{BaseURL: f.url, Token: "s3cret", Hosts: hosts, Interval: 50 * time.Millisecond,
+			g, err := NewGenerator(GenOptions{BaseURL: f.url, Secret: "s3cret", Hosts: hosts, Interval: 50 * time.Millisecond,
 				Domains: 3, Transport: tr, ReplyTimeout: 5 * time.Second, Seed: 7})
 			require.NoError(t, err)
 			assert.Equal(t, tr, g.Transport())
@@ -300,7 +324,7 @@ func TestGeneratorCountsFailuresByCause(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		transport string
-		token     string // the generator's; the daemon's is "right"
+		token     string // the generator's cluster secret; the daemon's is "right"
 		udpAddr   string // "" the fake's
 		fake      []func(*fakeDaemon)
 		cause     string
@@ -323,14 +347,14 @@ func TestGeneratorCountsFailuresByCause(t *testing.T) {
 		{name: "udp reply of kind heartbeat", token: "right", received: true, cause: "malformed reply",
 			fake: []func(*fakeDaemon){func(d *fakeDaemon) {
 				d.answer = func(hb heartbeat.Heartbeat, ok []byte) [][]byte {
-					_, p, _ := d.sealer.Open(ok)
-					return [][]byte{seal(d.sealer, heartbeat.KindHeartbeat, string(p))}
+					_, p, _ := d.sealerOf(hb.Host).Open(ok)
+					return [][]byte{seal(d.sealerOf(hb.Host), heartbeat.KindHeartbeat, string(p))}
 				}
 			}}},
 		{name: "udp reply with neither ack nor refusal", token: "right", received: true, cause: "malformed reply",
 			fake: []func(*fakeDaemon){func(d *fakeDaemon) {
 				d.answer = func(hb heartbeat.Heartbeat, _ []byte) [][]byte {
-					b, _ := d.sealer.SealReply(heartbeat.ReplyTo(hb))
+					b, _ := d.sealerOf(hb.Host).SealReply(heartbeat.ReplyTo(hb))
 					return [][]byte{b}
 				}
 			}}},
@@ -340,7 +364,7 @@ func TestGeneratorCountsFailuresByCause(t *testing.T) {
 					r := heartbeat.ReplyTo(hb)
 					r.Host += "x"
 					r.Ack = &heartbeat.Ack{HeartbeatInterval: heartbeat.Duration(time.Second)}
-					b, _ := d.sealer.SealReply(r)
+					b, _ := d.sealerOf(hb.Host).SealReply(r)
 					return [][]byte{b}
 				}
 			}}},
@@ -349,7 +373,7 @@ func TestGeneratorCountsFailuresByCause(t *testing.T) {
 				d.answer = func(hb heartbeat.Heartbeat, _ []byte) [][]byte {
 					r := heartbeat.ReplyTo(hb)
 					r.Ack = &heartbeat.Ack{}
-					b, _ := d.sealer.SealReply(r)
+					b, _ := d.sealerOf(hb.Host).SealReply(r)
 					return [][]byte{b}
 				}
 			}}},
@@ -366,7 +390,7 @@ func TestGeneratorCountsFailuresByCause(t *testing.T) {
 			if tc.cause == "udp timeout" {
 				replyTimeout = 20 * time.Millisecond
 			}
-			g, err := NewGenerator(GenOptions{BaseURL: f.url, Token: tc.token, Hosts: hostsN(3), Interval: 40 * time.Millisecond,
+			g, err := NewGenerator(GenOptions{BaseURL: f.url, Secret: tc.token, Hosts: hostsN(3), Interval: 40 * time.Millisecond,
 				Transport: tc.transport, UDPAddr: udpAddr, ReplyTimeout: replyTimeout})
 			require.NoError(t, err)
 			ctx, cancel := context.WithCancel(context.Background())
@@ -410,7 +434,7 @@ func TestGeneratorSkipsLateReplies(t *testing.T) {
 			return [][]byte{ok}
 		}
 	})
-	g, err := NewGenerator(GenOptions{BaseURL: f.url, Token: "tok", Hosts: hostsN(1), Interval: 100 * time.Millisecond})
+	g, err := NewGenerator(GenOptions{BaseURL: f.url, Secret: "tok", Hosts: hostsN(1), Interval: 100 * time.Millisecond})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -442,7 +466,7 @@ func TestGeneratorRedialsAfterServerCloses(t *testing.T) {
 		_ = json.NewEncoder(w).Encode(heartbeat.Ack{HeartbeatInterval: heartbeat.Duration(time.Second)})
 	}))
 	defer srv.Close()
-	g, err := NewGenerator(GenOptions{BaseURL: srv.URL, Token: "t", Hosts: hostsN(1), Interval: 20 * time.Millisecond, Transport: TransportHTTP})
+	g, err := NewGenerator(GenOptions{BaseURL: srv.URL, Secret: "t", Hosts: hostsN(1), Interval: 20 * time.Millisecond, Transport: TransportHTTP})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -457,19 +481,19 @@ func TestNewGeneratorRefuses(t *testing.T) {
 		o    GenOptions
 		want string
 	}{
-		{GenOptions{BaseURL: "https://x:1", Token: "t", Hosts: []string{"a"}, Interval: time.Second}, "not http://host:port"},
-		{GenOptions{BaseURL: "http://x:1", Hosts: []string{"a"}, Interval: time.Second}, "token, hosts and a positive interval"},
-		{GenOptions{BaseURL: "http://x:1", Token: "t", Interval: time.Second}, "token, hosts and a positive interval"},
-		{GenOptions{BaseURL: "http://x:1", Token: "t", Hosts: []string{"a", "a"}, Interval: time.Second}, "host a listed twice"},
-		{GenOptions{BaseURL: "http://x:1", Token: "t", Hosts: []string{"a"}, Interval: time.Second, Transport: "tcp"},
+		{GenOptions{BaseURL: "https://x:1", Secret: "t", Hosts: []string{"a"}, Interval: time.Second}, "not http://host:port"},
+		{GenOptions{BaseURL: "http://x:1", Hosts: []string{"a"}, Interval: time.Second}, "secret, hosts and a positive interval"},
+		{GenOptions{BaseURL: "http://x:1", Secret: "t", Interval: time.Second}, "secret, hosts and a positive interval"},
+		{GenOptions{BaseURL: "http://x:1", Secret: "t", Hosts: []string{"a", "a"}, Interval: time.Second}, "host a listed twice"},
+		{GenOptions{BaseURL: "http://x:1", Secret: "t", Hosts: []string{"a"}, Interval: time.Second, Transport: "tcp"},
 			`transport "tcp": want udp or http`},
-		{GenOptions{BaseURL: "http://x:1", Token: "t", Hosts: []string{"a"}, Interval: time.Second, Domains: 400},
+		{GenOptions{BaseURL: "http://x:1", Secret: "t", Hosts: []string{"a"}, Interval: time.Second, Domains: 400},
 			"a heartbeat with 400 domains is a"},
 	} {
 		_, err := NewGenerator(tc.o)
 		assert.ErrorContains(t, err, tc.want, fmt.Sprint(tc.o.Hosts))
 	}
-	_, err := NewGenerator(GenOptions{BaseURL: "http://x:1", Token: "t", Hosts: []string{"a"}, Interval: time.Second,
+	_, err := NewGenerator(GenOptions{BaseURL: "http://x:1", Secret: "t", Hosts: []string{"a"}, Interval: time.Second,
 		Domains: 200, Transport: TransportHTTP})
 	assert.NoError(t, err, "HTTP takes heartbeats of any size the daemon does")
 }

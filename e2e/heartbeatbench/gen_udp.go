@@ -38,7 +38,7 @@ func (a *agent) sendUDP(ctx context.Context, seq uint64, at time.Time) (time.Dur
 			return 0, err
 		}
 	}
-	a.out = g.sealer.Seal(a.out[:0], heartbeat.KindHeartbeat, payload)
+	a.out = a.sealer.Seal(a.out[:0], heartbeat.KindHeartbeat, payload)
 	if _, err := a.conn.Write(a.out); err != nil {
 		g.fail(udpCause(err, "udp write"))
 		return 0, err
@@ -52,7 +52,7 @@ func (a *agent) sendUDP(ctx context.Context, seq uint64, at time.Time) (time.Dur
 			g.fail(udpCause(err, "udp read"))
 			return 0, err
 		}
-		kind, p, err := g.sealer.Open((*bp)[:n])
+		kind, p, err := a.sealer.Open((*bp)[:n])
 		if err == nil && kind != heartbeat.KindReply {
 			err = fmt.Errorf("datagram kind %d, not a reply", kind)
 		}

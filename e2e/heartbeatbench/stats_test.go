@@ -139,7 +139,7 @@ func TestWriteConfigLoads(t *testing.T) {
 	}
 
 	for _, tok := range []struct{ path, want string }{
-		{cfg.Controller.AgentTokenFile, f.AgentToken},
+		{cfg.Controller.AgentSecretFile, f.AgentSecret},
 		{cfg.Controller.APITokenFile, f.APIToken},
 	} {
 		st, err := os.Stat(tok.path)
@@ -148,12 +148,12 @@ func TestWriteConfigLoads(t *testing.T) {
 		got, err := configs.Secret{What: "token", File: tok.path}.Read()
 		require.NoError(t, err)
 		assert.Equal(t, tok.want, got)
-		assert.Len(t, got, 48)
+		assert.Len(t, got, 64)
 	}
-	assert.NotEqual(t, f.AgentToken, f.APIToken)
+	assert.NotEqual(t, f.AgentSecret, f.APIToken)
 	b, err := os.ReadFile(f.Config)
 	require.NoError(t, err)
-	assert.NotContains(t, string(b), f.AgentToken, "tokens live in their files only")
+	assert.NotContains(t, string(b), f.AgentSecret, "tokens live in their files only")
 }
 
 func TestHostAddrs(t *testing.T) {

@@ -28,6 +28,7 @@ import (
 	"strings"
 
 	"github.com/chimestack/chime-fence/e2e/lab"
+	"github.com/chimestack/chime-fence/identity"
 )
 
 // Options adjust the generated config.
@@ -51,7 +52,7 @@ type Options struct {
 	Extra string
 	// Detection, if set, is the detection block's body (indented lines).
 	Detection string
-	// Tokens writes an agent and an API token (TokenFiles) and names them
+	// Tokens writes a cluster secret and an API token (TokenFiles) and names them
 	// in the controller block, as the daemon requires.
 	Tokens bool
 	// TokenDir is the directory TokenFiles is given; default the lab's
@@ -95,24 +96,26 @@ func WriteToken(file string) (string, error) {
 	return tok, os.WriteFile(file, []byte(tok+"\n"), 0o600)
 }
 
-// TokenFiles are where the agent and API tokens of the lab in labDir live.
-func TokenFiles(labDir string) (agent, api string) {
+// TokenFiles are where the cluster secret (every host's credentials derive
+// from it: HostCredentials) and the API token of the lab in labDir live.
+func TokenFiles(labDir string) (secret, api string) {
 	d := filepath.Join(labDir, "tokens")
-	return filepath.Join(d, "agent.token"), filepath.Join(d, "api.token")
+	return filepath.Join(d, "agent.secret"), filepath.Join(d, "api.token")
 }
 
-// WriteTokens creates random tokens in TokenFiles(labDir), keeping any that
-// exist, so agents started before the config is written find theirs.
+// WriteTokens creates a random cluster secret (32 bytes, hex) and API token
+// in TokenFiles(labDir), keeping any that exist, so agents started before
+// the config is written find theirs.
 func WriteTokens(labDir string) error {
-	agent, api := TokenFiles(labDir)
-	if err := os.MkdirAll(filepath.Dir(agent), 0o700); err != nil {
+	secret, api := TokenFiles(labDir)
+	if err := os.MkdirAll(filepath.Dir(secret), 0o700); err != nil {
 		return err
 	}
-	for _, f := range []string{agent, api} {
+	for _, f := range []string{secret, api} {
 		if _, err := os.Stat(f); err == nil {
 			continue
 		}
-		var b [16]byte
+		var b [32]byte
 		if _, err := rand.Read(b[:]); err != nil {
 			return err
 		}
@@ -121,6 +124,27 @@ func WriteTokens(labDir string) error {
 		}
 	}
 	return nil
+}
+
+// HostCredentials writes host's agent credential (chime-agent --token-file)
+// and daemon→agent credential (--daemon-credential-file), derived from the
+// lab's cluster secret as `chime-fence agent-credential` derives them, and
+// returns their files. WriteTokens must have run.
+func HostCredentials(labDir, host string) (agent, daemon string, err error) {
+	secretFile, _ := TokenFiles(labDir)
+	b, err := os.ReadFile(secretFile)
+	if err != nil {
+		return "", "", fmt.Errorf("cluster secret: %w", err)
+	}
+	secret := strings.TrimRight(string(b), "\r\n")
+	d := filepath.Dir(secretFile)
+	agent, daemon = filepath.Join(d, host+".agent"), filepath.Join(d, host+".daemon")
+	for f, v := range map[string]string{agent: identity.AgentCredential(secret, host), daemon: identity.DaemonCredential(secret, host)} {
+		if err := os.WriteFile(f, []byte(v+"\n"), 0o600); err != nil {
+			return "", "", err
+		}
+	}
+	return agent, daemon, nil
 }
 
 // Rack and policy names Write uses, by lab.Host.BMCType().
@@ -245,8 +269,8 @@ func Write(l *lab.Lab, path string, o Options) (string, error) {
 		if err := WriteTokens(td); err != nil {
 			return "", fmt.Errorf("labconfig: tokens: %w", err)
 		}
-		agent, api := TokenFiles(td)
-		fmt.Fprintf(&b, "  agent_token_file: %s\n  api_token_file: %s\n", agent, api)
+		secret, api := TokenFiles(td)
+		fmt.Fprintf(&b, "  agent_secret_file: %s\n  api_token_file: %s\n", secret, api)
 	}
 	if len(o.APITokens) > 0 {
 		b.WriteString("  api_tokens:\n")

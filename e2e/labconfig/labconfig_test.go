@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	fenceapi "github.com/chimestack/chime-fence/api"
 	"github.com/chimestack/chime-fence/configs"
 	"github.com/chimestack/chime-fence/e2e/lab"
 )
@@ -206,8 +207,21 @@ func TestWriteAPITokens(t *testing.T) {
 	require.NoError(t, err, "the generated config must load")
 	assert.Equal(t, []configs.APIToken{{Name: "viewer", File: ro, Role: configs.RoleReadOnly}, {Name: "ops2", File: op, Role: configs.RoleOperator}},
 		cfg.Controller.APITokens)
-	_, api := TokenFiles(dir)
+	secret, api := TokenFiles(dir)
 	assert.Equal(t, api, cfg.Controller.APITokenFile, "the operator token stays")
+	assert.Equal(t, secret, cfg.Controller.AgentSecretFile)
+	// Each host's credentials are what the daemon derives from the secret.
+	ring, err := fenceapi.ReadAgentSecrets(cfg.Controller)
+	require.NoError(t, err)
+	agentFile, daemonFile, err := HostCredentials(dir, "host1")
+	require.NoError(t, err)
+	agentCred, err := configs.Secret{What: "agent", File: agentFile}.Read()
+	require.NoError(t, err)
+	daemonCred, err := configs.Secret{What: "daemon", File: daemonFile}.Read()
+	require.NoError(t, err)
+	assert.True(t, ring.CheckAgent("host1", agentCred))
+	assert.False(t, ring.CheckAgent("host2", agentCred), "host1's credential is not host2's")
+	assert.Equal(t, ring.DaemonCredential("host1"), daemonCred)
 	b, err := os.ReadFile(ro)
 	require.NoError(t, err)
 	assert.Equal(t, tok+"\n", string(b))

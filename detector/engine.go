@@ -128,6 +128,12 @@ const (
 	AlertStormPaused    = "storm-paused"
 	AlertStormCleared   = "storm-cleared"
 	AlertIsolationFence = "isolation-fence"
+	// AlertHeartbeatStale: a heartbeat older than one already taken from
+	// the host (a replay, or a forged beat overtook the agent's).
+	AlertHeartbeatStale = "heartbeat-stale"
+	// AlertHeartbeatSkewed: a heartbeat whose sent_at is outside
+	// detection.heartbeat_max_clock_skew of the daemon's clock.
+	AlertHeartbeatSkewed = "heartbeat-skewed"
 )
 
 // DownEvent is a host-down verdict handed to the fencer.
@@ -159,6 +165,14 @@ type hostEntry struct {
 	readiness    *Readiness
 	nextCheck    time.Time
 	dirty        bool
+	// persisted is the Mark in the last memo written (or restored).
+	persisted Mark
+	markAt    time.Time // when the memo was last written
+	// refused is the last refused (stale or skewed) heartbeat's reason,
+	// for status; staleAlertAt rate-limits its alert.
+	refused      string
+	refusedAt    time.Time
+	staleAlertAt time.Time
 	// isoFor is the Monitor.IsolatedSince whose due isolation fence was
 	// acted on: handed to the fencer (isoHanded) or, in observe mode,
 	// recorded as "would fence".
@@ -276,6 +290,9 @@ func (e *Engine) buildHosts(cfgs []HostConfig, old map[string]*hostEntry, memos 
 		if memo, ok := memos[hc.Name]; ok {
 			m.BootID = memo.BootID
 			m.LastHeartbeat = memo.LastHeartbeat
+			// The replay high-water mark: a beat captured before the
+			// restart must not be taken after it.
+			m.AgentStart, m.Seq = memo.AgentStart, memo.Seq
 			if st, err := node.ParseMonitorState(memo.Monitor); err == nil && (st == node.Unreachable || st == node.Error) {
 				// Keep the hysteresis across a restart: a host that was
 				// unreachable must still earn its way back.
@@ -285,7 +302,7 @@ func (e *Engine) buildHosts(cfgs []HostConfig, old map[string]*hostEntry, memos 
 				m.Verdict, m.VerdictAt, m.VerdictReason = v, memo.LastVerdictAt, "restored from before the daemon restarted"
 			}
 		}
-		h := &hostEntry{cfg: hc, m: m, silentPos: -1}
+		h := &hostEntry{cfg: hc, m: m, silentPos: -1, persisted: m.Mark()}
 		h.nextCheck = now.Add(e.jitter(min(hc.ReadinessInterval, 30*time.Second)))
 		hosts[hc.Name] = h
 	}
@@ -393,32 +410,70 @@ func (e *Engine) host(name string) (*hostEntry, MonitorConfig, bool) {
 }
 
 // Heartbeat takes one validated heartbeat, stamped with the daemon's clock.
-// It never blocks on I/O: records are queued for the recorder. accepted is
-// false for a duplicate, replayed or late heartbeat, whose content (its
-// domain list included) describes the past and must not be acted on.
-func (e *Engine) Heartbeat(hb heartbeat.Heartbeat) (accepted bool, err error) {
+// It never blocks on I/O: records and alerts are queued. Only an accepted
+// heartbeat changes anything: a duplicate, stale, late or skewed one (Order)
+// describes the past or cannot be dated, and its content (its domain list
+// included) must not be acted on.
+func (e *Engine) Heartbeat(hb heartbeat.Heartbeat) (Outcome, error) {
 	h, mc, ok := e.host(hb.Host)
 	if !ok {
-		return false, fmt.Errorf("detector: heartbeat from host %q: %w", hb.Host, ErrUnknownHost)
+		return Outcome{}, fmt.Errorf("detector: heartbeat from host %q: %w", hb.Host, ErrUnknownHost)
 	}
 	now := e.deps.Clock.Now()
 	h.mu.Lock()
-	ch, accepted := h.m.Heartbeat(Beat{At: now, BootID: hb.BootID, Seq: hb.Seq, AgentStart: hb.AgentStart, SentAt: hb.SentAt, Fault: hb.Health.Fault()}, mc)
-	if !accepted && hb.SentAt.Before(now) && h.m.AgentStart.Equal(hb.AgentStart) && hb.Seq > h.m.Seq {
-		e.log.Warn().Str("host", hb.Host).Uint64("seq", hb.Seq).Time("sent_at", hb.SentAt).
-			Msg("dropped a heartbeat that arrived long after it was sent; it proves nothing about the host now")
-	}
-	if accepted {
+	ch, o := h.m.Heartbeat(Beat{At: now, BootID: hb.BootID, Seq: hb.Seq, AgentStart: hb.AgentStart, SentAt: hb.SentAt, Fault: hb.Health.Fault()}, mc)
+	var recs []store.Record
+	var alert *Alert
+	switch o.Intake {
+	case IntakeAccepted:
 		h.agentVersion = hb.AgentVersion
-		if !hb.SentAt.IsZero() {
-			h.skew = hb.SentAt.Sub(now)
+		h.skew = hb.SentAt.Sub(now)
+		if !hb.AgentStart.Equal(h.persisted.AgentStart) {
+			// A new agent process: persist its mark with the next memo
+			// flush even if nothing else about the host changed.
+			h.dirty = true
 		}
 		e.touched(h)
+	case IntakeLate:
+		e.log.Warn().Str("host", hb.Host).Uint64("seq", hb.Seq).Time("sent_at", hb.SentAt).
+			Msg("dropped a heartbeat that arrived long after it was sent; it proves nothing about the host now")
+	case IntakeStale, IntakeSkewed:
+		h.refused, h.refusedAt = o.Intake.String()+": "+o.Reason, now
+		if now.Sub(h.staleAlertAt) >= staleAlertEvery {
+			h.staleAlertAt = now
+			alert, recs = e.refusal(h, hb, o, now)
+		}
 	}
-	recs := e.stamp(h, ch)
+	recs = append(recs, e.stamp(h, ch)...)
 	h.mu.Unlock()
 	e.record(recs)
-	return accepted, nil
+	if alert != nil {
+		e.deps.Alerter.Alert(context.Background(), *alert)
+	}
+	return o, nil
+}
+
+// staleAlertEvery rate-limits the alert and record of refused heartbeats,
+// per host: a replay or a wrong clock goes on every beat.
+const staleAlertEvery = time.Minute
+
+// refusal is the alert and history record of a stale or skewed heartbeat.
+// A live agent never sends a stale one: it is a replay, or a beat forged in
+// the agent's name was taken before it (the agent starts a new sequence and
+// is heard again); either way someone holds the host's credential or sits
+// on its path. A skewed one is a clock to fix, or a replay of an old beat.
+// Called with h.mu held.
+func (e *Engine) refusal(h *hostEntry, hb heartbeat.Heartbeat, o Outcome, now time.Time) (*Alert, []store.Record) {
+	kind, summary := AlertHeartbeatSkewed, fmt.Sprintf("refused a heartbeat from %s: %s", hb.Host, o.Reason)
+	if o.Intake == IntakeStale {
+		kind = AlertHeartbeatStale
+		summary = fmt.Sprintf("refused a stale heartbeat from %s (monitor %s, verdict %s): %s; a replay, or a heartbeat sent in the agent's name was taken before it: check who holds the host's agent credential",
+			hb.Host, h.m.State, h.m.Verdict, o.Reason)
+	}
+	e.log.Warn().Str("host", hb.Host).Uint64("seq", hb.Seq).Time("agent_start", hb.AgentStart).Time("sent_at", hb.SentAt).
+		Str("intake", o.Intake.String()).Msg(summary)
+	rec := store.Record{At: now, Host: hb.Host, Kind: kind, Reason: summary, CorrelationID: h.m.Incident}
+	return &Alert{At: now, Host: hb.Host, Kind: kind, Summary: summary, CorrelationID: h.m.Incident}, []store.Record{rec}
 }
 
 // Run ticks until ctx ends, then waits for outgoing checks and flushes.
@@ -438,7 +493,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.wg.Wait()
 			<-recDone
 			e.flushRecords()
-			e.flushMemos()
+			e.flushMemos(true)
 			return nil
 		case <-t.C:
 		}
@@ -446,7 +501,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.Step(ctx, now)
 		if now.Sub(lastMemo) >= memoEvery {
 			lastMemo = now
-			e.flushMemos()
+			e.flushMemos(false)
 		}
 	}
 }

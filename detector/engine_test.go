@@ -140,7 +140,8 @@ func newRig(t *testing.T, path string, memos map[string]store.HostMemo, hosts ..
 func (r *rig) beat(host string) {
 	r.t.Helper()
 	r.seq[host]++
-	accepted, err := r.e.Heartbeat(heartbeat.Heartbeat{Host: host, BootID: "boot-" + host, Seq: r.seq[host], AgentStart: t0, AgentVersion: "test", Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirt", OK: true}}})
+	o, err := r.e.Heartbeat(heartbeat.Heartbeat{Host: host, BootID: "boot-" + host, Seq: r.seq[host], AgentStart: t0, AgentVersion: "test", Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirt", OK: true}}})
+	accepted := o.Accepted()
 	require.NoError(r.t, err)
 	require.True(r.t, accepted)
 }
@@ -237,6 +238,14 @@ func TestEngineHistorySurvivesRestart(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, r.st.Close())
 	r2 := newRig(t, path, memos, "a", "b", "c")
+	// The agents kept running through the daemon's restart: their sequences
+	// go on, and a beat from before the restart is stale after it.
+	for h, n := range r.seq {
+		r2.seq[h] = n
+	}
+	o, err := r2.e.Heartbeat(heartbeat.Heartbeat{Host: "a", BootID: "boot-a", Seq: r.seq["a"] - 1, AgentStart: t0})
+	require.NoError(t, err)
+	assert.Equal(t, IntakeStale, o.Intake, "a beat from before the restart replayed after it: %+v", o)
 	assert.Equal(t, node.Unreachable, r2.status("b").Monitor)
 	assert.Equal(t, HostDown, r2.status("b").Verdict)
 	r2.run(2*time.Second, "a", "b", "c")

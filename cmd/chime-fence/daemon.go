@@ -315,6 +315,7 @@ func engineConfig(cfg *configs.Config) detector.EngineConfig {
 				MissedHeartbeats: cfg.Detection.MissedHeartbeats, ProbeTimeout: cfg.Detection.ProbeTimeout},
 			RecoveryHeartbeats: cfg.Detection.RecoveryHeartbeats,
 			Settle:             cfg.Detection.HeartbeatInterval,
+			MaxClockSkew:       cfg.Detection.HeartbeatMaxClockSkew,
 			// Agents beat at their own pace (chime-agent's default 5 s)
 			// until the daemon's first answer names detection's interval:
 			// one window at that pace before a host never heard from since

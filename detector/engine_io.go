@@ -299,11 +299,13 @@ type HostStatus struct {
 	SilentSince   time.Time          `json:"silent_since,omitzero"`
 	// IsolatedSince is when the isolated-or-hung verdict began to hold,
 	// unbroken (Monitor.IsolatedSince).
-	IsolatedSince time.Time          `json:"isolated_since,omitzero"`
-	BootID        string             `json:"boot_id,omitempty"`
-	Seq           uint64             `json:"seq,omitempty"`
-	AgentVersion  string             `json:"agent_version,omitempty"`
-	ClockSkew     heartbeat.Duration `json:"clock_skew,omitempty"`
+	IsolatedSince time.Time `json:"isolated_since,omitzero"`
+	BootID        string    `json:"boot_id,omitempty"`
+	Seq           uint64    `json:"seq,omitempty"`
+	// AgentStart is the agent process of the newest heartbeat taken.
+	AgentStart   time.Time          `json:"agent_start,omitzero"`
+	AgentVersion string             `json:"agent_version,omitempty"`
+	ClockSkew    heartbeat.Duration `json:"clock_skew,omitempty"`
 	// LastRefused is why the host's last stale or skewed heartbeat was
 	// refused, and when (e.g. "skewed: sent_at 7m ahead …: check NTP").
 	LastRefused   string     `json:"last_refused,omitempty"`
@@ -355,7 +357,7 @@ func (h *hostEntry) status(now time.Time) HostStatus {
 	defer h.mu.Unlock()
 	m := h.m
 	s := HostStatus{Name: h.cfg.Name, Rack: h.cfg.Rack, Monitor: m.State, Verdict: m.Verdict, VerdictReason: m.VerdictReason,
-		VerdictAt: m.VerdictAt, LastHeartbeat: m.LastHeartbeat, SilentSince: m.SilentSince, IsolatedSince: m.IsolatedSince, BootID: m.BootID, Seq: m.Seq,
+		VerdictAt: m.VerdictAt, LastHeartbeat: m.LastHeartbeat, SilentSince: m.SilentSince, IsolatedSince: m.IsolatedSince, BootID: m.BootID, Seq: m.Seq, AgentStart: m.AgentStart,
 		AgentVersion: h.agentVersion, ClockSkew: heartbeat.Duration(h.skew), Fault: m.Fault, Incident: m.Incident,
 		LastRefused: h.refused, LastRefusedAt: h.refusedAt}
 	if !m.LastHeartbeat.IsZero() {

@@ -76,9 +76,9 @@ func Order(last Mark, agentStart time.Time, seq uint64, sentAt, now time.Time, m
 		}
 		switch d := sentAt.Sub(now); {
 		case d > maxSkew:
-			return Outcome{IntakeSkewed, fmt.Sprintf("sent_at %s ahead of the daemon's clock (at most %s allowed): check NTP on the host", d.Round(time.Millisecond), maxSkew)}
+			return Outcome{IntakeSkewed, fmt.Sprintf("sent_at %s ahead of the daemon's clock (at most %s allowed): check NTP on the host", roundSkew(d), maxSkew)}
 		case -d > maxSkew:
-			return Outcome{IntakeSkewed, fmt.Sprintf("sent_at %s behind the daemon's clock (at most %s allowed): check NTP on the host, or the heartbeat was captured and replayed", (-d).Round(time.Millisecond), maxSkew)}
+			return Outcome{IntakeSkewed, fmt.Sprintf("sent_at %s behind the daemon's clock (at most %s allowed): check NTP on the host, or the heartbeat was captured and replayed", roundSkew(-d), maxSkew)}
 		}
 		if agentStart.After(sentAt) {
 			return Outcome{IntakeSkewed, fmt.Sprintf("agent_start %s is after sent_at %s: the agent's clock stepped back since it started (it starts over once its clock passes agent_start), or the heartbeat is forged",
@@ -97,4 +97,12 @@ func Order(last Mark, agentStart time.Time, seq uint64, sentAt, now time.Time, m
 		return Outcome{IntakeStale, fmt.Sprintf("seq %d is not after %d, the newest taken from this agent process: a replayed heartbeat, or a heartbeat sent in the agent's name overtook it", seq, last.Seq)}
 	}
 	return Outcome{Intake: IntakeAccepted}
+}
+
+// roundSkew keeps a skew readable: "7m0s", not "6m59.993417s".
+func roundSkew(d time.Duration) time.Duration {
+	if d >= 10*time.Second {
+		return d.Round(time.Second)
+	}
+	return d.Round(time.Millisecond)
 }

@@ -418,3 +418,84 @@ func TestEngineStormFlipIsRecordedBeforeItShows(t *testing.T) {
 	}
 	require.Equal(t, 2, flips, "the guard cleared")
 }
+
+// The replay mark is written without a write per heartbeat: a new
+// agent_start at the next memo flush, a seq that only moved once markEvery
+// has passed, and every mark at shutdown (Flush).
+func TestEngineReplayMarkIsCoalesced(t *testing.T) {
+	r := newRig(t, filepath.Join(t.TempDir(), "s.db"), nil, "a")
+	memo := func() store.HostMemo {
+		t.Helper()
+		m, err := r.st.HostMemos()
+		require.NoError(t, err)
+		return m["a"]
+	}
+	r.beat("a")
+	r.e.flushMemos(false)
+	assert.Equal(t, uint64(1), memo().Seq, "a new agent process is written at the next flush")
+	assert.True(t, t0.Equal(memo().AgentStart))
+
+	for range 5 {
+		r.clk.Add(time.Second)
+		r.beat("a")
+	}
+	r.e.flushMemos(false)
+	assert.Equal(t, uint64(1), memo().Seq, "a seq that only moved waits for markEvery")
+
+	r.clk.Add(markEvery)
+	r.beat("a")
+	r.e.flushMemos(false)
+	assert.Equal(t, uint64(7), memo().Seq, "written once markEvery passed")
+
+	r.beat("a")
+	r.e.Flush()
+	assert.Equal(t, uint64(8), memo().Seq, "shutdown writes every mark")
+
+	// A new agent process is written at the next flush, markEvery or not.
+	r.clk.Add(time.Second)
+	o, err := r.e.Heartbeat(heartbeat.Heartbeat{Host: "a", BootID: "boot-a", Seq: 1, AgentStart: t0.Add(time.Minute)})
+	require.NoError(t, err)
+	require.True(t, o.Accepted(), "%+v", o)
+	r.e.flushMemos(false)
+	assert.Equal(t, uint64(1), memo().Seq)
+	assert.True(t, t0.Add(time.Minute).Equal(memo().AgentStart))
+}
+
+// A stale heartbeat is alerted and recorded, at most once a minute per
+// host; a duplicate (a retransmission) is not.
+func TestEngineStaleHeartbeatAlerts(t *testing.T) {
+	r := newRig(t, filepath.Join(t.TempDir(), "s.db"), nil, "a")
+	r.beat("a")
+	r.beat("a")
+	send := func(seq uint64) Outcome {
+		o, err := r.e.Heartbeat(heartbeat.Heartbeat{Host: "a", BootID: "boot-a", Seq: seq, AgentStart: t0})
+		require.NoError(t, err)
+		return o
+	}
+	assert.Equal(t, IntakeDuplicate, send(2).Intake)
+	assert.NotContains(t, r.w.alertKinds("a"), AlertHeartbeatStale, "a retransmission is no attack")
+	assert.Equal(t, IntakeStale, send(1).Intake)
+	assert.Equal(t, IntakeStale, send(1).Intake)
+	r.e.Flush()
+	n := 0
+	for _, k := range r.w.alertKinds("a") {
+		if k == AlertHeartbeatStale {
+			n++
+		}
+	}
+	assert.Equal(t, 1, n, "rate-limited")
+	recs, err := r.st.History(store.Query{Host: "a", Kind: AlertHeartbeatStale})
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	assert.Contains(t, recs[0].Reason, "seq 1 is not after 2")
+	assert.Contains(t, r.status("a").LastRefused, "stale: seq 1")
+	r.clk.Add(staleAlertEvery)
+	assert.Equal(t, IntakeStale, send(1).Intake)
+	n = 0
+	for _, k := range r.w.alertKinds("a") {
+		if k == AlertHeartbeatStale {
+			n++
+		}
+	}
+	assert.Equal(t, 2, n, "alerted again a minute later")
+}

@@ -43,8 +43,11 @@ type Heartbeat struct {
 	Seq          uint64    `json:"seq"`
 	AgentStart   time.Time `json:"agent_start"`
 	AgentVersion string    `json:"agent_version"`
-	// SentAt is the agent's clock; the daemon uses its own receive time for
-	// every decision and keeps SentAt only to report skew.
+	// SentAt is the agent's clock. The daemon uses its own receive time for
+	// every decision about the host; it refuses a heartbeat whose SentAt is
+	// missing or further from its clock than its
+	// detection.heartbeat_max_clock_skew (replay protection), or earlier
+	// than AgentStart, and reports the skew.
 	SentAt  time.Time `json:"sent_at"`
 	Health  Health    `json:"health"`
 	Domains []Domain  `json:"domains"`

@@ -221,7 +221,7 @@ func TestAttackReplayTwoAgentStartsRefused(t *testing.T) {
 		assert.Equal(t, heartbeat.OutcomeDuplicate, rep.Ack.Outcome)
 	}
 	assert.True(t, last.Equal(r.status("h1").LastHeartbeat), "no replay counted as a heartbeat")
-	assert.Contains(t, r.alerts.kinds(), "h1 "+detector.AlertHeartbeatStale, "a stale beat is alerted")
+	assert.Contains(t, r.alerts.kinds(), "h1 "+detector.AlertHeartbeatReplayed, "the replay is alerted")
 	assert.Contains(t, r.status("h1").LastRefused, "stale: agent_start")
 }
 
@@ -375,5 +375,5 @@ func TestAttackForgedSeqDoesNotMuteTheAgent(t *testing.T) {
 		return hs.AgentStart.After(real) && hs.Seq >= 2 && hs.Seq < forged
 	}, 10*time.Second, 5*time.Millisecond, "the agent is heard again: %+v", r.status("h1"))
 	assert.Contains(t, logs.String(), "starting a new heartbeat sequence")
-	assert.Contains(t, r.alerts.kinds(), "h1 "+detector.AlertHeartbeatStale, "the daemon alerts too")
+	assert.Contains(t, r.alerts.kinds(), "h1 "+detector.AlertHeartbeatStale, "the daemon alerts too: a beat sent after the forged one was stale")
 }

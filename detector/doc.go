@@ -61,9 +61,11 @@
 // The Engine persists the Mark in the host memo, coalesced (a new
 // agent_start at the next flush, a seq that only moved once a minute, all
 // at shutdown), and restores it at start, so a restart reopens nothing a
-// captured beat could use beyond the clock-skew window; stale and skewed
-// beats raise AlertHeartbeatStale / AlertHeartbeatSkewed, once a minute per
-// host at most.
+// captured beat could use beyond the clock-skew window. Refused beats are
+// alerted, once a minute per host and kind at most: AlertHeartbeatStale (a
+// stale beat sent after the newest taken: that one was forged),
+// AlertHeartbeatReplayed (sent before it: a replay or a delayed datagram),
+// AlertHeartbeatSkewed.
 //
 // The Engine runs a Monitor per host around Decide. Its Step (every tick)
 // and Reconfigure are serialised; Heartbeat may be called concurrently with

@@ -129,8 +129,13 @@ const (
 	AlertStormCleared   = "storm-cleared"
 	AlertIsolationFence = "isolation-fence"
 	// AlertHeartbeatStale: a heartbeat older than one already taken from
-	// the host (a replay, or a forged beat overtook the agent's).
+	// the host but sent after it: a forged beat overtook the agent's
+	// sequence (critical).
 	AlertHeartbeatStale = "heartbeat-stale"
+	// AlertHeartbeatReplayed: a heartbeat older than one already taken
+	// and sent before it: a replay, or a datagram delayed past its
+	// successor (refused either way; a warning).
+	AlertHeartbeatReplayed = "heartbeat-replayed"
 	// AlertHeartbeatSkewed: a heartbeat whose sent_at is outside
 	// detection.heartbeat_max_clock_skew of the daemon's clock.
 	AlertHeartbeatSkewed = "heartbeat-skewed"
@@ -169,10 +174,10 @@ type hostEntry struct {
 	persisted Mark
 	markAt    time.Time // when the memo was last written
 	// refused is the last refused (stale or skewed) heartbeat's reason,
-	// for status; staleAlertAt rate-limits its alert.
-	refused      string
-	refusedAt    time.Time
-	staleAlertAt time.Time
+	// for status; alertAt rate-limits its alerts, by kind.
+	refused   string
+	refusedAt time.Time
+	alertAt   map[string]time.Time
 	// isoFor is the Monitor.IsolatedSince whose due isolation fence was
 	// acted on: handed to the fencer (isoHanded) or, in observe mode,
 	// recorded as "would fence".
@@ -439,9 +444,13 @@ func (e *Engine) Heartbeat(hb heartbeat.Heartbeat) (Outcome, error) {
 			Msg("dropped a heartbeat that arrived long after it was sent; it proves nothing about the host now")
 	case IntakeStale, IntakeSkewed:
 		h.refused, h.refusedAt = o.Intake.String()+": "+o.Reason, now
-		if now.Sub(h.staleAlertAt) >= staleAlertEvery {
-			h.staleAlertAt = now
-			alert, recs = e.refusal(h, hb, o, now)
+		kind, summary := refusalKind(h.m, hb, o)
+		if at, ok := h.alertAt[kind]; !ok || now.Sub(at) >= staleAlertEvery {
+			if h.alertAt == nil {
+				h.alertAt = map[string]time.Time{}
+			}
+			h.alertAt[kind] = now
+			alert, recs = e.refusal(h, hb, kind, summary, now)
 		}
 	}
 	recs = append(recs, e.stamp(h, ch)...)
@@ -454,24 +463,32 @@ func (e *Engine) Heartbeat(hb heartbeat.Heartbeat) (Outcome, error) {
 }
 
 // staleAlertEvery rate-limits the alert and record of refused heartbeats,
-// per host: a replay or a wrong clock goes on every beat.
+// per host and kind: a replay or a wrong clock goes on every beat.
 const staleAlertEvery = time.Minute
 
-// refusal is the alert and history record of a stale or skewed heartbeat.
-// A live agent never sends a stale one: it is a replay, or a beat forged in
-// the agent's name was taken before it (the agent starts a new sequence and
-// is heard again); either way someone holds the host's credential or sits
-// on its path. A skewed one is a clock to fix, or a replay of an old beat.
-// Called with h.mu held.
-func (e *Engine) refusal(h *hostEntry, hb heartbeat.Heartbeat, o Outcome, now time.Time) (*Alert, []store.Record) {
-	kind, summary := AlertHeartbeatSkewed, fmt.Sprintf("refused a heartbeat from %s: %s", hb.Host, o.Reason)
-	if o.Intake == IntakeStale {
-		kind = AlertHeartbeatStale
-		summary = fmt.Sprintf("refused a stale heartbeat from %s (monitor %s, verdict %s): %s; a replay, or a heartbeat sent in the agent's name was taken before it: check who holds the host's agent credential",
-			hb.Host, h.m.State, h.m.Verdict, o.Reason)
+// refusalKind names a stale or skewed heartbeat's alert and says why. A
+// live agent sends no stale heartbeat: one sent after the newest taken was
+// overtaken by a beat forged in its name (the agent starts a new sequence
+// and is heard again, but someone holds the host's credential); one sent
+// before it is a replay, or a datagram delayed past its successor. A skewed
+// one is a clock to fix, or a replay of an old beat.
+func refusalKind(m *Monitor, hb heartbeat.Heartbeat, o Outcome) (kind, summary string) {
+	switch {
+	case o.Intake != IntakeStale:
+		return AlertHeartbeatSkewed, fmt.Sprintf("refused a heartbeat from %s: %s", hb.Host, o.Reason)
+	case hb.SentAt.After(m.SentAt):
+		return AlertHeartbeatStale, fmt.Sprintf("refused a stale heartbeat from %s (monitor %s, verdict %s): %s; it was sent after the newest heartbeat taken, so that one was sent in the agent's name by someone else (the agent starts a new sequence): check who holds the host's agent credential",
+			hb.Host, m.State, m.Verdict, o.Reason)
 	}
+	return AlertHeartbeatReplayed, fmt.Sprintf("refused an old heartbeat from %s (monitor %s, verdict %s): %s; a replay, or a datagram delayed past its successor",
+		hb.Host, m.State, m.Verdict, o.Reason)
+}
+
+// refusal is the alert and history record of a refused heartbeat. Called
+// with h.mu held.
+func (e *Engine) refusal(h *hostEntry, hb heartbeat.Heartbeat, kind, summary string, now time.Time) (*Alert, []store.Record) {
 	e.log.Warn().Str("host", hb.Host).Uint64("seq", hb.Seq).Time("agent_start", hb.AgentStart).Time("sent_at", hb.SentAt).
-		Str("intake", o.Intake.String()).Msg(summary)
+		Str("kind", kind).Msg(summary)
 	rec := store.Record{At: now, Host: hb.Host, Kind: kind, Reason: summary, CorrelationID: h.m.Incident}
 	return &Alert{At: now, Host: hb.Host, Kind: kind, Summary: summary, CorrelationID: h.m.Incident}, []store.Record{rec}
 }

@@ -462,40 +462,50 @@ func TestEngineReplayMarkIsCoalesced(t *testing.T) {
 }
 
 // A stale heartbeat is alerted and recorded, at most once a minute per
-// host; a duplicate (a retransmission) is not.
+// host and kind; a duplicate (a retransmission) is not. One sent before the
+// newest taken is a replay (a warning); one sent after it means the newest
+// was forged (critical).
 func TestEngineStaleHeartbeatAlerts(t *testing.T) {
 	r := newRig(t, filepath.Join(t.TempDir(), "s.db"), nil, "a")
-	r.beat("a")
-	r.beat("a")
-	send := func(seq uint64) Outcome {
-		o, err := r.e.Heartbeat(heartbeat.Heartbeat{Host: "a", BootID: "boot-a", Seq: seq, AgentStart: t0})
+	send := func(seq uint64, sent time.Time) Outcome {
+		o, err := r.e.Heartbeat(heartbeat.Heartbeat{Host: "a", BootID: "boot-a", Seq: seq, AgentStart: t0, SentAt: sent})
 		require.NoError(t, err)
 		return o
 	}
-	assert.Equal(t, IntakeDuplicate, send(2).Intake)
-	assert.NotContains(t, r.w.alertKinds("a"), AlertHeartbeatStale, "a retransmission is no attack")
-	assert.Equal(t, IntakeStale, send(1).Intake)
-	assert.Equal(t, IntakeStale, send(1).Intake)
-	r.e.Flush()
-	n := 0
-	for _, k := range r.w.alertKinds("a") {
-		if k == AlertHeartbeatStale {
-			n++
+	count := func(kind string) int {
+		n := 0
+		for _, k := range r.w.alertKinds("a") {
+			if k == kind {
+				n++
+			}
 		}
+		return n
 	}
-	assert.Equal(t, 1, n, "rate-limited")
-	recs, err := r.st.History(store.Query{Host: "a", Kind: AlertHeartbeatStale})
+	require.True(t, send(1, t0.Add(-time.Second)).Accepted())
+	require.True(t, send(2, t0).Accepted())
+	assert.Equal(t, IntakeDuplicate, send(2, t0).Intake)
+	assert.Zero(t, count(AlertHeartbeatReplayed)+count(AlertHeartbeatStale), "a retransmission is no attack")
+	assert.Equal(t, IntakeStale, send(1, t0.Add(-time.Second)).Intake)
+	assert.Equal(t, IntakeStale, send(1, t0.Add(-time.Second)).Intake)
+	r.e.Flush()
+	assert.Equal(t, 1, count(AlertHeartbeatReplayed), "rate-limited")
+	assert.Zero(t, count(AlertHeartbeatStale))
+	recs, err := r.st.History(store.Query{Host: "a", Kind: AlertHeartbeatReplayed})
 	require.NoError(t, err)
 	require.Len(t, recs, 1)
 	assert.Contains(t, recs[0].Reason, "seq 1 is not after 2")
 	assert.Contains(t, r.status("a").LastRefused, "stale: seq 1")
+
+	// Sent after the newest taken: that one was not the agent's.
+	assert.Equal(t, IntakeStale, send(1, t0.Add(time.Second)).Intake)
+	assert.Equal(t, 1, count(AlertHeartbeatStale), "a different kind is not held back by the replay's limit")
+	r.e.Flush()
+	recs, err = r.st.History(store.Query{Host: "a", Kind: AlertHeartbeatStale})
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	assert.Contains(t, recs[0].Reason, "sent in the agent's name by someone else")
+
 	r.clk.Add(staleAlertEvery)
-	assert.Equal(t, IntakeStale, send(1).Intake)
-	n = 0
-	for _, k := range r.w.alertKinds("a") {
-		if k == AlertHeartbeatStale {
-			n++
-		}
-	}
-	assert.Equal(t, 2, n, "alerted again a minute later")
+	assert.Equal(t, IntakeStale, send(1, t0.Add(-time.Second)).Intake)
+	assert.Equal(t, 2, count(AlertHeartbeatReplayed), "alerted again a minute later")
 }

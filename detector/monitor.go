@@ -90,6 +90,10 @@ type Monitor struct {
 	PrevBootID    string
 	AgentStart    time.Time
 	Seq           uint64
+	// SentAt is the newest taken heartbeat's, by the agent's clock: a stale
+	// heartbeat sent after it was overtaken by a forged one, one sent
+	// before it is an old one delivered again.
+	SentAt time.Time
 	// Transit is receive time minus SentAt of the last accepted heartbeat;
 	// a heartbeat whose transit exceeds it by more than a window was sent
 	// long ago (e.g. retransmitted by a dead host's orphaned TCP socket
@@ -156,7 +160,7 @@ func (m *Monitor) Heartbeat(b Beat, cfg MonitorConfig) ([]Change, Outcome) {
 		ch = append(ch, Change{At: b.At, Kind: ChangeReboot, From: m.BootID, To: b.BootID,
 			Reason: fmt.Sprintf("boot id changed from %s to %s: the host rebooted", m.BootID, b.BootID)})
 	}
-	m.BootID, m.AgentStart, m.Seq, m.Fault = b.BootID, b.AgentStart, b.Seq, b.Fault
+	m.BootID, m.AgentStart, m.Seq, m.Fault, m.SentAt = b.BootID, b.AgentStart, b.Seq, b.Fault, b.SentAt
 	m.LastHeartbeat = b.At
 	// Evidence gathered for the silence that just ended must not leak into
 	// the next one.

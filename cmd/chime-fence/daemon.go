@@ -357,6 +357,10 @@ func (a detectorAlerts) Alert(_ context.Context, al detector.Alert) {
 		ev.Type, ev.Severity = alert.StormCleared, "info"
 	case al.Kind == "readiness":
 		ev.Type = alert.FenceReadiness
+	case al.Kind == detector.AlertHeartbeatStale:
+		ev.Type, ev.Severity = alert.HeartbeatRefused, "critical"
+	case al.Kind == detector.AlertHeartbeatSkewed || al.Kind == detector.AlertHeartbeatReplayed:
+		ev.Type = alert.HeartbeatRefused
 	}
 	a.log.Warn().Str("host", al.Host).Str("kind", al.Kind).Str("correlation_id", al.CorrelationID).Msg(al.Summary)
 	if err := a.send(ev); err != nil {

@@ -432,7 +432,9 @@ func (e *Engine) Heartbeat(hb heartbeat.Heartbeat) (Outcome, error) {
 	switch o.Intake {
 	case IntakeAccepted:
 		h.agentVersion = hb.AgentVersion
-		h.skew = hb.SentAt.Sub(now)
+		if !hb.SentAt.IsZero() {
+			h.skew = hb.SentAt.Sub(now)
+		}
 		if !hb.AgentStart.Equal(h.persisted.AgentStart) {
 			// A new agent process: persist its mark with the next memo
 			// flush even if nothing else about the host changed.
@@ -476,7 +478,9 @@ func refusalKind(m *Monitor, hb heartbeat.Heartbeat, o Outcome) (kind, summary s
 	switch {
 	case o.Intake != IntakeStale:
 		return AlertHeartbeatSkewed, fmt.Sprintf("refused a heartbeat from %s: %s", hb.Host, o.Reason)
-	case hb.SentAt.After(m.SentAt):
+	case !m.SentAt.IsZero() && hb.SentAt.After(m.SentAt):
+		// (Zero after a restart: the memo keeps only the mark, so the
+		// newest beat's send time is unknown until the next one.)
 		return AlertHeartbeatStale, fmt.Sprintf("refused a stale heartbeat from %s (monitor %s, verdict %s): %s; it was sent after the newest heartbeat taken, so that one was sent in the agent's name by someone else (the agent starts a new sequence): check who holds the host's agent credential",
 			hb.Host, m.State, m.Verdict, o.Reason)
 	}

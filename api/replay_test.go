@@ -377,3 +377,28 @@ func TestAttackForgedSeqDoesNotMuteTheAgent(t *testing.T) {
 	assert.Contains(t, logs.String(), "starting a new heartbeat sequence")
 	assert.Contains(t, r.alerts.kinds(), "h1 "+detector.AlertHeartbeatStale, "the daemon alerts too: a beat sent after the forged one was stale")
 }
+
+// An agent whose clock is 7 minutes ahead is told so, and logs it.
+func TestAgentWithWrongClockLogsTheReason(t *testing.T) {
+	clk := &offsetClock{}
+	r := newReplayRig(t, filepath.Join(t.TempDir(), "s.db"), clk)
+	dc, err := agent.NewDaemonClient(r.srv.URL, "h1", agentTok)
+	require.NoError(t, err)
+	logs := &logBuf{}
+	a, err := agent.New(agent.Config{Host: "h1", BootID: "boot-1", Version: "test", StateDir: t.TempDir(),
+		HeartbeatInterval: 20 * time.Millisecond, ReconcileInterval: time.Second, CheckTimeout: time.Second,
+		RetryInitial: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond,
+		Now: func() time.Time { return clk.Now().Add(7 * time.Minute) }}, emptyHV{}, dc, zerolog.New(logs))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		assert.NoError(t, <-done)
+	}()
+	require.Eventually(t, func() bool {
+		return bytes.Contains([]byte(logs.String()), []byte(`HTTP 422: {\"error\":\"heartbeat refused: sent_at 7m0s ahead of the daemon's clock (at most 30s allowed): check NTP on the host\"}`))
+	}, 10*time.Second, 5*time.Millisecond, "%s", logs.String())
+	assert.True(t, r.status("h1").LastHeartbeat.IsZero(), "nothing taken")
+}

@@ -348,10 +348,26 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 	for seq := uint64(1); ; seq++ {
 		interval := a.held.heartbeatInterval()
 		next := time.Now().Add(interval)
-		err := a.beat(ctx, seq, interval)
+		ack, err := a.beat(ctx, seq, interval)
 		switch {
 		case ctx.Err() != nil:
 			return
+		case err == nil && ack.Stale():
+			// The daemon took a newer beat in this host's name than any we
+			// sent: a forged beat (seq 10^12) or the replay of one. Every
+			// further beat of this sequence would be refused while the
+			// daemon counts the host silent: start a new one.
+			old := a.start
+			a.start = a.cfg.Now()
+			if !a.start.After(old) {
+				a.start = old.Add(time.Nanosecond)
+			}
+			log.Error().Uint64("seq", seq).Time("old_agent_start", old).Time("agent_start", a.start).Str("daemon_says", ack.OutcomeDetail).
+				Msg("the daemon refused this heartbeat as stale: it took a newer one in this host's name that this agent never sent (a forged or replayed heartbeat); starting a new heartbeat sequence. Check who holds this host's agent credential")
+			seq = 0 // the loop's seq++ makes it 1
+			// Then wait as usual: if a forged agent_start is still ahead of
+			// this one (the daemon bounds it by its clock-skew window), the
+			// next beat starts over again, once an interval.
 		case err != nil:
 			failures++
 			// Log when the error changes, not every beat of an outage.
@@ -373,7 +389,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 
 // beat sends one heartbeat under a deadline of one interval and applies
 // the ack.
-func (a *Agent) beat(ctx context.Context, seq uint64, interval time.Duration) error {
+func (a *Agent) beat(ctx context.Context, seq uint64, interval time.Duration) (heartbeat.Ack, error) {
 	health, doms := a.checks.snapshot()
 	var evicted []heartbeat.AssignedDomain
 	if asg := a.held.last(); asg != nil {
@@ -401,7 +417,7 @@ func (a *Agent) beat(ctx context.Context, seq uint64, interval time.Duration) er
 	defer cancel()
 	ack, err := a.daemon.Heartbeat(hctx, hb)
 	if err != nil {
-		return err
+		return heartbeat.Ack{}, err
 	}
 	a.checks.sent(health.IOErrors)
 	if err := AckMigrations(a.cfg.StateDir, ack.LocalMigrationsSeen); err != nil {
@@ -418,7 +434,7 @@ func (a *Agent) beat(ctx context.Context, seq uint64, interval time.Duration) er
 			Msg("admin state changed (heartbeat ack)")
 		trigger(a.reconcileNow)
 	}
-	return nil
+	return ack, nil
 }
 
 // assignmentLoop fetches the assignment at start and whenever an ack says

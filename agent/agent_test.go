@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -196,6 +197,9 @@ type fakeDaemon struct {
 	rec       *recorder
 	// ackMigrations: acks list every local migration of the heartbeat.
 	ackMigrations bool
+	// staleAt: the ack of the beat with this seq (first agent_start only)
+	// says stale, as when a forged beat overtook the agent's sequence.
+	staleAt uint64
 }
 
 func (d *fakeDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -227,6 +231,9 @@ func (d *fakeDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		ack := heartbeat.Ack{AdminState: d.asg.AdminState, AssignmentRevision: d.asg.Revision,
 			HeartbeatInterval: d.asg.HeartbeatInterval}
+		if d.staleAt != 0 && hb.Seq >= d.staleAt && hb.AgentStart.Equal(d.hbs[0].AgentStart) {
+			ack.Outcome, ack.OutcomeDetail = heartbeat.OutcomeStale, "seq is not after 1000000000000"
+		}
 		if d.ackMigrations {
 			for _, m := range hb.LocalMigrations {
 				ack.LocalMigrationsSeen = append(ack.LocalMigrationsSeen, m.ID)
@@ -390,6 +397,30 @@ func TestAgentHeartbeats(t *testing.T) {
 	}
 	assert.Contains(t, d.bodies[0], `"state":"running"`, "states travel by name")
 	assert.NotEmpty(t, r.logs.lines(map[string]string{"component": "agent", "message": "assignment"}))
+}
+
+// A beat answered "stale" means someone else's beat in this host's name
+// overtook the sequence: the agent starts a new one (new agent_start, seq
+// 1) at once and logs an error, instead of beating unheard forever.
+func TestAgentStartsANewSequenceWhenStale(t *testing.T) {
+	d := &fakeDaemon{asg: enabledWith(1), staleAt: 3}
+	var ticks atomic.Int64 // a clock that moves a millisecond per reading
+	r := newRig(t, &fakeHV{}, d, func(c *Config) {
+		c.Now = func() time.Time {
+			return time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC).Add(time.Duration(ticks.Add(1)) * time.Millisecond)
+		}
+	})
+	require.Eventually(t, func() bool { return len(d.heartbeats()) >= 6 }, wait, 5*time.Millisecond)
+	r.stop(t)
+	hbs := d.heartbeats()
+	first := hbs[0].AgentStart
+	for i, want := range []uint64{1, 2, 3, 1, 2, 3} {
+		assert.Equal(t, want, hbs[i].Seq, "beat %d", i)
+		assert.Equal(t, i >= 3, hbs[i].AgentStart.After(first), "beat %d: a new agent_start after the stale answer", i)
+		assert.False(t, hbs[i].AgentStart.After(hbs[i].SentAt), "beat %d: agent_start is never after sent_at (the daemon would refuse it)", i)
+	}
+	assert.Len(t, r.logs.lines(map[string]string{"level": "error", "component": "heartbeat"}), 1, "one error, naming the cause")
+	assert.Contains(t, r.logs.String(), "starting a new heartbeat sequence")
 }
 
 func TestAgentRestartsCrashedDomainWhenEnabled(t *testing.T) {

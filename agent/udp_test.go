@@ -647,3 +647,15 @@ func BenchmarkHTTPClientHeartbeat(b *testing.B) {
 		}
 	}
 }
+
+// The ack's outcome crosses the datagram: an agent told "stale" over UDP
+// knows it as over HTTP.
+func TestUDPClientAckOutcome(t *testing.T) {
+	stale := udpAck
+	stale.Outcome, stale.OutcomeDetail = heartbeat.OutcomeStale, "seq 3 is not after 1000000000000"
+	r := newUDPRig(t, TransportAuto, func(hb heartbeat.Heartbeat) [][]byte { return [][]byte{ackReply(t, hb, stale)} })
+	ack, err := r.beat(5*time.Second, 3)
+	require.NoError(t, err)
+	assert.True(t, ack.Stale())
+	assert.Equal(t, stale, ack)
+}

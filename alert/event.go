@@ -38,12 +38,20 @@ const (
 	StormCleared = "storm.cleared"
 
 	ConfigReloadFailed = "config.reload_failed"
+
+	// HeartbeatRefused: a heartbeat older than one already taken from the
+	// host, critical when sent after it (a beat forged in the host's name
+	// got in first), a warning when sent before it (a replay, or a delayed
+	// datagram), or dated outside the clock-skew window (a warning: fix the
+	// host's clock). Details: verdict (heartbeat-stale, heartbeat-replayed,
+	// heartbeat-skewed).
+	HeartbeatRefused = "heartbeat.refused"
 )
 
 // Types lists every event type the daemon sends.
 var Types = []string{HostUnreachable, HostVerdict, HostRebooted, HostReturned, FenceReadiness, FenceStarted, FenceSucceeded,
 	FenceFailed, EvacuationStarted, EvacuationFinished, EvacuationPartial, SplitBrainRefused, SplitBrainDetected, StormEngaged, StormCleared,
-	ConfigReloadFailed}
+	ConfigReloadFailed, HeartbeatRefused}
 
 // CheckPattern refuses a webhook filter that is not a valid glob or that
 // matches no event type: a misspelt filter ("storm_guard.*") would silence

@@ -39,7 +39,7 @@ func BenchmarkHeartbeatHandler(b *testing.B) {
 	}
 	eng, err := detector.NewEngine(detector.EngineConfig{Hosts: hc,
 		Monitor: detector.MonitorConfig{Thresholds: detector.Thresholds{HeartbeatInterval: time.Second, MissedHeartbeats: 3, ProbeTimeout: time.Second},
-			RecoveryHeartbeats: 3, Settle: time.Second},
+			RecoveryHeartbeats: 3, Settle: time.Second, MaxClockSkew: 30 * time.Second},
 		Storm: detector.StormGuard{MaxFraction: 0.5, Window: time.Minute},
 	}, detector.Deps{Prober: quiet{}, Power: quiet{}, Readiness: quiet{}, History: st, Memos: st, Alerter: quiet{}, Log: zerolog.Nop()}, nil)
 	if err != nil {

@@ -115,7 +115,7 @@ func New(b Backend, tok Tokens, reg *prometheus.Registry, log zerolog.Logger, op
 	}
 	s.hbTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "chime_fence_heartbeats_total",
-		Help: "Heartbeats received, by transport (http, udp) and result: accepted, malformed, unauthorized, unknown_host, too_large.",
+		Help: "Heartbeats received, by transport (http, udp) and result: accepted, ignored (answered but not acted on: duplicate, stale or late, see the ack's outcome), refused (sent_at outside the clock-skew window), malformed, unauthorized, unknown_host, too_large.",
 	}, []string{"result", "transport"})
 	s.hbHTTP, s.hbUDP = newHBCounts(s.hbTotal, "http"), newHBCounts(s.hbTotal, "udp")
 	if err := reg.Register(s.hbTotal); err != nil {
@@ -155,6 +155,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 // datagram path runs 10,000 times a second.
 type hbCounts struct {
 	accepted, malformed, unauthorized, unknownHost, tooLarge prometheus.Counter
+	ignored, refused                                         prometheus.Counter
+}
+
+// taken counts an answered heartbeat by what the daemon did with it.
+func (c hbCounts) taken(ack heartbeat.Ack) {
+	if ack.Accepted() {
+		c.accepted.Inc()
+	} else {
+		c.ignored.Inc()
+	}
 }
 
 func newHBCounts(v *prometheus.CounterVec, transport string) hbCounts {
@@ -164,6 +174,8 @@ func newHBCounts(v *prometheus.CounterVec, transport string) hbCounts {
 		unauthorized: v.WithLabelValues("unauthorized", transport),
 		unknownHost:  v.WithLabelValues("unknown_host", transport),
 		tooLarge:     v.WithLabelValues("too_large", transport),
+		ignored:      v.WithLabelValues("ignored", transport),
+		refused:      v.WithLabelValues("refused", transport),
 	}
 }
 
@@ -241,11 +253,17 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request, caller string
 		writeErr(w, http.StatusNotFound, "%s", unknownHost(hb.Host))
 		return
 	}
+	if errors.Is(err, daemon.ErrHeartbeatRefused) {
+		// 422: the heartbeat is well-formed but cannot be dated.
+		s.hbHTTP.refused.Inc()
+		writeErr(w, http.StatusUnprocessableEntity, "%v", err)
+		return
+	}
 	if err != nil {
 		writeErr(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	s.hbHTTP.accepted.Inc()
+	s.hbHTTP.taken(ack)
 	writeJSON(w, http.StatusOK, ack)
 }
 

@@ -306,12 +306,15 @@ func (s *Server) heartbeatDatagram(b []byte, p peer) []byte {
 	case errors.Is(err, daemon.ErrUnknownHost):
 		s.hbUDP.unknownHost.Inc()
 		return s.refused(sealer, p, heartbeat.ReplyTo(hb), unknownHost(hb.Host))
+	case errors.Is(err, daemon.ErrHeartbeatRefused):
+		s.hbUDP.refused.Inc()
+		return s.refused(sealer, p, heartbeat.ReplyTo(hb), err.Error())
 	case err != nil:
 		// What HTTP answers with a 500: no reply, so the agent tries HTTP.
 		s.failed(err, "heartbeat datagram from "+p.String()+" not taken")
 		return nil
 	}
-	s.hbUDP.accepted.Inc()
+	s.hbUDP.taken(ack)
 	r := heartbeat.ReplyTo(hb)
 	r.Ack = &ack
 	return s.seal(sealer, p, r)

@@ -357,7 +357,10 @@ func TestUDPConcurrentAgents(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	assert.Equal(t, float64(agents*beats), e.count("accepted"))
+	// Four agent processes per host interleave: the daemon takes only the
+	// newest agent_start's beats and answers the others as stale.
+	assert.Equal(t, float64(agents*beats), e.count("accepted")+e.count("ignored"))
+	assert.Positive(t, e.count("ignored"))
 }
 
 func TestUDPFloodIsLoggedOnceASecond(t *testing.T) {

@@ -127,6 +127,11 @@ type Detection struct {
 	// RecoveryHeartbeats is the hysteresis: consecutive good heartbeats
 	// before an unreachable or error host is normal again.
 	RecoveryHeartbeats int `mapstructure:"recovery_heartbeats" json:"recovery_heartbeats" yaml:"recovery_heartbeats"`
+	// HeartbeatMaxClockSkew bounds how far a heartbeat's sent_at may be
+	// from the daemon's clock, either way; further is refused with the
+	// reason ("check NTP"). It bounds replay: a captured heartbeat is
+	// useless once this old.
+	HeartbeatMaxClockSkew time.Duration `mapstructure:"heartbeat_max_clock_skew" json:"heartbeat_max_clock_skew" yaml:"heartbeat_max_clock_skew"`
 	// ReferenceAddresses are addresses the daemon itself must reach; when it
 	// cannot, it suspects its own network and pauses (storm guard).
 	ReferenceAddresses []string `mapstructure:"reference_addresses" json:"reference_addresses" yaml:"reference_addresses"`

@@ -127,6 +127,7 @@ func TestDefaultsWhenOmitted(t *testing.T) {
 	assert.Equal(t, 5*time.Second, c.Detection.HeartbeatInterval)
 	assert.Equal(t, 3, c.Detection.MissedHeartbeats)
 	assert.Equal(t, 3, c.Detection.RecoveryHeartbeats)
+	assert.Equal(t, 30*time.Second, c.Detection.HeartbeatMaxClockSkew)
 	assert.True(t, c.Storage.RBDShared)
 	assert.Equal(t, 4.0, c.Scheduler.CPUOvercommit)
 	p := c.Hosts[0].Effective
@@ -140,6 +141,18 @@ func TestExplicitZeroIsReportedNotDefaulted(t *testing.T) {
 	_, err := Parse("z.yaml", []byte(minimal+"detection:\n  recovery_heartbeats: 0\n"), noEnv)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "detection.recovery_heartbeats (line 15): must be at least 1, got 0")
+}
+
+func TestHeartbeatMaxClockSkew(t *testing.T) {
+	c, err := Parse("s.yaml", []byte(minimal+"detection:\n  heartbeat_max_clock_skew: 2m\n"), noEnv)
+	require.NoError(t, err)
+	assert.Equal(t, 2*time.Minute, c.Detection.HeartbeatMaxClockSkew)
+	for _, v := range []string{"0s", "500ms", "11m", "-1s"} {
+		_, err := Parse("s.yaml", []byte(minimal+"detection:\n  heartbeat_max_clock_skew: "+v+"\n"), noEnv)
+		require.Error(t, err, v)
+		assert.Contains(t, err.Error(), "detection.heartbeat_max_clock_skew (line 15): ", v)
+		assert.Contains(t, err.Error(), "out of range 1s..10m0s", v)
+	}
 }
 
 func TestEnvironmentOverrides(t *testing.T) {

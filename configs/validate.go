@@ -163,6 +163,14 @@ func (v validator) controller(c Controller) {
 	}
 }
 
+// Bounds of detection.heartbeat_max_clock_skew: below a second NTP-synced
+// hosts and a busy network get refused; above ten minutes a captured
+// heartbeat keeps a dead host alive that long.
+const (
+	MinClockSkew = time.Second
+	MaxClockSkew = 10 * time.Minute
+)
+
 func (v validator) detection(d Detection) {
 	if d.HeartbeatInterval <= 0 {
 		v.add("detection.heartbeat_interval", "must be positive")
@@ -177,6 +185,10 @@ func (v validator) detection(d Detection) {
 	}
 	if d.RecoveryHeartbeats < 1 {
 		v.add("detection.recovery_heartbeats", "must be at least 1, got %d", d.RecoveryHeartbeats)
+	}
+	if d.HeartbeatMaxClockSkew < MinClockSkew || d.HeartbeatMaxClockSkew > MaxClockSkew {
+		v.add("detection.heartbeat_max_clock_skew", "%v is out of range %v..%v (it bounds how long a captured heartbeat can be replayed)",
+			d.HeartbeatMaxClockSkew, MinClockSkew, MaxClockSkew)
 	}
 	for i, a := range d.ReferenceAddresses {
 		if net.ParseIP(a) == nil {

@@ -45,6 +45,12 @@ import (
 // ErrUnknownHost: the host is not in the configuration.
 var ErrUnknownHost = detector.ErrUnknownHost
 
+// ErrHeartbeatRefused: the heartbeat cannot be dated (sent_at missing, or
+// outside detection.heartbeat_max_clock_skew of the daemon's clock, or
+// agent_start after sent_at). The error names the reason, for the agent's
+// log: its clock needs fixing, or the beat is a replay.
+var ErrHeartbeatRefused = errors.New("heartbeat refused")
+
 // State is what Daemon needs from the store; *store.Store satisfies it.
 type State interface {
 	AdminStates() (map[string]node.AdminState, error)
@@ -64,7 +70,7 @@ const EvictedKind = "evicted"
 
 // Engine is what Daemon needs from the detector; *detector.Engine satisfies it.
 type Engine interface {
-	Heartbeat(hb heartbeat.Heartbeat) (accepted bool, err error)
+	Heartbeat(hb heartbeat.Heartbeat) (detector.Outcome, error)
 	Status() ([]detector.HostStatus, detector.StormStatus)
 	Host(name string) (detector.HostStatus, bool)
 }
@@ -152,10 +158,14 @@ func New(st State, eng Engine, interval func() time.Duration, clock func() time.
 // under the lock and written to the store outside it, so hosts never queue
 // behind each other's disk writes (the store batches concurrent writes).
 func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
-	accepted, err := d.eng.Heartbeat(hb)
+	o, err := d.eng.Heartbeat(hb)
 	if err != nil {
 		return heartbeat.Ack{}, err
 	}
+	if o.Intake == detector.IntakeSkewed {
+		return heartbeat.Ack{}, fmt.Errorf("%w: %s", ErrHeartbeatRefused, o.Reason)
+	}
+	accepted := o.Accepted()
 	var put []store.DomainHome
 	var remove []string
 	var undo []store.DomainHome
@@ -231,7 +241,8 @@ func (d *Daemon) Heartbeat(hb heartbeat.Heartbeat) (heartbeat.Ack, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return heartbeat.Ack{AdminState: d.admin[hb.Host], AssignmentRevision: d.revision(hb.Host),
-		HeartbeatInterval: heartbeat.Duration(d.interval()), LocalMigrationsSeen: seen}, nil
+		HeartbeatInterval: heartbeat.Duration(d.interval()), LocalMigrationsSeen: seen,
+		Outcome: o.Intake.String(), OutcomeDetail: o.Reason}, nil
 }
 
 // adoptLocalDrain makes the daemon's admin state agree with a drain the

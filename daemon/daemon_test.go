@@ -26,10 +26,13 @@ type fakeEngine struct {
 	reject bool
 }
 
-func (e *fakeEngine) Heartbeat(heartbeat.Heartbeat) (bool, error) {
+func (e *fakeEngine) Heartbeat(heartbeat.Heartbeat) (detector.Outcome, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return !e.reject, nil
+	if e.reject {
+		return detector.Outcome{Intake: detector.IntakeStale, Reason: "test"}, nil
+	}
+	return detector.Outcome{}, nil
 }
 
 func (e *fakeEngine) Status() ([]detector.HostStatus, detector.StormStatus) {

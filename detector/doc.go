@@ -50,6 +50,23 @@
 //   - Thresholds that fail Validate make Decide return Unprovable with the
 //     problem in the Reason (never a fence); validate them at config load.
 //
+// Heartbeats are ordered by Order, pure and table-tested: a heartbeat is
+// taken only if it is newer than the host's Mark, the newest taken (a later
+// agent_start, or the same one and a higher seq), and, when
+// MonitorConfig.MaxClockSkew is set (the daemon always sets it), its
+// sent_at is within that of the daemon's clock and not before agent_start.
+// Otherwise it is a duplicate (same mark: a retransmission), stale (older:
+// a replay, or a forged beat overtook the agent, which then starts a new
+// sequence on the ack's outcome), or skewed (refused with the reason).
+// The Engine persists the Mark in the host memo, coalesced (a new
+// agent_start at the next flush, a seq that only moved once a minute, all
+// at shutdown), and restores it at start, so a restart reopens nothing a
+// captured beat could use beyond the clock-skew window. Refused beats are
+// alerted, once a minute per host and kind at most: AlertHeartbeatStale (a
+// stale beat sent after the newest taken: that one was forged),
+// AlertHeartbeatReplayed (sent before it: a replay or a delayed datagram),
+// AlertHeartbeatSkewed.
+//
 // The Engine runs a Monitor per host around Decide. Its Step (every tick)
 // and Reconfigure are serialised; Heartbeat may be called concurrently with
 // both. Step decides exactly what ticking every host would, but visits only

@@ -128,6 +128,17 @@ const (
 	AlertStormPaused    = "storm-paused"
 	AlertStormCleared   = "storm-cleared"
 	AlertIsolationFence = "isolation-fence"
+	// AlertHeartbeatStale: a heartbeat older than one already taken from
+	// the host but sent after it: a forged beat overtook the agent's
+	// sequence (critical).
+	AlertHeartbeatStale = "heartbeat-stale"
+	// AlertHeartbeatReplayed: a heartbeat older than one already taken
+	// and sent before it: a replay, or a datagram delayed past its
+	// successor (refused either way; a warning).
+	AlertHeartbeatReplayed = "heartbeat-replayed"
+	// AlertHeartbeatSkewed: a heartbeat whose sent_at is outside
+	// detection.heartbeat_max_clock_skew of the daemon's clock.
+	AlertHeartbeatSkewed = "heartbeat-skewed"
 )
 
 // DownEvent is a host-down verdict handed to the fencer.
@@ -159,6 +170,14 @@ type hostEntry struct {
 	readiness    *Readiness
 	nextCheck    time.Time
 	dirty        bool
+	// persisted is the Mark in the last memo written (or restored).
+	persisted Mark
+	markAt    time.Time // when the memo was last written
+	// refused is the last refused (stale or skewed) heartbeat's reason,
+	// for status; alertAt rate-limits its alerts, by kind.
+	refused   string
+	refusedAt time.Time
+	alertAt   map[string]time.Time
 	// isoFor is the Monitor.IsolatedSince whose due isolation fence was
 	// acted on: handed to the fencer (isoHanded) or, in observe mode,
 	// recorded as "would fence".
@@ -276,6 +295,9 @@ func (e *Engine) buildHosts(cfgs []HostConfig, old map[string]*hostEntry, memos 
 		if memo, ok := memos[hc.Name]; ok {
 			m.BootID = memo.BootID
 			m.LastHeartbeat = memo.LastHeartbeat
+			// The replay high-water mark: a beat captured before the
+			// restart must not be taken after it.
+			m.AgentStart, m.Seq = memo.AgentStart, memo.Seq
 			if st, err := node.ParseMonitorState(memo.Monitor); err == nil && (st == node.Unreachable || st == node.Error) {
 				// Keep the hysteresis across a restart: a host that was
 				// unreachable must still earn its way back.
@@ -285,7 +307,7 @@ func (e *Engine) buildHosts(cfgs []HostConfig, old map[string]*hostEntry, memos 
 				m.Verdict, m.VerdictAt, m.VerdictReason = v, memo.LastVerdictAt, "restored from before the daemon restarted"
 			}
 		}
-		h := &hostEntry{cfg: hc, m: m, silentPos: -1}
+		h := &hostEntry{cfg: hc, m: m, silentPos: -1, persisted: m.Mark()}
 		h.nextCheck = now.Add(e.jitter(min(hc.ReadinessInterval, 30*time.Second)))
 		hosts[hc.Name] = h
 	}
@@ -393,32 +415,86 @@ func (e *Engine) host(name string) (*hostEntry, MonitorConfig, bool) {
 }
 
 // Heartbeat takes one validated heartbeat, stamped with the daemon's clock.
-// It never blocks on I/O: records are queued for the recorder. accepted is
-// false for a duplicate, replayed or late heartbeat, whose content (its
-// domain list included) describes the past and must not be acted on.
-func (e *Engine) Heartbeat(hb heartbeat.Heartbeat) (accepted bool, err error) {
+// It never blocks on I/O: records and alerts are queued. Only an accepted
+// heartbeat changes anything: a duplicate, stale, late or skewed one (Order)
+// describes the past or cannot be dated, and its content (its domain list
+// included) must not be acted on.
+func (e *Engine) Heartbeat(hb heartbeat.Heartbeat) (Outcome, error) {
 	h, mc, ok := e.host(hb.Host)
 	if !ok {
-		return false, fmt.Errorf("detector: heartbeat from host %q: %w", hb.Host, ErrUnknownHost)
+		return Outcome{}, fmt.Errorf("detector: heartbeat from host %q: %w", hb.Host, ErrUnknownHost)
 	}
 	now := e.deps.Clock.Now()
 	h.mu.Lock()
-	ch, accepted := h.m.Heartbeat(Beat{At: now, BootID: hb.BootID, Seq: hb.Seq, AgentStart: hb.AgentStart, SentAt: hb.SentAt, Fault: hb.Health.Fault()}, mc)
-	if !accepted && hb.SentAt.Before(now) && h.m.AgentStart.Equal(hb.AgentStart) && hb.Seq > h.m.Seq {
-		e.log.Warn().Str("host", hb.Host).Uint64("seq", hb.Seq).Time("sent_at", hb.SentAt).
-			Msg("dropped a heartbeat that arrived long after it was sent; it proves nothing about the host now")
-	}
-	if accepted {
+	ch, o := h.m.Heartbeat(Beat{At: now, BootID: hb.BootID, Seq: hb.Seq, AgentStart: hb.AgentStart, SentAt: hb.SentAt, Fault: hb.Health.Fault()}, mc)
+	var recs []store.Record
+	var alert *Alert
+	switch o.Intake {
+	case IntakeAccepted:
 		h.agentVersion = hb.AgentVersion
 		if !hb.SentAt.IsZero() {
 			h.skew = hb.SentAt.Sub(now)
 		}
+		if !hb.AgentStart.Equal(h.persisted.AgentStart) {
+			// A new agent process: persist its mark with the next memo
+			// flush even if nothing else about the host changed.
+			h.dirty = true
+		}
 		e.touched(h)
+	case IntakeLate:
+		e.log.Warn().Str("host", hb.Host).Uint64("seq", hb.Seq).Time("sent_at", hb.SentAt).
+			Msg("dropped a heartbeat that arrived long after it was sent; it proves nothing about the host now")
+	case IntakeStale, IntakeSkewed:
+		h.refused, h.refusedAt = o.Intake.String()+": "+o.Reason, now
+		kind, summary := refusalKind(h.m, hb, o)
+		if at, ok := h.alertAt[kind]; !ok || now.Sub(at) >= staleAlertEvery {
+			if h.alertAt == nil {
+				h.alertAt = map[string]time.Time{}
+			}
+			h.alertAt[kind] = now
+			alert, recs = e.refusal(h, hb, kind, summary, now)
+		}
 	}
-	recs := e.stamp(h, ch)
+	recs = append(recs, e.stamp(h, ch)...)
 	h.mu.Unlock()
 	e.record(recs)
-	return accepted, nil
+	if alert != nil {
+		e.deps.Alerter.Alert(context.Background(), *alert)
+	}
+	return o, nil
+}
+
+// staleAlertEvery rate-limits the alert and record of refused heartbeats,
+// per host and kind: a replay or a wrong clock goes on every beat.
+const staleAlertEvery = time.Minute
+
+// refusalKind names a stale or skewed heartbeat's alert and says why. A
+// live agent sends no stale heartbeat: one sent after the newest taken was
+// overtaken by a beat forged in its name (the agent starts a new sequence
+// and is heard again, but someone holds the host's credential); one sent
+// before it is a replay, or a datagram delayed past its successor. A skewed
+// one is a clock to fix, or a replay of an old beat.
+func refusalKind(m *Monitor, hb heartbeat.Heartbeat, o Outcome) (kind, summary string) {
+	switch {
+	case o.Intake != IntakeStale:
+		return AlertHeartbeatSkewed, fmt.Sprintf("refused a heartbeat from %s: %s", hb.Host, o.Reason)
+	case !m.SentAt.IsZero() && hb.SentAt.After(m.SentAt):
+		// (Zero after a restart: the memo keeps only the mark, so the
+		// newest beat's send time is unknown until the next one.)
+		return AlertHeartbeatStale, fmt.Sprintf("refused a stale heartbeat from %s (monitor %s, verdict %s): %s; it was sent after the newest heartbeat taken, so that one was sent in the agent's name by someone else (the agent starts a new sequence): check who holds the host's agent credential",
+			hb.Host, m.State, m.Verdict, o.Reason)
+	}
+	return AlertHeartbeatReplayed, fmt.Sprintf("refused an old heartbeat from %s (monitor %s, verdict %s): %s; a replay, or a datagram delayed past its successor",
+		hb.Host, m.State, m.Verdict, o.Reason)
+}
+
+// refusal is the alert and history record of a refused heartbeat. Called
+// with h.mu held.
+func (e *Engine) refusal(h *hostEntry, hb heartbeat.Heartbeat, kind, summary string, now time.Time) (*Alert, []store.Record) {
+	e.log.Warn().Str("host", hb.Host).Uint64("seq", hb.Seq).Time("agent_start", hb.AgentStart).Time("sent_at", hb.SentAt).
+		Str("kind", kind).Msg(summary)
+	rec := store.Record{At: now, Host: hb.Host, Kind: kind, Reason: summary, CorrelationID: h.m.Incident}
+	return &Alert{At: now, Host: hb.Host, Kind: kind, Summary: summary, CorrelationID: h.m.Incident}, []store.Record{rec}
 }
 
 // Run ticks until ctx ends, then waits for outgoing checks and flushes.
@@ -438,7 +514,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.wg.Wait()
 			<-recDone
 			e.flushRecords()
-			e.flushMemos()
+			e.flushMemos(true)
 			return nil
 		case <-t.C:
 		}
@@ -446,7 +522,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.Step(ctx, now)
 		if now.Sub(lastMemo) >= memoEvery {
 			lastMemo = now
-			e.flushMemos()
+			e.flushMemos(false)
 		}
 	}
 }

@@ -129,8 +129,8 @@ func BenchmarkEngineHeartbeat(b *testing.B) {
 	ctx := context.Background()
 	beat := func(i int) {
 		seq[i]++
-		if ok, err := e.Heartbeat(heartbeat.Heartbeat{Host: names[i], BootID: "boot", Seq: seq[i], AgentStart: t0}); err != nil || !ok {
-			b.Fatal(ok, err)
+		if o, err := e.Heartbeat(heartbeat.Heartbeat{Host: names[i], BootID: "boot", Seq: seq[i], AgentStart: t0}); err != nil || !o.Accepted() {
+			b.Fatal(o, err)
 		}
 	}
 	// 10,000 heartbeats a second: 100 µs apart, a tick every 500.

@@ -212,8 +212,19 @@ func (e *Engine) recorder(ctx context.Context) {
 	}
 }
 
-// Flush writes queued records now (tests and shutdown).
-func (e *Engine) Flush() { e.flushRecords(); e.flushMemos() }
+// Flush writes queued records, changed memos and every host's replay mark
+// now (tests and shutdown).
+func (e *Engine) Flush() { e.flushRecords(); e.flushMemos(true) }
+
+// markEvery is how often a host's memo is rewritten when only its seq moved
+// (a new agent_start is written at the next flush, MemoEvery). Writing every
+// beat's seq would be 10,000 writes a second; a restart after a crash then
+// knows a seq up to this old. That reopens nothing the clock-skew window does
+// not already bound: a beat replayed after the restart must still be dated
+// within detection.heartbeat_max_clock_skew of the daemon's clock and be
+// newer than every beat taken since, so each captured beat counts at most
+// once and only if the daemon was down for less than the window.
+const markEvery = time.Minute
 
 func (e *Engine) flushRecords() {
 	e.recMu.Lock()
@@ -232,18 +243,27 @@ func (e *Engine) flushRecords() {
 	}
 }
 
-func (e *Engine) flushMemos() {
+// flushMemos writes the memo of every host that changed, and of every host
+// whose replay mark moved, if all (shutdown) or the mark was last written
+// markEvery ago.
+func (e *Engine) flushMemos(all bool) {
 	e.hostsMu.RLock()
 	hosts := e.hosts
 	e.hostsMu.RUnlock()
+	now := e.deps.Clock.Now()
 	memos := map[string]store.HostMemo{}
 	for n, h := range hosts {
 		h.mu.Lock()
+		if !h.dirty && h.m.Mark() != h.persisted && (all || now.Sub(h.markAt) >= markEvery) {
+			h.dirty = true
+		}
 		if h.dirty {
+			h.markAt = now
 			m := h.m
 			memos[n] = store.HostMemo{BootID: m.BootID, LastHeartbeat: m.LastHeartbeat, LastVerdict: m.Verdict.String(),
-				LastVerdictAt: m.VerdictAt, Monitor: m.State.String()}
+				LastVerdictAt: m.VerdictAt, Monitor: m.State.String(), AgentStart: m.AgentStart, Seq: m.Seq}
 			h.dirty = false
+			h.persisted = m.Mark()
 		}
 		h.mu.Unlock()
 	}
@@ -279,14 +299,20 @@ type HostStatus struct {
 	SilentSince   time.Time          `json:"silent_since,omitzero"`
 	// IsolatedSince is when the isolated-or-hung verdict began to hold,
 	// unbroken (Monitor.IsolatedSince).
-	IsolatedSince time.Time          `json:"isolated_since,omitzero"`
-	BootID        string             `json:"boot_id,omitempty"`
-	Seq           uint64             `json:"seq,omitempty"`
-	AgentVersion  string             `json:"agent_version,omitempty"`
-	ClockSkew     heartbeat.Duration `json:"clock_skew,omitempty"`
-	Fault         string             `json:"fault,omitempty"`
-	Incident      string             `json:"correlation_id,omitempty"`
-	Readiness     *Readiness         `json:"readiness,omitempty"`
+	IsolatedSince time.Time `json:"isolated_since,omitzero"`
+	BootID        string    `json:"boot_id,omitempty"`
+	Seq           uint64    `json:"seq,omitempty"`
+	// AgentStart is the agent process of the newest heartbeat taken.
+	AgentStart   time.Time          `json:"agent_start,omitzero"`
+	AgentVersion string             `json:"agent_version,omitempty"`
+	ClockSkew    heartbeat.Duration `json:"clock_skew,omitempty"`
+	// LastRefused is why the host's last stale or skewed heartbeat was
+	// refused, and when (e.g. "skewed: sent_at 7m ahead …: check NTP").
+	LastRefused   string     `json:"last_refused,omitempty"`
+	LastRefusedAt time.Time  `json:"last_refused_at,omitzero"`
+	Fault         string     `json:"fault,omitempty"`
+	Incident      string     `json:"correlation_id,omitempty"`
+	Readiness     *Readiness `json:"readiness,omitempty"`
 	// BMC is the last reading of the host's BMC (nil before one).
 	BMC *BMCReading `json:"bmc,omitempty"`
 }
@@ -331,8 +357,9 @@ func (h *hostEntry) status(now time.Time) HostStatus {
 	defer h.mu.Unlock()
 	m := h.m
 	s := HostStatus{Name: h.cfg.Name, Rack: h.cfg.Rack, Monitor: m.State, Verdict: m.Verdict, VerdictReason: m.VerdictReason,
-		VerdictAt: m.VerdictAt, LastHeartbeat: m.LastHeartbeat, SilentSince: m.SilentSince, IsolatedSince: m.IsolatedSince, BootID: m.BootID, Seq: m.Seq,
-		AgentVersion: h.agentVersion, ClockSkew: heartbeat.Duration(h.skew), Fault: m.Fault, Incident: m.Incident}
+		VerdictAt: m.VerdictAt, LastHeartbeat: m.LastHeartbeat, SilentSince: m.SilentSince, IsolatedSince: m.IsolatedSince, BootID: m.BootID, Seq: m.Seq, AgentStart: m.AgentStart,
+		AgentVersion: h.agentVersion, ClockSkew: heartbeat.Duration(h.skew), Fault: m.Fault, Incident: m.Incident,
+		LastRefused: h.refused, LastRefusedAt: h.refusedAt}
 	if !m.LastHeartbeat.IsZero() {
 		s.HeartbeatAge = heartbeat.Duration(now.Sub(m.LastHeartbeat))
 	}

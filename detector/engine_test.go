@@ -140,7 +140,8 @@ func newRig(t *testing.T, path string, memos map[string]store.HostMemo, hosts ..
 func (r *rig) beat(host string) {
 	r.t.Helper()
 	r.seq[host]++
-	accepted, err := r.e.Heartbeat(heartbeat.Heartbeat{Host: host, BootID: "boot-" + host, Seq: r.seq[host], AgentStart: t0, AgentVersion: "test", Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirt", OK: true}}})
+	o, err := r.e.Heartbeat(heartbeat.Heartbeat{Host: host, BootID: "boot-" + host, Seq: r.seq[host], AgentStart: t0, AgentVersion: "test", Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirt", OK: true}}})
+	accepted := o.Accepted()
 	require.NoError(r.t, err)
 	require.True(r.t, accepted)
 }
@@ -237,6 +238,14 @@ func TestEngineHistorySurvivesRestart(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, r.st.Close())
 	r2 := newRig(t, path, memos, "a", "b", "c")
+	// The agents kept running through the daemon's restart: their sequences
+	// go on, and a beat from before the restart is stale after it.
+	for h, n := range r.seq {
+		r2.seq[h] = n
+	}
+	o, err := r2.e.Heartbeat(heartbeat.Heartbeat{Host: "a", BootID: "boot-a", Seq: r.seq["a"] - 1, AgentStart: t0})
+	require.NoError(t, err)
+	assert.Equal(t, IntakeStale, o.Intake, "a beat from before the restart replayed after it: %+v", o)
 	assert.Equal(t, node.Unreachable, r2.status("b").Monitor)
 	assert.Equal(t, HostDown, r2.status("b").Verdict)
 	r2.run(2*time.Second, "a", "b", "c")
@@ -408,4 +417,95 @@ func TestEngineStormFlipIsRecordedBeforeItShows(t *testing.T) {
 		check()
 	}
 	require.Equal(t, 2, flips, "the guard cleared")
+}
+
+// The replay mark is written without a write per heartbeat: a new
+// agent_start at the next memo flush, a seq that only moved once markEvery
+// has passed, and every mark at shutdown (Flush).
+func TestEngineReplayMarkIsCoalesced(t *testing.T) {
+	r := newRig(t, filepath.Join(t.TempDir(), "s.db"), nil, "a")
+	memo := func() store.HostMemo {
+		t.Helper()
+		m, err := r.st.HostMemos()
+		require.NoError(t, err)
+		return m["a"]
+	}
+	r.beat("a")
+	r.e.flushMemos(false)
+	assert.Equal(t, uint64(1), memo().Seq, "a new agent process is written at the next flush")
+	assert.True(t, t0.Equal(memo().AgentStart))
+
+	for range 5 {
+		r.clk.Add(time.Second)
+		r.beat("a")
+	}
+	r.e.flushMemos(false)
+	assert.Equal(t, uint64(1), memo().Seq, "a seq that only moved waits for markEvery")
+
+	r.clk.Add(markEvery)
+	r.beat("a")
+	r.e.flushMemos(false)
+	assert.Equal(t, uint64(7), memo().Seq, "written once markEvery passed")
+
+	r.beat("a")
+	r.e.Flush()
+	assert.Equal(t, uint64(8), memo().Seq, "shutdown writes every mark")
+
+	// A new agent process is written at the next flush, markEvery or not.
+	r.clk.Add(time.Second)
+	o, err := r.e.Heartbeat(heartbeat.Heartbeat{Host: "a", BootID: "boot-a", Seq: 1, AgentStart: t0.Add(time.Minute)})
+	require.NoError(t, err)
+	require.True(t, o.Accepted(), "%+v", o)
+	r.e.flushMemos(false)
+	assert.Equal(t, uint64(1), memo().Seq)
+	assert.True(t, t0.Add(time.Minute).Equal(memo().AgentStart))
+}
+
+// A stale heartbeat is alerted and recorded, at most once a minute per
+// host and kind; a duplicate (a retransmission) is not. One sent before the
+// newest taken is a replay (a warning); one sent after it means the newest
+// was forged (critical).
+func TestEngineStaleHeartbeatAlerts(t *testing.T) {
+	r := newRig(t, filepath.Join(t.TempDir(), "s.db"), nil, "a")
+	send := func(seq uint64, sent time.Time) Outcome {
+		o, err := r.e.Heartbeat(heartbeat.Heartbeat{Host: "a", BootID: "boot-a", Seq: seq, AgentStart: t0, SentAt: sent})
+		require.NoError(t, err)
+		return o
+	}
+	count := func(kind string) int {
+		n := 0
+		for _, k := range r.w.alertKinds("a") {
+			if k == kind {
+				n++
+			}
+		}
+		return n
+	}
+	require.True(t, send(1, t0.Add(-time.Second)).Accepted())
+	require.True(t, send(2, t0).Accepted())
+	assert.Equal(t, IntakeDuplicate, send(2, t0).Intake)
+	assert.Zero(t, count(AlertHeartbeatReplayed)+count(AlertHeartbeatStale), "a retransmission is no attack")
+	assert.Equal(t, IntakeStale, send(1, t0.Add(-time.Second)).Intake)
+	assert.Equal(t, IntakeStale, send(1, t0.Add(-time.Second)).Intake)
+	r.e.Flush()
+	assert.Equal(t, 1, count(AlertHeartbeatReplayed), "rate-limited")
+	assert.Zero(t, count(AlertHeartbeatStale))
+	recs, err := r.st.History(store.Query{Host: "a", Kind: AlertHeartbeatReplayed})
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	assert.Contains(t, recs[0].Reason, "seq 1 is not after 2")
+	assert.Contains(t, r.status("a").LastRefused, "stale: seq 1")
+
+	// Sent after the newest taken: that one was not the agent's.
+	assert.Equal(t, IntakeStale, send(1, t0.Add(time.Second)).Intake)
+	assert.Equal(t, 1, count(AlertHeartbeatStale), "a different kind is not held back by the replay's limit")
+	r.e.Flush()
+	recs, err = r.st.History(store.Query{Host: "a", Kind: AlertHeartbeatStale})
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	assert.Contains(t, recs[0].Reason, "sent in the agent's name by someone else")
+
+	r.clk.Add(staleAlertEvery)
+	assert.Equal(t, IntakeStale, send(1, t0.Add(-time.Second)).Intake)
+	assert.Equal(t, 2, count(AlertHeartbeatReplayed), "alerted again a minute later")
 }

@@ -164,7 +164,8 @@ func TestMonitorStartGrace(t *testing.T) {
 	})
 	t.Run("a host that beats once and stops is judged on the window", func(t *testing.T) {
 		m := NewMonitor(t0)
-		ch, ok := m.Heartbeat(Beat{At: t0.Add(time.Second), BootID: "b", Seq: 1, AgentStart: t0}, cfg)
+		ch, o := m.Heartbeat(Beat{At: t0.Add(time.Second), BootID: "b", Seq: 1, AgentStart: t0}, cfg)
+		ok := o.Accepted()
 		require.True(t, ok)
 		require.NotEmpty(t, ch)
 		st := m.Tick(t0.Add(4100*time.Millisecond), cfg, false)

@@ -30,6 +30,10 @@ type MonitorConfig struct {
 	// beats at the daemon's pace; a host that beats and then stops is
 	// judged on the window as always.
 	StartGrace time.Duration
+	// MaxClockSkew bounds how far a heartbeat's sent_at may be from the
+	// daemon's clock, either way (Order); 0 checks nothing (tests of other
+	// logic: the daemon always sets detection.heartbeat_max_clock_skew).
+	MaxClockSkew time.Duration
 }
 
 // startGrace is StartGrace, at least one window.
@@ -41,9 +45,9 @@ type Beat struct {
 	BootID     string
 	Seq        uint64
 	AgentStart time.Time
-	// SentAt is the agent's clock when it sent the heartbeat; zero if the
-	// agent did not say. Only differences between heartbeats of one agent
-	// process are used, so agent and daemon clocks need not agree.
+	// SentAt is the agent's clock when it sent the heartbeat. It must be
+	// within MaxClockSkew of At (replay protection, Order); besides that,
+	// only differences between heartbeats of one agent process are used.
 	SentAt time.Time
 	Fault  string // "" when every health check passed
 }
@@ -86,6 +90,10 @@ type Monitor struct {
 	PrevBootID    string
 	AgentStart    time.Time
 	Seq           uint64
+	// SentAt is the newest taken heartbeat's, by the agent's clock: a stale
+	// heartbeat sent after it was overtaken by a forged one, one sent
+	// before it is an old one delivered again.
+	SentAt time.Time
 	// Transit is receive time minus SentAt of the last accepted heartbeat;
 	// a heartbeat whose transit exceeds it by more than a window was sent
 	// long ago (e.g. retransmitted by a dead host's orphaned TCP socket
@@ -131,15 +139,20 @@ func (m *Monitor) Silent() bool {
 	return !m.SilentSince.IsZero() && m.Verdict != AgentDown
 }
 
-// Heartbeat applies one heartbeat. It returns false, and changes nothing,
-// for a duplicate or out-of-order heartbeat from the same agent process.
-func (m *Monitor) Heartbeat(b Beat, cfg MonitorConfig) ([]Change, bool) {
-	sameAgent := b.AgentStart.Equal(m.AgentStart)
-	if sameAgent && b.Seq <= m.Seq {
-		return nil, false
+// Mark is the newest heartbeat taken (AgentStart, Seq).
+func (m *Monitor) Mark() Mark { return Mark{AgentStart: m.AgentStart, Seq: m.Seq} }
+
+// Heartbeat applies one heartbeat. For any outcome but accepted (a
+// duplicate, stale, late or skewed heartbeat: see Order) it changes nothing
+// but the late-delivery bookkeeping.
+func (m *Monitor) Heartbeat(b Beat, cfg MonitorConfig) ([]Change, Outcome) {
+	if o := Order(m.Mark(), b.AgentStart, b.Seq, b.SentAt, b.At, cfg.MaxClockSkew); !o.Accepted() {
+		return nil, o
 	}
+	sameAgent := b.AgentStart.Equal(m.AgentStart)
 	if m.late(b, sameAgent, cfg.Window()) {
-		return nil, false
+		return nil, Outcome{IntakeLate, fmt.Sprintf("sent %s before it arrived, more than a window (%s) longer than this agent's usual transit: it proves nothing about the host now",
+			b.At.Sub(b.SentAt).Round(time.Millisecond), cfg.Window())}
 	}
 	var ch []Change
 	if m.BootID != "" && b.BootID != m.BootID {
@@ -147,7 +160,7 @@ func (m *Monitor) Heartbeat(b Beat, cfg MonitorConfig) ([]Change, bool) {
 		ch = append(ch, Change{At: b.At, Kind: ChangeReboot, From: m.BootID, To: b.BootID,
 			Reason: fmt.Sprintf("boot id changed from %s to %s: the host rebooted", m.BootID, b.BootID)})
 	}
-	m.BootID, m.AgentStart, m.Seq, m.Fault = b.BootID, b.AgentStart, b.Seq, b.Fault
+	m.BootID, m.AgentStart, m.Seq, m.Fault, m.SentAt = b.BootID, b.AgentStart, b.Seq, b.Fault, b.SentAt
 	m.LastHeartbeat = b.At
 	// Evidence gathered for the silence that just ended must not leak into
 	// the next one.
@@ -185,7 +198,7 @@ func (m *Monitor) Heartbeat(b Beat, cfg MonitorConfig) ([]Change, bool) {
 	}
 	jc, _ := m.judge(b.At, cfg, false)
 	ch = append(ch, jc...)
-	return ch, true
+	return ch, Outcome{Intake: IntakeAccepted}
 }
 
 // late reports whether b was sent more than a window before it arrived,
@@ -401,4 +414,15 @@ func (m *Monitor) probeReason(to node.MonitorState) string {
 		return "host answered no probe (" + m.ProbeDetail + ")"
 	}
 	return "host answered no probe"
+}
+
+// Validate reports what makes the configuration unusable.
+func (c MonitorConfig) Validate() error {
+	if err := c.Thresholds.Validate(); err != nil {
+		return err
+	}
+	if c.MaxClockSkew < 0 {
+		return fmt.Errorf("max clock skew must be >= 0, got %s", c.MaxClockSkew)
+	}
+	return nil
 }

@@ -23,7 +23,8 @@ func mcfg() MonitorConfig {
 // hb feeds a heartbeat with the next sequence number.
 func hb(t *testing.T, m *Monitor, at time.Time, fault string) []Change {
 	t.Helper()
-	ch, ok := m.Heartbeat(Beat{At: at, BootID: "boot-a", Seq: m.Seq + 1, AgentStart: t0, Fault: fault}, mcfg())
+	ch, o := m.Heartbeat(Beat{At: at, BootID: "boot-a", Seq: m.Seq + 1, AgentStart: t0, Fault: fault}, mcfg())
+	ok := o.Accepted()
 	require.True(t, ok, "heartbeat must be accepted")
 	return ch
 }
@@ -193,7 +194,8 @@ func TestMonitorFaultFromNormal(t *testing.T) {
 func TestMonitorReboot(t *testing.T) {
 	m := NewMonitor(t0)
 	hb(t, m, t0, "")
-	ch, ok := m.Heartbeat(Beat{At: t0.Add(5 * time.Second), BootID: "boot-b", Seq: 1, AgentStart: t0.Add(4 * time.Second)}, mcfg())
+	ch, o := m.Heartbeat(Beat{At: t0.Add(5 * time.Second), BootID: "boot-b", Seq: 1, AgentStart: t0.Add(4 * time.Second)}, mcfg())
+	ok := o.Accepted()
 	require.True(t, ok)
 	assert.Equal(t, []string{"reboot:boot-a>boot-b", "verdict:healthy>rebooted"}, kinds(ch))
 	ch, _ = m.Heartbeat(Beat{At: t0.Add(6 * time.Second), BootID: "boot-b", Seq: 2, AgentStart: t0.Add(4 * time.Second)}, mcfg())
@@ -204,10 +206,12 @@ func TestMonitorDuplicateHeartbeat(t *testing.T) {
 	m := NewMonitor(t0)
 	hb(t, m, t0, "")
 	hb(t, m, t0.Add(time.Second), "")
-	_, ok := m.Heartbeat(Beat{At: t0.Add(2 * time.Second), BootID: "boot-a", Seq: 1, AgentStart: t0}, mcfg())
+	_, o := m.Heartbeat(Beat{At: t0.Add(2 * time.Second), BootID: "boot-a", Seq: 1, AgentStart: t0}, mcfg())
+	ok := o.Accepted()
 	assert.False(t, ok, "a replayed old sequence number is ignored")
 	assert.Equal(t, t0.Add(time.Second), m.LastHeartbeat)
-	_, ok = m.Heartbeat(Beat{At: t0.Add(2 * time.Second), BootID: "boot-a", Seq: 1, AgentStart: t0.Add(time.Second)}, mcfg())
+	_, o = m.Heartbeat(Beat{At: t0.Add(2 * time.Second), BootID: "boot-a", Seq: 1, AgentStart: t0.Add(time.Second)}, mcfg())
+	ok = o.Accepted()
 	assert.True(t, ok, "a restarted agent starts counting again")
 }
 
@@ -312,7 +316,8 @@ func TestMonitorLateHeartbeatDropped(t *testing.T) {
 	m := NewMonitor(t0)
 	agentClock := t0.Add(-time.Hour) // agent and daemon clocks disagree by an hour: irrelevant
 	beat := func(at, sent time.Time) bool {
-		_, ok := m.Heartbeat(Beat{At: at, BootID: "boot-a", Seq: m.Seq + 1, AgentStart: t0, SentAt: sent}, mcfg())
+		_, o := m.Heartbeat(Beat{At: at, BootID: "boot-a", Seq: m.Seq + 1, AgentStart: t0, SentAt: sent}, mcfg())
+		ok := o.Accepted()
 		return ok
 	}
 	require.True(t, beat(t0, agentClock))
@@ -332,6 +337,7 @@ func TestMonitorLateHeartbeatDropped(t *testing.T) {
 	assert.True(t, beat(t0.Add(16*time.Second), back.Add(16*time.Second)))
 
 	// A restarted agent starts a new baseline at once.
-	_, ok := m.Heartbeat(Beat{At: t0.Add(17 * time.Second), BootID: "boot-a", Seq: 1, AgentStart: t0.Add(time.Minute), SentAt: t0.Add(-5 * time.Hour)}, mcfg())
+	_, o := m.Heartbeat(Beat{At: t0.Add(17 * time.Second), BootID: "boot-a", Seq: 1, AgentStart: t0.Add(time.Minute), SentAt: t0.Add(-5 * time.Hour)}, mcfg())
+	ok := o.Accepted()
 	assert.True(t, ok)
 }

@@ -360,7 +360,7 @@ func runEquivalence(t *testing.T, seed uint64, steps int) (visits, plainVisits, 
 			okB, errB := b.e.Heartbeat(hb)
 			require.Equal(t, errB, errA)
 			require.Equal(t, okB, okA, "seed %d step %d: heartbeat %+v", seed, step, hb)
-			if okA {
+			if okA.Accepted() {
 				ag.last = now
 			}
 		}

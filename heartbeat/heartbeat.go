@@ -43,8 +43,11 @@ type Heartbeat struct {
 	Seq          uint64    `json:"seq"`
 	AgentStart   time.Time `json:"agent_start"`
 	AgentVersion string    `json:"agent_version"`
-	// SentAt is the agent's clock; the daemon uses its own receive time for
-	// every decision and keeps SentAt only to report skew.
+	// SentAt is the agent's clock. The daemon uses its own receive time for
+	// every decision about the host; it refuses a heartbeat whose SentAt is
+	// missing or further from its clock than its
+	// detection.heartbeat_max_clock_skew (replay protection), or earlier
+	// than AgentStart, and reports the skew.
 	SentAt  time.Time `json:"sent_at"`
 	Health  Health    `json:"health"`
 	Domains []Domain  `json:"domains"`
@@ -328,7 +331,33 @@ type Ack struct {
 	// LocalMigrationsSeen lists the IDs of Heartbeat.LocalMigrations the
 	// daemon has recorded; the agent stops sending those.
 	LocalMigrationsSeen []string `json:"local_migrations_seen,omitempty"`
+	// Outcome is what the daemon did with the heartbeat: OutcomeAccepted,
+	// or why it took it without acting on it (OutcomeDuplicate,
+	// OutcomeStale, OutcomeLate); OutcomeDetail says more. Empty from a
+	// daemon that predates it, which reads as accepted. An agent told
+	// OutcomeStale starts a new sequence (see Ack.Stale).
+	Outcome       string `json:"outcome,omitempty"`
+	OutcomeDetail string `json:"outcome_detail,omitempty"`
 }
+
+// Outcomes of a heartbeat the daemon answered with an Ack. A heartbeat it
+// refused outright (unknown host, invalid, sent_at outside the daemon's
+// clock-skew window) gets a 4xx or a refused reply instead.
+const (
+	OutcomeAccepted  = "accepted"
+	OutcomeDuplicate = "duplicate" // a retransmission of the newest beat taken
+	OutcomeStale     = "stale"     // older than a beat already taken from the host
+	OutcomeLate      = "late"      // sent long before it arrived
+)
+
+// Accepted reports whether the daemon acted on the heartbeat.
+func (a Ack) Accepted() bool { return a.Outcome == "" || a.Outcome == OutcomeAccepted }
+
+// Stale reports whether the daemon has taken a newer heartbeat in this
+// host's name than the one answered: the agent's sequence was overtaken (a
+// forged beat, or a replay of a later agent process) and every further beat
+// of it would be refused too.
+func (a Ack) Stale() bool { return a.Outcome == OutcomeStale }
 
 // Assignment is what should be true on one host.
 type Assignment struct {

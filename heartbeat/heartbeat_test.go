@@ -143,3 +143,15 @@ func TestDecodeDomainAutostart(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotContains(t, string(b), "autostart", "off is left out")
 }
+
+func TestAckOutcomeJSON(t *testing.T) {
+	b, err := json.Marshal(Ack{Outcome: OutcomeStale, OutcomeDetail: "why"})
+	require.NoError(t, err)
+	assert.Contains(t, string(b), `"outcome":"stale","outcome_detail":"why"`)
+	var a Ack
+	require.NoError(t, json.Unmarshal([]byte(`{"admin_state":"enabled","assignment_revision":1,"heartbeat_interval":"1s"}`), &a))
+	assert.True(t, a.Accepted(), "a daemon that predates outcome: accepted")
+	require.NoError(t, json.Unmarshal([]byte(`{"admin_state":"enabled","outcome":"stale"}`), &a))
+	assert.True(t, a.Stale())
+	assert.False(t, a.Accepted())
+}

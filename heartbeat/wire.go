@@ -30,7 +30,8 @@ import (
 //	           7 moved, 8 error
 //	Reply:     1 host, 2 agent_start, 3 seq, 4 ack, 5 refused
 //	Ack:       1 admin_state (text, always written), 2 assignment_revision,
-//	           3 heartbeat_interval (sint64 ns), 4 local_migrations_seen
+//	           3 heartbeat_interval (sint64 ns), 4 local_migrations_seen,
+//	           5 outcome, 6 outcome_detail
 //	Timestamp: 1 seconds (sint64), 2 nanos; a zero time is left out.
 
 // appendHeartbeat appends hb's wire form to b.
@@ -116,7 +117,8 @@ func appendReply(b []byte, r Reply) []byte {
 				b = protowire.AppendTag(b, 4, protowire.BytesType)
 				b = protowire.AppendString(b, id)
 			}
-			return b
+			b = appendString(b, 5, a.Outcome)
+			return appendString(b, 6, a.OutcomeDetail)
 		})
 	}
 	return appendString(b, 5, r.Refused)
@@ -495,6 +497,10 @@ func decodeReply(b []byte) (Reply, error) {
 						return err
 					}
 					a.LocalMigrationsSeen = append(a.LocalMigrationsSeen, id)
+				case 5:
+					return g.str("ack.outcome", &a.Outcome)
+				case 6:
+					return g.str("ack.outcome_detail", &a.OutcomeDetail)
 				}
 				return nil
 			})

@@ -167,10 +167,32 @@ func TestWireReply(t *testing.T) {
 	hb := fullHeartbeat()
 	r := ReplyTo(hb)
 	r.Ack = &Ack{AdminState: node.Disabled, AssignmentRevision: 1<<63 + 5, HeartbeatInterval: Duration(1500 * time.Millisecond),
-		LocalMigrationsSeen: []string{"m1", "m2"}}
+		LocalMigrationsSeen: []string{"m1", "m2"}, Outcome: OutcomeStale, OutcomeDetail: "seq 3 is not after 9"}
 	got, err := DecodeReply(appendReply(nil, r))
 	require.NoError(t, err)
 	assert.Equal(t, r, got)
+	assert.True(t, got.Ack.Stale())
+	assert.False(t, got.Ack.Accepted())
+
+	// A reply from a daemon that predates Outcome reads as accepted, and
+	// an outcome field an older agent does not know is skipped.
+	r.Ack = &Ack{AdminState: node.Enabled, AssignmentRevision: 2}
+	got, err = DecodeReply(appendReply(nil, r))
+	require.NoError(t, err)
+	assert.True(t, got.Ack.Accepted())
+	assert.False(t, got.Ack.Stale())
+	future := appendString(nil, 1, "h1")
+	future = appendUint(future, 3, 7)
+	future = appendMessage(future, 4, func(b []byte) []byte {
+		b = appendString(b, 1, "enabled")
+		b = appendString(b, 5, OutcomeDuplicate)
+		return appendString(b, 99, "a field from the future")
+	})
+	got, err = DecodeReply(future)
+	require.NoError(t, err)
+	assert.Equal(t, OutcomeDuplicate, got.Ack.Outcome)
+	assert.False(t, got.Ack.Accepted())
+	assert.False(t, got.Ack.Stale(), "a duplicate is no reason to start over")
 
 	// The zero admin state (enabled) is written, not left out.
 	r.Ack = &Ack{}

@@ -178,6 +178,13 @@ type HostMemo struct {
 	LastVerdict   string    `json:"last_verdict"`
 	LastVerdictAt time.Time `json:"last_verdict_at"`
 	Monitor       string    `json:"monitor"`
+	// AgentStart and Seq are the newest heartbeat taken from the host (its
+	// agent process and sequence number): after a restart the daemon takes
+	// only newer ones, so a beat captured before it cannot be replayed.
+	// Written with the rest of the memo (every few seconds), not per beat:
+	// see detector.Order for what a crash between two writes allows.
+	AgentStart time.Time `json:"agent_start,omitzero"`
+	Seq        uint64    `json:"seq,omitempty"`
 }
 
 // HostMemos returns every host's memo.
@@ -210,6 +217,7 @@ func (s *Store) PutHostMemos(m map[string]HostMemo) error {
 		}
 		memo.LastHeartbeat = memo.LastHeartbeat.UTC().Round(0)
 		memo.LastVerdictAt = memo.LastVerdictAt.UTC().Round(0)
+		memo.AgentStart = memo.AgentStart.UTC().Round(0)
 		v, err := json.Marshal(memo)
 		if err != nil {
 			return s.wrap(step, fmt.Errorf("encode memo of host %q: %w", host, err))

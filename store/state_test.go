@@ -156,11 +156,13 @@ func TestHostMemos(t *testing.T) {
 	b := HostMemo{BootID: "boot-2", LastVerdict: "host-down", LastVerdictAt: t0, Monitor: "unreachable"}
 	require.NoError(t, s.PutHostMemos(map[string]HostMemo{"a": a, "b": b}))
 
-	a2 := HostMemo{BootID: "boot-3", LastHeartbeat: t0.Add(time.Minute), Monitor: "normal"}
+	a2 := HostMemo{BootID: "boot-3", LastHeartbeat: t0.Add(time.Minute), Monitor: "normal", AgentStart: t0.Add(-time.Hour), Seq: 1 << 40}
 	require.NoError(t, s.PutHostMemos(map[string]HostMemo{"a": a2}))
 	got, err := s.HostMemos()
 	require.NoError(t, err)
 	assert.Equal(t, map[string]HostMemo{"a": a2, "b": b}, got, "hosts not in the call keep their memo")
+	assert.Equal(t, uint64(1<<40), got["a"].Seq, "the replay mark survives")
+	assert.True(t, got["a"].AgentStart.Equal(t0.Add(-time.Hour)))
 
 	require.NoError(t, s.RemoveHostMemos("b", "unknown"))
 	got, err = s.HostMemos()

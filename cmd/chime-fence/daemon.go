@@ -315,6 +315,7 @@ func engineConfig(cfg *configs.Config) detector.EngineConfig {
 				MissedHeartbeats: cfg.Detection.MissedHeartbeats, ProbeTimeout: cfg.Detection.ProbeTimeout},
 			RecoveryHeartbeats: cfg.Detection.RecoveryHeartbeats,
 			Settle:             cfg.Detection.HeartbeatInterval,
+			MaxClockSkew:       cfg.Detection.HeartbeatMaxClockSkew,
 			// Agents beat at their own pace (chime-agent's default 5 s)
 			// until the daemon's first answer names detection's interval:
 			// one window at that pace before a host never heard from since
@@ -356,6 +357,10 @@ func (a detectorAlerts) Alert(_ context.Context, al detector.Alert) {
 		ev.Type, ev.Severity = alert.StormCleared, "info"
 	case al.Kind == "readiness":
 		ev.Type = alert.FenceReadiness
+	case al.Kind == detector.AlertHeartbeatStale:
+		ev.Type, ev.Severity = alert.HeartbeatRefused, "critical"
+	case al.Kind == detector.AlertHeartbeatSkewed || al.Kind == detector.AlertHeartbeatReplayed:
+		ev.Type = alert.HeartbeatRefused
 	}
 	a.log.Warn().Str("host", al.Host).Str("kind", al.Kind).Str("correlation_id", al.CorrelationID).Msg(al.Summary)
 	if err := a.send(ev); err != nil {

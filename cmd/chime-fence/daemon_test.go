@@ -127,7 +127,7 @@ func beater(t *testing.T, base string, hosts ...string) (stop func()) {
 			defer wg.Done()
 			start := time.Now()
 			for seq := uint64(1); ctx.Err() == nil; seq++ {
-				b, _ := json.Marshal(heartbeat.Heartbeat{Host: h, BootID: "boot-" + h, Seq: seq, AgentStart: start,
+				b, _ := json.Marshal(heartbeat.Heartbeat{Host: h, BootID: "boot-" + h, Seq: seq, AgentStart: start, SentAt: time.Now(),
 					Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirt", OK: true}}})
 				req, _ := http.NewRequestWithContext(ctx, "POST", base+heartbeat.PathHeartbeat, bytes.NewReader(b))
 				req.Header.Set("Authorization", "Bearer "+identity.AgentCredential(testClusterSecret, h))

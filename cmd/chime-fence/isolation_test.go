@@ -48,6 +48,7 @@ func TestIsolationPolicyReachesDetectorAndFencer(t *testing.T) {
 	assert.Equal(t, detector.IsolationPolicy{Action: detector.IsolationReboot, Grace: 45 * time.Second}, ec.Hosts[0].Isolation)
 	assert.Equal(t, detector.IsolationAlert, ec.Hosts[1].Isolation.Action)
 	assert.Equal(t, 15*time.Second, ec.Monitor.StartGrace, "three beats at an unanswered agent's 5 s pace")
+	assert.Equal(t, 30*time.Second, ec.Monitor.MaxClockSkew, "detection.heartbeat_max_clock_skew reaches the detector")
 
 	setup, err := fenceSetup(cfg, "n1", zerolog.Nop())
 	require.NoError(t, err)

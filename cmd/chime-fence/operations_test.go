@@ -44,9 +44,12 @@ func TestHostShowListsDomains(t *testing.T) {
 		Assigned: []heartbeat.AssignedDomain{{UUID: "u1", Name: "web"}},
 		Evicted:  []heartbeat.AssignedDomain{{UUID: "u2", Name: "db"}}}
 	h.Name = "h1"
+	h.LastRefused = "skewed: sent_at 7m0s ahead of the daemon's clock (at most 30s allowed): check NTP on the host"
+	h.LastRefusedAt = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	printHost(&b, h)
 	out := b.String()
 	assert.Contains(t, out, "Active:")
+	assert.Regexp(t, `(?m)^Refused heartbeat: +skewed: sent_at 7m0s ahead .*check NTP on the host \(2030-01-02T03:04:05Z\)$`, out)
 	assert.Regexp(t, `(?m)^  web +u1$`, out)
 	assert.Regexp(t, `(?m)^  db +u2 \(runs elsewhere: to be destroyed and undefined here\)$`, out)
 }

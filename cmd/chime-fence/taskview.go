@@ -214,6 +214,9 @@ func printHost(w io.Writer, h api.HostInfo) {
 	if h.AgentVersion != "" {
 		fmt.Fprintf(tw, "Agent:\t%s\n", h.AgentVersion)
 	}
+	if h.LastRefused != "" {
+		fmt.Fprintf(tw, "Refused heartbeat:\t%s (%s)\n", oneLine(h.LastRefused), h.LastRefusedAt.Format(time.RFC3339))
+	}
 	v := h.Verdict.String()
 	if h.VerdictReason != "" {
 		v += ": " + oneLine(h.VerdictReason)

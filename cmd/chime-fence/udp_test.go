@@ -71,7 +71,7 @@ func TestDaemonTakesUDPHeartbeatsOnItsAPIPort(t *testing.T) {
 	assert.Eventually(t, func() bool { return strings.Contains(d.log.String(), `"heartbeat_udp":"`+addr+`"`) }, 5*time.Second, 10*time.Millisecond,
 		"daemon started names the UDP address")
 
-	hb := heartbeat.Heartbeat{Host: "h1", BootID: "boot-h1", Seq: 1, AgentStart: time.Now().UTC(),
+	hb := heartbeat.Heartbeat{Host: "h1", BootID: "boot-h1", Seq: 1, AgentStart: time.Now().UTC(), SentAt: time.Now().UTC(),
 		Health: heartbeat.Health{Libvirt: heartbeat.Check{Name: "libvirt", OK: true}}}
 	r := udpBeat(t, addr, hb)
 	require.NotNil(t, r.Ack, "refused: %s", r.Refused)
@@ -81,7 +81,7 @@ func TestDaemonTakesUDPHeartbeatsOnItsAPIPort(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, h.LastHeartbeat.IsZero(), "the daemon took the datagram's heartbeat")
 
-	r = udpBeat(t, addr, heartbeat.Heartbeat{Host: "h9", BootID: "b", Seq: 1, AgentStart: hb.AgentStart})
+	r = udpBeat(t, addr, heartbeat.Heartbeat{Host: "h9", BootID: "b", Seq: 1, AgentStart: hb.AgentStart, SentAt: time.Now()})
 	assert.Contains(t, r.Refused, `host "h9" is not in the daemon's configuration`)
 
 	d.stop(t)
@@ -113,7 +113,7 @@ func TestDaemonUDPHeartbeatsOffOrElsewhere(t *testing.T) {
 	d = startDaemon(t, file, c)
 	// The API answers before "daemon started" is logged.
 	assert.Eventually(t, func() bool { return strings.Contains(d.log.String(), `"heartbeat_udp":"`+udp+`"`) }, 5*time.Second, 10*time.Millisecond)
-	r := udpBeat(t, udp, heartbeat.Heartbeat{Host: "h2", BootID: "b", Seq: 1, AgentStart: time.Now().UTC()})
+	r := udpBeat(t, udp, heartbeat.Heartbeat{Host: "h2", BootID: "b", Seq: 1, AgentStart: time.Now().UTC(), SentAt: time.Now()})
 	assert.NotNil(t, r.Ack)
 }
 

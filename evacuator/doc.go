@@ -24,9 +24,13 @@
 // but the fenced host (proven down: never asked) is asked whether it runs
 // the UUID, each within GuardTimeout; if one does the VM is refused and
 // alerted. A VM whose start may have happened on a target that cannot
-// then be confirmed stopped is failed, not moved, so it cannot run twice.
+// then be confirmed stopped is not moved, so it cannot run twice, and not
+// given up either: it stays in cleanup on that target (Task.Unconfirmed),
+// alerted once, and every later pass asks the target again until the copy
+// is confirmed stopped (then the next host) or found running (then done).
 // A VM that failed on every target with each copy confirmed removed is
-// failed with Retry; a task with such VMs or with Unplaced.Waiting ones
+// failed with Retry; a task with such VMs, unconfirmed ones or with
+// Unplaced.Waiting ones
 // ends its pass as TaskWaiting (still open) for the caller to re-plan,
 // instead of finishing.
 // libvirt autostart is turned off before every start (a definition the

@@ -218,7 +218,7 @@ func Execute(ctx context.Context, t *Task, d ExecDeps) error {
 				bad++
 			}
 		}
-		if len(t.Waiting()) > 0 {
+		if len(t.Waiting()) > 0 || t.Unconfirmed() > 0 {
 			// Not finished: what waits is re-planned by the caller.
 			t.State = TaskWaiting
 			return
@@ -556,12 +556,23 @@ func (e *executor) moveOn(ctx context.Context, i int, hv Hypervisor, skipCleanup
 		return outAbort // resume finishes the cleanup
 	}
 	if mayRun && leftover != nil {
-		msg := fmt.Sprintf("%s; then could not confirm it stopped on %s (%v), so it is not started anywhere else", vm.Error, target, leftover)
-		if e.saveVM(i, func(vm *VMTask) { vm.Step, vm.Error = StepFailed, msg }) != nil {
+		// Not given up: the VM stays in cleanup on its target, the task
+		// waits, and every later pass asks that target again (attempt →
+		// moveOn) until the copy is confirmed stopped (then the next host
+		// is tried) or found running there (then it runs, once).
+		cause := vm.Error
+		if vm.Step == StepCleanup && vm.Cause != "" {
+			cause = vm.Cause
+		}
+		msg := fmt.Sprintf("%s; then could not confirm it stopped on %s (%v), so it is not started anywhere else until it is", cause, target, leftover)
+		first := vm.Error != msg
+		if e.saveVM(i, func(vm *VMTask) { vm.Step, vm.Cause, vm.Error, vm.MayRun = StepCleanup, cause, msg, true }) != nil {
 			return outAbort
 		}
-		log.Error().Msg(msg)
-		e.alert(AlertUnsafe, fmt.Sprintf("VM %s (%s) from fenced host %s: %s", vm.Name, vm.UUID, e.host, msg))
+		if first { // once per reason, not every pass
+			log.Error().Msg(msg)
+			e.alert(AlertUnsafe, fmt.Sprintf("VM %s (%s) from fenced host %s: %s", vm.Name, vm.UUID, e.host, msg))
+		}
 		return outDone
 	}
 	if leftover != nil {
@@ -590,7 +601,7 @@ func (e *executor) moveOn(ctx context.Context, i int, hv Hypervisor, skipCleanup
 			vm.Step, vm.Error, vm.Retry = StepFailed, "failed on every target: "+strings.Join(all, "; "), true
 			return
 		}
-		vm.Target, vm.Step, vm.Error, vm.Started, vm.MayRun = next, StepPending, "", time.Time{}, false
+		vm.Target, vm.Step, vm.Error, vm.Cause, vm.Started, vm.MayRun = next, StepPending, "", "", time.Time{}, false
 	})
 	if err != nil {
 		return outAbort

@@ -448,7 +448,9 @@ func TestExecuteStartedOnUnreachableTargetIsNotMoved(t *testing.T) {
 	require.NoError(t, Execute(context.Background(), task, r.deps()))
 
 	got := task.VMs[0]
-	assert.Equal(t, StepFailed, got.Step)
+	// Not given up: it waits in cleanup on a, never placed elsewhere.
+	assert.Equal(t, StepCleanup, got.Step)
+	assert.True(t, got.MayRun)
 	assert.Equal(t, "a", got.Target)
 	assert.Contains(t, got.Error, "could not confirm it stopped on a")
 	assert.Contains(t, got.Error, "so it is not started anywhere else")
@@ -458,7 +460,26 @@ func TestExecuteStartedOnUnreachableTargetIsNotMoved(t *testing.T) {
 	alerts := r.alerts.all()
 	require.Len(t, alerts, 1)
 	assert.True(t, strings.HasPrefix(alerts[0], AlertUnsafe+": VM vm-01 ("+u1+") from fenced host dead: "), alerts[0])
-	assert.Equal(t, TaskFailed, task.State)
+	assert.Equal(t, TaskWaiting, task.State, "the task stays open")
+	assert.Equal(t, 1, task.Unconfirmed())
+
+	// A later pass while a is still silent: asked again, still not moved,
+	// not alerted again.
+	task.State = TaskRunning
+	require.NoError(t, Execute(context.Background(), task, r.deps()))
+	assert.Equal(t, StepCleanup, task.VMs[0].Step)
+	assert.Zero(t, r.c.count("b define"))
+	assert.Len(t, r.alerts.all(), 1, "one alert per reason")
+
+	// a answers again and holds no copy: confirmed stopped, so the VM
+	// moves on to b and runs there, once.
+	r.c.host("a").down = false
+	task.State = TaskRunning
+	require.NoError(t, Execute(context.Background(), task, r.deps()))
+	assert.Equal(t, StepRunning, task.VMs[0].Step)
+	assert.Equal(t, "b", task.VMs[0].Target)
+	assert.Equal(t, []string{"b"}, r.c.activeOn(u1))
+	assert.Equal(t, TaskDone, task.State)
 }
 
 func TestExecuteUnstoppableCopyIsNotMoved(t *testing.T) {
@@ -469,7 +490,8 @@ func TestExecuteUnstoppableCopyIsNotMoved(t *testing.T) {
 	require.NoError(t, Execute(context.Background(), task, r.deps()))
 
 	got := task.VMs[0]
-	assert.Equal(t, StepFailed, got.Step)
+	assert.Equal(t, StepCleanup, got.Step, "waits on a, never moved while its copy may run")
+	assert.Equal(t, TaskWaiting, task.State)
 	assert.Contains(t, got.Error, "verify: not running after 30s (last reading: paused); then could not confirm it stopped on a (it is still paused)")
 	assert.Zero(t, r.c.count("b define"))
 	require.Len(t, r.alerts.all(), 1)

@@ -104,7 +104,10 @@ type VMTask struct {
 	MayRun bool `json:"may_run,omitempty"`
 	// Retry: the VM failed on every target it was given, each copy
 	// confirmed removed, so a re-plan may give it new ones (Step failed).
-	Retry   bool      `json:"retry,omitempty"`
+	Retry bool `json:"retry,omitempty"`
+	// Cause is why a VM in cleanup left its target (Error then says what
+	// the cleanup is waiting for).
+	Cause   string    `json:"cause,omitempty"`
 	Error   string    `json:"error,omitempty"`
 	Updated time.Time `json:"updated"`
 	Started time.Time `json:"started,omitzero"` // first Start on the final target
@@ -151,6 +154,20 @@ func (t Task) Waiting() []UnplacedVM {
 		}
 	}
 	return out
+}
+
+// Unconfirmed counts the VMs whose Start may have run on their target and
+// whose copy there is not yet confirmed stopped: they are never re-placed
+// (that could run them twice) and never given up; each pass asks their
+// target again.
+func (t Task) Unconfirmed() int {
+	n := 0
+	for _, vm := range t.VMs {
+		if vm.Step == StepCleanup && vm.MayRun {
+			n++
+		}
+	}
+	return n
 }
 
 // Clone returns a deep copy of t, safe to hand to another goroutine.

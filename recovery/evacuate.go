@@ -126,7 +126,8 @@ func Replan(t evacuator.Task, in PlanInput) (evacuator.Task, evacuator.Placement
 	t.Unplaced = unplaced
 	t.Plans++
 	t.State = evacuator.TaskWaiting
-	if len(nt.VMs) > 0 {
+	if len(nt.VMs) > 0 || t.Unconfirmed() > 0 {
+		// Placed VMs run, and unconfirmed copies are asked about again.
 		t.State = evacuator.TaskRunning
 	}
 	t.Updated = in.Now
@@ -524,7 +525,7 @@ func report(t evacuator.Task, start, now time.Time) EvacuationReport {
 		switch {
 		case v.Step == evacuator.StepRunning:
 			r.Running = append(r.Running, VMOutcome{UUID: v.UUID, Name: v.Name, Host: v.Target})
-		case v.Step == evacuator.StepFailed && v.Retry:
+		case v.Step == evacuator.StepFailed && v.Retry, v.Step == evacuator.StepCleanup && v.MayRun:
 			r.Unplaced = append(r.Unplaced, VMOutcome{UUID: v.UUID, Name: v.Name, Reason: v.Error, Waiting: true})
 		default:
 			r.Failed = append(r.Failed, VMOutcome{UUID: v.UUID, Name: v.Name, Reason: fmt.Sprintf("%s: %s", v.Step, v.Error)})

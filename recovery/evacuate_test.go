@@ -322,3 +322,38 @@ func TestAWaitingTaskEndsWhenTheFencedHostComesBack(t *testing.T) {
 	assert.Equal(t, "cancelled", recs[len(recs)-1].To)
 	assert.Len(t, recs, 5, "planned, waiting, 2 re-plans, cancelled: %+v", recs)
 }
+
+// TestReplanNeverReplacesAnUnconfirmedCopy: a VM whose Start may have run
+// on a target that cannot confirm it stopped is neither re-placed (it
+// could run twice) nor given up: the re-plan sends the task running again
+// so the next pass asks that target once more.
+func TestReplanNeverReplacesAnUnconfirmedCopy(t *testing.T) {
+	in := planInput()
+	task, _ := BuildTask(in)
+	require.NotEmpty(t, task.VMs)
+	for i := range task.VMs {
+		task.VMs[i].Step = evacuator.StepRunning
+	}
+	vm := &task.VMs[0]
+	target := vm.Target
+	vm.Step, vm.MayRun, vm.Error = evacuator.StepCleanup, true, "could not confirm it stopped"
+	task.State = evacuator.TaskWaiting
+	for _, w := range task.Waiting() {
+		require.NotEqual(t, vm.UUID, w.UUID, "an unconfirmed copy is not re-placed")
+	}
+	require.Equal(t, 1, task.Unconfirmed())
+
+	next, p := Replan(task, in)
+	assert.Equal(t, evacuator.TaskRunning, next.State, "the next pass asks the target again")
+	for _, a := range p.Assignments {
+		assert.NotEqual(t, vm.UUID, a.VM.UUID, "never placed elsewhere")
+	}
+	assert.Equal(t, target, next.VMs[0].Target)
+	assert.Equal(t, evacuator.StepCleanup, next.VMs[0].Step)
+	rep := report(next, t0, t0)
+	var waits bool
+	for _, u := range rep.Unplaced {
+		waits = waits || (u.UUID == vm.UUID && u.Waiting)
+	}
+	assert.True(t, waits, "reported as waiting, not as failed")
+}
